@@ -1,0 +1,96 @@
+"""The two things a backend provides: Storage and Compute.
+
+They take and return batchflow's own types (batchflow.model); no SDK type crosses this
+boundary. The runner drives them through the stages
+upload -> pool -> job -> tasks -> monitor -> download -> cleanup.
+
+Task contract (what every Compute backend guarantees to a task's command; README "Task contract"):
+- the command runs with `/bin/sh -c` in the task working directory `$AZ_BATCH_TASK_WORKING_DIR` (wd/);
+- every TaskInput is present at `wd/<file_path>` before the command starts;
+- environment: the task's own variables plus AZ_BATCH_NODE_ROOT_DIR, AZ_BATCH_NODE_SHARED_DIR,
+  AZ_BATCH_NODE_STARTUP_DIR, AZ_BATCH_TASK_WORKING_DIR, AZ_BATCH_TASK_DIR, AZ_BATCH_JOB_ID,
+  AZ_BATCH_TASK_ID, AZ_BATCH_POOL_ID, AZ_BATCH_NODE_ID, AZ_BATCH_ACCOUNT_NAME, AZ_BATCH_TASK_USER_IDENTITY;
+- stdout.txt and stderr.txt are written in $AZ_BATCH_TASK_DIR, the parent of wd/;
+- exit code 0 is success; anything else is failure, retried up to max_retries times;
+- a task running past max_wall_clock is killed (its whole process group) and fails;
+- after the command, files matching each TaskOutput pattern (relative to wd/) are uploaded to
+  their container per the output condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from batchflow.model import (
+    JobSpec,
+    PoolSpec,
+    RenderedTask,
+    StartTaskSpec,
+    TaskCounts,
+    TaskResult,
+    TransferResult,
+    UploadItem,
+)
+
+
+class Storage(Protocol):
+    def ensure_container(self, name: str) -> bool:
+        """Create the container if missing. True if this call created it."""
+        ...
+
+    def upload(self, items: Sequence[UploadItem]) -> TransferResult:
+        """Copy files into containers, skipping those whose content is already there."""
+        ...
+
+    def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
+        """Copy blobs under `prefix` into `destination`, which no blob name may escape."""
+        ...
+
+    def list_blobs(self, container: str, prefix: str = "") -> list[str]: ...
+
+    def delete_container(self, name: str) -> bool:
+        """Delete the container and everything in it. False if it did not exist."""
+        ...
+
+
+class Compute(Protocol):
+    def ensure_pool(self, pool: PoolSpec, start_task: StartTaskSpec | None) -> bool:
+        """Create the pool (or check an existing one is compatible). True if this call created it.
+
+        Returns when the pool can run tasks; raises BatchflowError if it never will
+        (start task failed on every node, nodes unusable, timeout).
+        """
+        ...
+
+    def create_job(self, job: JobSpec, pool_id: str, run_id: str) -> None: ...
+
+    def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
+        """Submit tasks. Idempotent: a task id the job already has counts as added."""
+        ...
+
+    def seal_job(self, job_id: str) -> None:
+        """Every task is added: the job may complete (terminate) once they all finish."""
+        ...
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        """One cheap call, whatever the number of tasks."""
+        ...
+
+    def wait(self, timeout: float) -> None:
+        """Block until something may have changed, or `timeout` seconds. Backends without
+        push notification just sleep."""
+        ...
+
+    def task_results(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
+        """Final results, with local copies of stdout/stderr. None -> every completed task."""
+        ...
+
+    def stop(self) -> None:
+        """Stop running tasks now (Ctrl-C): kill them and record them as failed."""
+        ...
+
+    def delete_job(self, job_id: str) -> None: ...
+
+    def delete_pool(self, pool_id: str) -> None: ...

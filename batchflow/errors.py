@@ -1,0 +1,56 @@
+"""Errors a person can act on. Anything else is a bug and gets a traceback in a log file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class BatchflowError(Exception):
+    """A known failure: printed as one short message, exit code 1."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a workflow file, reported as `file:line:col: where: message`."""
+
+    file: Path | None
+    line: int | None
+    column: int | None
+    where: str  # dotted document path, e.g. "pool.vm_size" or "tasks[3].id"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        loc = str(self.file) if self.file is not None else "<workflow>"
+        if self.line is not None:
+            loc += f":{self.line}"
+            if self.column is not None:
+                loc += f":{self.column}"
+        return f"{loc}: {self.where}: {self.message}" if self.where else f"{loc}: {self.message}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": str(self.file) if self.file is not None else None,
+            "line": self.line,
+            "column": self.column,
+            "path": self.where,
+            "message": self.message,
+        }
+
+
+class InvalidWorkflow(BatchflowError):
+    """The workflow cannot run as written. Exit code 2; nothing was created."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class MissingRequirement(BatchflowError):
+    """An executable the workflow requires is not installed. Exit code 2; nothing was created."""
+
+    exit_code = 2

@@ -1,0 +1,330 @@
+"""batchflow's own types: the validated workflow, rendered tasks and task states.
+
+Everything here is a frozen dataclass or an enum. No module in the core imports an
+SDK type; backends translate these into whatever their service speaks.
+
+Durations are stored as seconds (float). Paths in the workflow are resolved against
+the workflow file's folder by `spec.load_workflow`, so a `Workflow` holds absolute paths.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A location in a YAML document: 1-based line and column.
+Position = tuple[int, int]
+# A path into the YAML document, e.g. ("pool", "vm_size") or ("storage", "uploads", 0, "source").
+DocPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class SourceMap:
+    """Where each value of the workflow came from, for error messages.
+
+    `positions` maps a document path to the (line, column) of its value node
+    (1-based). `key_positions` maps it to the position of the mapping key.
+    """
+
+    file: Path
+    positions: Mapping[DocPath, Position] = field(default_factory=dict)
+    key_positions: Mapping[DocPath, Position] = field(default_factory=dict)
+
+    def where(self, path: DocPath) -> Position:
+        """The closest known position for `path`: its own, else its nearest parent's."""
+        p = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), (1, 1))
+
+
+class OutputCondition(str, enum.Enum):
+    """When a task's output files are uploaded (Batch's OutputFileUploadCondition)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    COMPLETION = "completion"
+
+
+class TaskState(str, enum.Enum):
+    ACTIVE = "active"  # queued
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class CleanupAction(str, enum.Enum):
+    DELETE = "delete"
+    KEEP = "keep"
+    # Pool only: delete the pool if this run created it, keep a pool that already existed.
+    DELETE_IF_CREATED = "delete-if-created"
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    publisher: str
+    offer: str
+    sku: str
+    version: str = "latest"
+
+
+@dataclass(frozen=True)
+class ResourceFileSpec:
+    """A file placed on the node before a task (or start task) runs.
+
+    `source` is a local path (absolute, resolved from the workflow folder); `file_path` is
+    where it appears, relative to the task working directory (default: its file name).
+    """
+
+    source: Path
+    file_path: str
+
+
+@dataclass(frozen=True)
+class StartTaskSpec:
+    command: str
+    elevated: bool = False
+    wait_for_success: bool = True
+    max_retries: int = 0
+    resource_files: tuple[ResourceFileSpec, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AutoScaleSpec:
+    formula: str
+    evaluation_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    id: str
+    vm_size: str
+    image: ImageReference
+    node_agent_sku_id: str
+    dedicated_nodes: int = 0
+    spot_nodes: int = 0
+    task_slots_per_node: int = 1
+    autoscale: AutoScaleSpec | None = None
+    start_task: StartTaskSpec | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    id: str
+    max_wall_clock: float | None = None  # seconds
+    max_task_retries: int = 0
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """Local folder -> container. `include`/`exclude` are globs on the path relative to `source`."""
+
+    source: Path
+    container: str
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """Container (optionally only blobs under `prefix`) -> local folder."""
+
+    container: str
+    destination: Path
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class ForeachSpec:
+    """One task per uploaded file whose blob name in `container` matches `pattern`."""
+
+    container: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Files to collect after a task.
+
+    `pattern` (a template, then a glob relative to the task working dir) selects files;
+    `destination` (a template) is the blob name when `pattern` names one file, or a blob
+    prefix ("folder/") when it is a glob. Default destination: the file's name.
+    """
+
+    pattern: str
+    container: str
+    destination: str | None = None
+    condition: OutputCondition = OutputCondition.SUCCESS
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    foreach: ForeachSpec
+    command: str
+    id: str | None = None  # template; None -> derived from the input blob name
+    environment: Mapping[str, str] = field(default_factory=dict)  # values are templates
+    resource_files: tuple[ResourceFileSpec, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    max_retries: int | None = None  # None -> job.max_task_retries
+    max_wall_clock: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    timeout: float = 1800.0
+    poll_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class CleanupSpec:
+    job: CleanupAction = CleanupAction.DELETE
+    pool: CleanupAction = CleanupAction.DELETE_IF_CREATED
+    input_containers: CleanupAction = CleanupAction.KEEP
+    output_containers: CleanupAction = CleanupAction.KEEP
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """Settings only the local backend reads."""
+
+    concurrency: int | None = None  # None -> min(nodes x slots, CPU count)
+    workspace: Path | None = None  # None -> <workflow folder>/.batchflow
+    start_task: StartTaskSpec | None = None  # replaces pool.start_task locally
+    requires: tuple[str, ...] = ()  # executables that must be on PATH before anything runs
+
+
+@dataclass(frozen=True)
+class Workflow:
+    version: int
+    name: str
+    path: Path  # the workflow file, absolute
+    base_dir: Path  # its folder; every relative path was resolved against it
+    pool: PoolSpec
+    job: JobSpec
+    tasks: TaskTemplate
+    containers: tuple[str, ...] = ()
+    uploads: tuple[UploadSpec, ...] = ()
+    downloads: tuple[DownloadSpec, ...] = ()
+    description: str = ""
+    vars: Mapping[str, str] = field(default_factory=dict)
+    monitor: MonitorSpec = field(default_factory=MonitorSpec)
+    cleanup: CleanupSpec = field(default_factory=CleanupSpec)
+    local: LocalSpec = field(default_factory=LocalSpec)
+    source: SourceMap | None = None
+
+
+# ---- Rendering results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file the task's foreach matched: a local file that will be (or was) uploaded."""
+
+    local_path: Path  # absolute path of the file on this machine
+    container: str
+    blob_name: str  # name in the container (upload prefix + relative path, '/' separated)
+    relative_path: str  # path relative to the upload source folder, '/' separated
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.relative_path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """A file to place in the task working dir before it runs.
+
+    `container` + `blob_name` for a file in storage; the backend turns it into whatever
+    its nodes download (a folder path locally, an http URL + SAS on Azure).
+    """
+
+    container: str
+    blob_name: str
+    file_path: str  # relative to the task working dir
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    pattern: str  # rendered, relative to the task working dir; may be a glob
+    container: str
+    destination: str  # rendered blob name (single file) or prefix ending in '/' (glob)
+    condition: OutputCondition
+
+
+@dataclass(frozen=True)
+class RenderedTask:
+    id: str
+    index: int
+    command: str  # run with /bin/sh -c in the task working dir, as Batch does on Linux
+    inputs: tuple[TaskInput, ...]
+    outputs: tuple[TaskOutput, ...]
+    environment: Mapping[str, str]
+    max_retries: int
+    max_wall_clock: float | None
+    source_blob: str | None = None  # the foreach input's blob name
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    local_path: Path
+    container: str
+    blob_name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will do, computed before any side effect."""
+
+    workflow: Workflow
+    uploads: tuple[UploadItem, ...]
+    tasks: tuple[RenderedTask, ...]
+    start_task: StartTaskSpec | None  # the start task the chosen backend will run
+
+
+# ---- Results reported by backends --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    active: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def completed(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def total(self) -> int:
+        return self.active + self.running + self.completed
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    id: str
+    state: TaskState
+    exit_code: int | None
+    attempts: int
+    started_at: float | None = None  # epoch seconds
+    ended_at: float | None = None
+    failure: str | None = None  # why it failed beyond the exit code (timeout, killed, missing input)
+    stdout_path: Path | None = None  # local copy of the last attempt's logs
+    stderr_path: Path | None = None
+    outputs: tuple[str, ...] = ()  # "container/blob" of each uploaded output file
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    transferred: int = 0
+    skipped: int = 0  # unchanged, not copied again
+    bytes: int = 0
+    files: tuple[str, ...] = ()  # what was transferred (blob names or local paths)
