@@ -74,14 +74,16 @@ class ImageReference:
 
 @dataclass(frozen=True)
 class ResourceFileSpec:
-    """A file placed on the node before a task (or start task) runs.
+    """A blob placed on the node before a task (or start task) runs, as Batch's ResourceFile.
 
-    `source` is a local path (absolute, resolved from the workflow folder); `file_path` is
-    where it appears, relative to the task working directory (default: its file name).
+    `blob` names a blob in `container` (for tasks, a template); the file appears at
+    `file_path` relative to the task working directory (None -> the blob's base name).
+    Blobs come from storage, so the files a workflow needs are listed in storage.uploads.
     """
 
-    source: Path
-    file_path: str
+    container: str
+    blob: str
+    file_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ class Plan:
     uploads: tuple[UploadItem, ...]
     tasks: tuple[RenderedTask, ...]
     start_task: StartTaskSpec | None  # the start task the chosen backend will run
+    start_task_inputs: tuple[TaskInput, ...] = ()  # its resource files, resolved
 
 
 # ---- Results reported by backends --------------------------------------------------------
