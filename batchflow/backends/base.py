@@ -28,6 +28,7 @@ from batchflow.model import (
     PoolSpec,
     RenderedTask,
     StartTaskSpec,
+    TaskInput,
     TaskCounts,
     TaskResult,
     TransferResult,
@@ -56,12 +57,19 @@ class Storage(Protocol):
 
 
 class Compute(Protocol):
-    def ensure_pool(self, pool: PoolSpec, start_task: StartTaskSpec | None) -> bool:
-        """Create the pool (or check an existing one is compatible). True if this call created it.
+    def create_pool(
+        self, pool: PoolSpec, start_task: StartTaskSpec | None, start_task_inputs: Sequence[TaskInput] = ()
+    ) -> bool:
+        """Create the pool, or check that an existing one is compatible. True if this call created it.
 
-        Returns when the pool can run tasks; raises BatchflowError if it never will
-        (start task failed on every node, nodes unusable, timeout).
+        Returns as soon as the pool exists, so the caller knows what to clean up even if the
+        pool never becomes usable.
         """
+        ...
+
+    def wait_for_pool(self, pool_id: str) -> None:
+        """Return when the pool can run tasks; raise BatchflowError if it never will
+        (start task failed on every node, nodes unusable, timeout)."""
         ...
 
     def create_job(self, job: JobSpec, pool_id: str, run_id: str) -> None: ...

@@ -1,0 +1,5 @@
+import sys
+
+from batchflow.cli import main
+
+sys.exit(main())

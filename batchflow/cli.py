@@ -1,0 +1,301 @@
+"""Command line: parsing and exit codes only.
+
+Exit codes (as pre-commit): 0 ok; 1 a known failure (a task failed, a backend error);
+2 invalid input (usage, workflow file, missing requirement); 3 unexpected error (traceback
+in a log file); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from batchflow import __version__
+from batchflow.errors import BatchflowError, InvalidWorkflow, Problem
+from batchflow.redact import RedactingFilter, redact
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _backend_choices() -> list[str]:
+    from batchflow.backends.registry import COMPUTE
+
+    return sorted(COMPUTE)
+
+
+def _storage_choices() -> list[str]:
+    from batchflow.backends.registry import STORAGE
+
+    return sorted(STORAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="batchflow",
+        description="Run embarrassingly parallel command-line work on Azure Batch or locally, from one YAML file.",
+    )
+    p.add_argument("--version", action="version", version=f"batchflow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def workflow_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("workflow", type=Path, help="the workflow YAML file")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="override a variable declared under vars (repeatable)",
+        )
+
+    def output_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--output", choices=["text", "json"], default="text", help="output format on stdout")
+
+    sp = sub.add_parser("validate", help="check a workflow file and report every problem")
+    workflow_args(sp)
+    output_arg(sp)
+
+    sp = sub.add_parser("plan", help="show what a run would do, creating nothing")
+    workflow_args(sp)
+    output_arg(sp)
+    sp.add_argument("--backend", choices=_backend_choices(), default="local")
+    sp.add_argument("--all", action="store_true", help="list every task, not only the first 20")
+
+    sp = sub.add_parser("run", help="run a workflow")
+    workflow_args(sp)
+    output_arg(sp)
+    sp.add_argument("--backend", choices=_backend_choices(), default="local", help="where tasks run")
+    sp.add_argument("--storage", choices=_storage_choices(), help="where files live (default: the backend's)")
+    sp.add_argument("--workspace", type=Path, help="local state folder (default: .batchflow beside the workflow)")
+    sp.add_argument("--concurrency", type=_positive_int, help="local backend: tasks at once")
+    sp.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+
+    sp = sub.add_parser("status", help="show the state of a run (default: the latest)")
+    sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough)")
+    sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
+    sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
+    output_arg(sp)
+
+    sub.add_parser("schema", help="print the workflow JSON Schema")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidWorkflow([Problem(None, None, None, "--set", f"expected NAME=VALUE, got {item!r}")])
+        out[name.strip()] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
+        return int(e.code) if isinstance(e.code, int) else EXIT_INVALID
+    try:
+        with _sigterm_as_interrupt():
+            return int(COMMANDS[args.command](args))
+    except InvalidWorkflow as e:
+        if getattr(args, "output", "text") == "json":
+            print(json.dumps({"valid": False, "problems": [p.as_dict() for p in e.problems]}, indent=2))
+        for problem in e.problems:
+            print(redact(str(problem)), file=sys.stderr)
+        n = len(e.problems)
+        print(f"{n} problem{'s' if n != 1 else ''}; nothing was created.", file=sys.stderr)
+        return EXIT_INVALID
+    except BatchflowError as e:
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        log_file = _crash_log(e)
+        print(f"batchflow: unexpected error: {redact(type(e).__name__ + ': ' + str(e))}", file=sys.stderr)
+        print(f"The traceback is in {log_file}. Please report it.", file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+def _crash_log(exc: BaseException) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchflow"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "batchflow.log"
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} batchflow {__version__}\n{redact(text)}\n")
+    return path
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a closed terminal, a killed CI job) stops a run the way Ctrl-C does."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from batchflow.render import build_plan
+    from batchflow.spec import load_workflow
+
+    wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
+    plan = build_plan(wf, "local")
+    if args.output == "json":
+        print(json.dumps({"valid": True, "problems": [], "tasks": len(plan.tasks)}, indent=2))
+    else:
+        print(f"{args.workflow}: valid ({len(plan.tasks)} tasks)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from batchflow.plan_view import plan_as_json, print_plan
+    from batchflow.render import build_plan
+    from batchflow.spec import load_workflow
+
+    wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
+    plan = build_plan(wf, args.backend)
+    if args.output == "json":
+        print(json.dumps(plan_as_json(plan), indent=2))
+    else:
+        print_plan(plan, limit=None if args.all else 20)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from batchflow.backends import registry
+    from batchflow.render import build_plan
+    from batchflow.report import Reporter, as_json
+    from batchflow.runner import Runner
+    from batchflow.spec import load_workflow
+    from batchflow.state import RunState, new_run_id
+
+    wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
+    plan = build_plan(wf, args.backend)
+    workspace = (args.workspace or wf.local.workspace or wf.base_dir / ".batchflow").resolve()
+    storage_name = args.storage or registry.DEFAULT_STORAGE[args.backend]
+    reporter = Reporter(quiet=args.quiet)
+
+    # Backends are built (and requirements checked) before the run folder exists: a run that
+    # cannot start creates nothing. Backend constructors never touch the disk or the network.
+    run_id = new_run_id()
+    ctx = registry.Context(
+        plan=plan, workspace=workspace, run_dir=workspace / "runs" / run_id, concurrency=args.concurrency
+    )
+    storage = registry.STORAGE[storage_name](ctx)
+    compute = registry.COMPUTE[args.backend](ctx, storage)
+    state = RunState.create(workspace, wf.path, args.backend, run_id)
+    handler = _attach_run_log(state.log_file)
+    try:
+        reporter.stage(f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}")
+        try:
+            outcome = Runner(plan, storage, compute, state, reporter).run()
+        except BatchflowError:
+            reporter.summary(state, outputs=[])
+            raise
+        reporter.summary(outcome.state, outputs=outcome.outputs)
+        if args.output == "json":
+            print(json.dumps(as_json(outcome.state), indent=2))
+        return outcome.exit_code
+    finally:
+        logging.getLogger("batchflow").removeHandler(handler)
+        handler.close()
+
+
+def _attach_run_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("batchflow")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return handler
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from batchflow.report import as_json, tail
+    from batchflow.state import RunState, find_run
+
+    if args.workspace is not None:
+        workspace = args.workspace
+    elif args.workflow is not None:
+        workspace = args.workflow.resolve().parent / ".batchflow"
+    else:
+        workspace = Path(".batchflow")
+    state = RunState.load(find_run(workspace, args.run))
+    if args.output == "json":
+        print(json.dumps(as_json(state), indent=2))
+        return EXIT_OK
+    counts = state.counts()
+    lines: list[str] = [
+        f"Run {state.run_id} ({state.backend}): {state.status}, stage {state.stage}",
+        f"Workflow: {state.workflow}",
+        f"Tasks: {state.task_count} total, {counts['succeeded']} succeeded, {counts['failed']} failed",
+    ]
+    if state.message:
+        lines.append(f"Message: {state.message}")
+    for tid, t in sorted(state.tasks.items()):
+        if t["state"] == "failed":
+            lines.append(f"  {tid}: {t.get('failure') or 'exit code ' + str(t.get('exit_code'))}")
+            if t.get("stderr"):
+                lines.extend(f"    | {line}" for line in tail(state.folder / t["stderr"], 5))
+    lines.append(f"Run folder: {state.folder}")
+    print(redact("\n".join(lines)))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from batchflow.spec import SCHEMA_FILE
+
+    sys.stdout.write(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Any] = {
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "run": cmd_run,
+    "status": cmd_status,
+    "schema": cmd_schema,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`batchflow plan`: what a run would do, shown as a table or as JSON. Creates nothing."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from batchflow.model import Plan, RenderedTask
+from batchflow.redact import redact
+
+
+def _task_json(t: RenderedTask) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "command": t.command,
+        "inputs": [{"container": i.container, "blob": i.blob_name, "file_path": i.file_path} for i in t.inputs],
+        "outputs": [
+            {"pattern": o.pattern, "container": o.container, "destination": o.destination, "condition": o.condition.value}
+            for o in t.outputs
+        ],
+        "environment": dict(t.environment),
+        "max_retries": t.max_retries,
+        "max_wall_clock": t.max_wall_clock,
+    }
+
+
+def plan_as_json(plan: Plan) -> dict[str, Any]:
+    wf = plan.workflow
+    pool = wf.pool
+    return {
+        "workflow": str(wf.path),
+        "name": wf.name,
+        "pool": {
+            "id": pool.id,
+            "vm_size": pool.vm_size,
+            "dedicated_nodes": pool.dedicated_nodes,
+            "spot_nodes": pool.spot_nodes,
+            "task_slots_per_node": pool.task_slots_per_node,
+            "start_task": plan.start_task.command if plan.start_task else None,
+        },
+        "job": {"id": wf.job.id},
+        "uploads": [
+            {"path": str(u.local_path), "container": u.container, "blob": u.blob_name, "size": u.size}
+            for u in plan.uploads
+        ],
+        "task_count": len(plan.tasks),
+        "tasks": [_task_json(t) for t in plan.tasks],
+    }
+
+
+def print_plan(plan: Plan, limit: int | None = 20) -> None:
+    wf = plan.workflow
+    pool = wf.pool
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    nbytes = sum(u.size for u in plan.uploads)
+    console.print(f"Workflow {wf.name} ({wf.path})", markup=False)
+    console.print(f"Uploads: {len(plan.uploads)} files, {nbytes:,} bytes", markup=False)
+    console.print(
+        f"Pool [{pool.id}]: {pool.vm_size}, {pool.dedicated_nodes} dedicated + {pool.spot_nodes} Spot nodes, "
+        f"{pool.task_slots_per_node} task slot(s) per node",
+        markup=False,
+    )
+    if plan.start_task is not None:
+        console.print(f"Start task: {redact(plan.start_task.command)}", markup=False)
+    console.print(f"Job [{wf.job.id}]: {len(plan.tasks)} tasks", markup=False)
+    table = Table(show_lines=False)
+    for col in ("task id", "command", "inputs", "outputs"):
+        table.add_column(col, overflow="fold")
+    shown = plan.tasks if limit is None else plan.tasks[:limit]
+    for t in shown:
+        table.add_row(
+            t.id,
+            redact(t.command),
+            "\n".join(i.file_path for i in t.inputs),
+            "\n".join(f"{o.pattern} -> {o.container}/{o.destination}" for o in t.outputs),
+            end_section=False,
+        )
+    console.print(table)
+    if limit is not None and len(plan.tasks) > limit:
+        console.print(f"... {len(plan.tasks) - limit} more tasks (--all to list them)", markup=False)

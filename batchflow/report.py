@@ -1,0 +1,153 @@
+"""What a person sees: stage lines, live progress and the final summary, all on stderr.
+
+stdout is kept for machine-useful output (`--output json`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from batchflow.model import TaskCounts
+from batchflow.redact import redact
+from batchflow.state import RunState
+
+PLAIN_PROGRESS_EVERY = 5.0  # seconds between plain progress lines when nothing finished
+
+
+class Reporter:
+    """Stage lines and progress. Live rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        quiet: bool = False,
+        live: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+        self.live = (not quiet) and (self.stream.isatty() if live is None else live)
+        self.clock = clock
+        self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        self._progress: Progress | None = None
+        self._bar: TaskID | None = None
+        self._last_plain: tuple[TaskCounts, float] | None = None
+        self._started = clock()
+
+    def stage(self, message: str) -> None:
+        if not self.quiet:
+            self._console.print(redact(message), markup=False)
+
+    def info(self, message: str) -> None:
+        self.stage(message)
+
+    def warn(self, message: str) -> None:
+        """Shown even with --quiet."""
+        self._console.print(redact(message), markup=False, style="yellow")
+
+    def progress(self, counts: TaskCounts, total: int) -> None:
+        if self.quiet:
+            return
+        text = (
+            f"queued {counts.active}  running {counts.running}  "
+            f"succeeded {counts.succeeded}  failed {counts.failed}"
+        )
+        if self.live:
+            if self._progress is None:
+                self._progress = Progress(
+                    TextColumn("[bold]Tasks"),
+                    BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[counts]}"),
+                    TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(),
+                    TextColumn("ETA"),
+                    TimeRemainingColumn(),
+                    console=self._console,
+                    transient=False,
+                )
+                self._progress.start()
+                self._bar = self._progress.add_task("tasks", total=total, counts=text, rate="")
+            assert self._bar is not None
+            elapsed = max(self.clock() - self._started, 1e-9)
+            rate = f"{counts.completed / elapsed:.1f} tasks/s" if counts.completed else ""
+            self._progress.update(self._bar, completed=counts.completed, total=total, counts=text, rate=rate)
+            return
+        now = self.clock()
+        last = self._last_plain
+        changed = last is None or last[0].completed != counts.completed or last[0].failed != counts.failed
+        due = last is None or now - last[1] >= PLAIN_PROGRESS_EVERY
+        finished = counts.completed == total
+        # Plain mode: a line when something finished (at most every few seconds), and the last one.
+        if (changed and due) or (finished and (last is None or last[0] != counts)):
+            self._console.print(f"Tasks {counts.completed}/{total}: {text}", markup=False)
+            self._last_plain = (counts, now)
+
+    def close_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def summary(self, state: RunState, *, outputs: list[str], tail_lines: int = 10) -> None:
+        """The final report: counts, time per stage, where outputs went, and why tasks failed."""
+        self.close_progress()
+        counts = state.counts()
+        lines = [
+            f"Run {state.run_id}: {state.status}. "
+            f"{counts['succeeded']} succeeded, {counts['failed']} failed of {state.task_count} tasks."
+        ]
+        if state.stage_seconds:
+            lines.append(
+                "Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.stage_seconds.items())
+            )
+        lines.extend(f"Outputs: {o}" for o in outputs)
+        failed = [(tid, t) for tid, t in sorted(state.tasks.items()) if t["state"] == "failed"]
+        for tid, t in failed[:20]:
+            why = t.get("failure") or f"exit code {t.get('exit_code')}"
+            lines.append(f"Task {tid} failed ({why}, {t.get('attempts')} attempt(s))")
+            if t.get("stderr"):
+                path = state.folder / t["stderr"]
+                for line in tail(path, tail_lines):
+                    lines.append(f"    | {line}")
+                lines.append(f"    full logs: {path.parent}")
+        if len(failed) > 20:
+            lines.append(f"... and {len(failed) - 20} more failed tasks: batchflow status {state.run_id}")
+        lines.append(f"Run folder: {state.folder}")
+        for line in lines:
+            self._console.print(redact(line), markup=False)
+
+
+def tail(path: Path, n: int) -> list[str]:
+    """The last `n` lines of a text file (reads at most the last 64 KB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", errors="replace").splitlines()[-n:]
+
+
+def as_json(state: RunState) -> dict[str, Any]:
+    return {
+        "run_id": state.run_id,
+        "status": state.status,
+        "workflow": state.workflow,
+        "backend": state.backend,
+        "run_folder": str(state.folder),
+        "counts": state.counts(),
+        "stage_seconds": state.stage_seconds,
+        "tasks": state.tasks,
+        "message": state.message,
+    }
+

@@ -1,0 +1,245 @@
+"""The stages of a run: upload -> pool -> job -> tasks -> monitor -> download -> cleanup.
+
+The runner owns ordering, the monitor loop, cleanup and the run state. Backends only do
+what they are asked. Time is a parameter (`clock`), so tests drive the loop without waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from batchflow.backends.base import Compute, Storage
+from batchflow.errors import BatchflowError
+from batchflow.model import CleanupAction, Plan, TaskCounts
+from batchflow.report import Reporter
+from batchflow.state import RunState
+
+log = logging.getLogger("batchflow")
+
+# While nothing changes, the poll interval grows by this factor up to MAX_POLL_GROWTH x the configured one.
+POLL_BACKOFF = 1.5
+MAX_POLL_GROWTH = 6.0
+
+
+class MonitorTimeout(BatchflowError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    state: RunState
+    outputs: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return {"succeeded": 0, "interrupted": 130}.get(self.state.status, 1)
+
+
+class Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        storage: Storage,
+        compute: Compute,
+        state: RunState,
+        reporter: Reporter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.plan = plan
+        self.storage = storage
+        self.compute = compute
+        self.state = state
+        self.reporter = reporter
+        self.clock = clock
+        self._outputs: list[str] = []
+        self._pool_touched = False  # create_pool was called: there may be a pool to clean up
+        self._job_touched = False
+
+    # ---- the whole run ------------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        wf = self.plan.workflow
+        self.state.task_count = len(self.plan.tasks)
+        self.state.pool_id = wf.pool.id
+        self.state.job_id = wf.job.id
+        try:
+            self._upload()
+            self._pool()
+            self._job_and_tasks()
+            self._monitor()
+            self._collect()
+            self._download()
+            self.state.status = "succeeded" if self.state.counts()["failed"] == 0 else "failed"
+        except KeyboardInterrupt:
+            self.state.status = "interrupted"
+            self.state.message = "interrupted (Ctrl-C)"
+            self.reporter.close_progress()
+            self.reporter.warn("Interrupted: stopping running tasks...")
+            self._stop_and_collect()
+        except BatchflowError as e:
+            self.state.status = "failed"
+            self.state.message = str(e)
+            self.reporter.close_progress()
+            self._stop_and_collect()
+            raise
+        except BaseException as e:
+            self.state.status = "error"
+            self.state.message = f"{type(e).__name__}: {e}"
+            self._stop_and_collect()
+            raise
+        finally:
+            try:
+                self._cleanup()
+            finally:
+                self.state.ended_at = time.time()
+                self.state.save()
+        return RunOutcome(self.state, self._outputs)
+
+    # ---- stages ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        self.state.stage = name
+        self.state.save()
+        start = self.clock()
+        log.info("stage %s", name)
+        try:
+            yield
+        finally:
+            self.state.stage_seconds[name] = round(
+                self.state.stage_seconds.get(name, 0.0) + self.clock() - start, 3
+            )
+
+    def _upload(self) -> None:
+        with self._stage("upload"):
+            for name in self.plan.workflow.containers:
+                if self.storage.ensure_container(name):
+                    self.state.containers_created.append(name)
+            by_container: dict[str, list[int]] = defaultdict(list)
+            for i, item in enumerate(self.plan.uploads):
+                by_container[item.container].append(i)
+            for container, idx in by_container.items():
+                items = [self.plan.uploads[i] for i in idx]
+                self.reporter.stage(f"Uploading {len(items)} files to container [{container}]...")
+                result = self.storage.upload(items)
+                if result.skipped:
+                    self.reporter.stage(f"  {result.transferred} uploaded, {result.skipped} unchanged")
+
+    def _pool(self) -> None:
+        pool = self.plan.workflow.pool
+        with self._stage("pool"):
+            self.reporter.stage(f"Creating pool [{pool.id}]...")
+            self._pool_touched = True
+            created = self.compute.create_pool(pool, self.plan.start_task, self.plan.start_task_inputs)
+            self.state.pool_created = created
+            self.state.save()
+            if not created:
+                self.reporter.stage(f"  reusing existing pool [{pool.id}]")
+            self.compute.wait_for_pool(pool.id)
+
+    def _job_and_tasks(self) -> None:
+        job = self.plan.workflow.job
+        with self._stage("job"):
+            self.reporter.stage(f"Creating job [{job.id}]...")
+            self._job_touched = True
+            self.compute.create_job(job, self.plan.workflow.pool.id, self.state.run_id)
+        with self._stage("tasks"):
+            self.reporter.stage(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]...")
+            self.compute.add_tasks(job.id, self.plan.tasks)
+            self.compute.seal_job(job.id)
+
+    def _monitor(self) -> None:
+        wf = self.plan.workflow
+        total = len(self.plan.tasks)
+        with self._stage("monitor"):
+            self.reporter.stage(f"Monitoring all tasks for 'Completed' state, timeout in {_fmt(wf.monitor.timeout)}...")
+            deadline = self.clock() + wf.monitor.timeout
+            base = wf.monitor.poll_interval
+            interval = base
+            last: TaskCounts | None = None
+            while True:
+                counts = self.compute.task_counts(wf.job.id)
+                self.reporter.progress(counts, total)
+                if counts.completed >= total:
+                    break
+                interval = base if counts != last else min(interval * POLL_BACKOFF, base * MAX_POLL_GROWTH)
+                last = counts
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise MonitorTimeout(
+                        f"tasks did not finish within the monitor timeout ({_fmt(wf.monitor.timeout)}): "
+                        f"{counts.completed}/{total} completed, {counts.running} running, {counts.active} queued"
+                    )
+                self.compute.wait(min(interval, remaining))
+            self.reporter.close_progress()
+
+    def _collect(self) -> None:
+        results = self.compute.task_results(self.plan.workflow.job.id)
+        self.state.record_tasks(results)
+        self.state.save()
+
+    def _stop_and_collect(self) -> None:
+        """After an error or Ctrl-C: stop what runs, record what finished."""
+        try:
+            self.compute.stop()
+            self._collect()
+        except BatchflowError as e:
+            log.warning("could not record task results: %s", e)
+
+    def _download(self) -> None:
+        with self._stage("download"):
+            for d in self.plan.workflow.downloads:
+                self.reporter.stage(f"Downloading container [{d.container}] to {d.destination}...")
+                result = self.storage.download(d.container, d.prefix, d.destination)
+                self._outputs.append(
+                    f"{d.destination} ({result.transferred} downloaded, {result.skipped} unchanged)"
+                )
+
+    def _cleanup(self) -> None:
+        wf = self.plan.workflow
+        policy = wf.cleanup
+        succeeded = self.state.status == "succeeded"
+        with self._stage("cleanup"):
+            if self._job_touched and policy.job is CleanupAction.DELETE:
+                self._try(f"Deleting job [{wf.job.id}]...", lambda: self.compute.delete_job(wf.job.id))
+            delete_pool = policy.pool is CleanupAction.DELETE or (
+                policy.pool is CleanupAction.DELETE_IF_CREATED and self.state.pool_created
+            )
+            if delete_pool and self._pool_touched:
+                self._try(f"Deleting pool [{wf.pool.id}]...", lambda: self.compute.delete_pool(wf.pool.id))
+            elif self.state.pool_created:
+                self.reporter.warn(f"Pool [{wf.pool.id}] kept (cleanup.pool: {policy.pool.value}).")
+            # Data is deleted only when asked, and only after a run in which everything succeeded.
+            if succeeded:
+                inputs = sorted({u.container for u in wf.uploads})
+                outputs = sorted({o.container for o in wf.tasks.outputs} - set(inputs))
+                if policy.input_containers is CleanupAction.DELETE:
+                    for c in inputs:
+                        self._try(f"Deleting container [{c}]...", lambda c=c: self.storage.delete_container(c))
+                if policy.output_containers is CleanupAction.DELETE:
+                    for c in outputs:
+                        self._try(f"Deleting container [{c}]...", lambda c=c: self.storage.delete_container(c))
+
+    def _try(self, message: str, action: Callable[[], object]) -> None:
+        self.reporter.stage(message)
+        try:
+            action()
+        except BatchflowError as e:
+            self.reporter.warn(f"  cleanup failed: {e}")
+            log.warning("cleanup failed: %s", e)
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds % 3600 == 0 and seconds:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0 and seconds:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+

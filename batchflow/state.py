@@ -1,0 +1,131 @@
+"""Run folders: one per run, holding its state (state.json), its log and each task's logs.
+
+Layout: <workspace>/runs/<run id>/
+    state.json          written atomically at every stage change
+    batchflow.log       the run's log (redacted)
+    tasks/<task id>/    stdout.txt, stderr.txt of the task's last attempt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchflow.errors import BatchflowError
+from batchflow.model import TaskResult, TaskState
+
+STATE_FILE = "state.json"
+
+
+def new_run_id(now: float | None = None) -> str:
+    """Sortable and unique: 20261122-081501-3fa9c2."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunState:
+    """What a run did so far. Serialised to state.json after every change of stage."""
+
+    run_id: str
+    workflow: str
+    backend: str
+    folder: Path
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    status: str = "running"  # running | succeeded | failed | interrupted | error
+    stage: str = "plan"
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    pool_id: str | None = None
+    pool_created: bool = False
+    job_id: str | None = None
+    containers_created: list[str] = field(default_factory=list)
+    task_count: int = 0
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    message: str | None = None
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.folder / "tasks"
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "batchflow.log"
+
+    def record_tasks(self, results: list[TaskResult]) -> None:
+        for r in results:
+            self.tasks[r.id] = {
+                "state": r.state.value,
+                "exit_code": r.exit_code,
+                "attempts": r.attempts,
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "failure": r.failure,
+                "stdout": _rel(r.stdout_path, self.folder),
+                "stderr": _rel(r.stderr_path, self.folder),
+                "outputs": list(r.outputs),
+            }
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in TaskState}
+        for t in self.tasks.values():
+            out[t["state"]] = out.get(t["state"], 0) + 1
+        return out
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["folder"] = str(self.folder)
+        tmp = self.folder / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.folder / STATE_FILE)
+
+    @classmethod
+    def create(cls, workspace: Path, workflow: Path, backend: str, run_id: str | None = None) -> RunState:
+        rid = run_id or new_run_id()
+        folder = workspace / "runs" / rid
+        (folder / "tasks").mkdir(parents=True, exist_ok=False)
+        state = cls(run_id=rid, workflow=str(workflow), backend=backend, folder=folder)
+        state.save()
+        return state
+
+    @classmethod
+    def load(cls, folder: Path) -> RunState:
+        try:
+            data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BatchflowError(f"no run state in {folder}") from None
+        except json.JSONDecodeError as e:
+            raise BatchflowError(f"run state {folder / STATE_FILE} is damaged: {e}") from None
+        data["folder"] = folder
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def find_run(workspace: Path, run_id: str | None) -> Path:
+    """The folder of run `run_id` (a unique prefix is enough), or of the latest run."""
+    runs = workspace / "runs"
+    names = sorted(p.name for p in runs.iterdir() if (p / STATE_FILE).is_file()) if runs.is_dir() else []
+    if not names:
+        raise BatchflowError(f"no runs in {runs}")
+    if run_id is None:
+        return runs / names[-1]
+    matches = [n for n in names if n.startswith(run_id)]
+    if len(matches) == 1:
+        return runs / matches[0]
+    if not matches:
+        raise BatchflowError(f"no run {run_id!r} in {runs} (latest: {names[-1]})")
+    raise BatchflowError(f"run id {run_id!r} is ambiguous: {', '.join(matches[:5])}")
+
+
+def _rel(path: Path | None, base: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
