@@ -1,0 +1,259 @@
+"""The runner's stage logic with scripted backends and a fake clock: monitor loop, cleanup, Ctrl-C.
+
+The backends here are scripted stand-ins of batchflow's own Protocols (not of any SDK), so the
+loop's decisions can be driven through thousands of polls in milliseconds.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from batchflow.errors import BatchflowError
+from batchflow.model import (
+    CleanupAction,
+    CleanupSpec,
+    ForeachSpec,
+    ImageReference,
+    JobSpec,
+    MonitorSpec,
+    OutputCondition,
+    OutputSpec,
+    Plan,
+    PoolSpec,
+    RenderedTask,
+    StartTaskSpec,
+    TaskCounts,
+    TaskInput,
+    TaskResult,
+    TaskState,
+    TaskTemplate,
+    TransferResult,
+    UploadItem,
+    UploadSpec,
+    Workflow,
+)
+from batchflow.report import Reporter
+from batchflow.runner import MonitorTimeout, Runner
+from batchflow.state import RunState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedStorage:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ensure_container(self, name: str) -> bool:
+        self.calls.append(f"ensure {name}")
+        return True
+
+    def upload(self, items: Sequence[UploadItem]) -> TransferResult:
+        self.calls.append(f"upload {len(items)}")
+        return TransferResult(transferred=len(items))
+
+    def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
+        self.calls.append(f"download {container}")
+        return TransferResult()
+
+    def list_blobs(self, container: str, prefix: str = "") -> list[str]:
+        return []
+
+    def delete_container(self, name: str) -> bool:
+        self.calls.append(f"delete {name}")
+        return True
+
+
+class ScriptedCompute:
+    """Reports `counts` in order, one per poll (the last one repeats); `wait` advances the clock."""
+
+    def __init__(self, clock: Clock, counts: list[TaskCounts], *, pool_exists: bool = False) -> None:
+        self.clock = clock
+        self.counts = counts
+        self.pool_exists = pool_exists
+        self.polls = 0
+        self.waits: list[float] = []
+        self.calls: list[str] = []
+        self.interrupt_on_wait: int | None = None
+        self.fail_pool: BatchflowError | None = None
+
+    def create_pool(
+        self, pool: PoolSpec, start_task: StartTaskSpec | None, start_task_inputs: Sequence[TaskInput] = ()
+    ) -> bool:
+        self.calls.append("create_pool")
+        return not self.pool_exists
+
+    def wait_for_pool(self, pool_id: str) -> None:
+        self.calls.append("wait_for_pool")
+        if self.fail_pool is not None:
+            raise self.fail_pool
+
+    def create_job(self, job: JobSpec, pool_id: str, run_id: str) -> None:
+        self.calls.append("create_job")
+
+    def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
+        self.calls.append(f"add_tasks {len(tasks)}")
+
+    def seal_job(self, job_id: str) -> None:
+        self.calls.append("seal_job")
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        c = self.counts[min(self.polls, len(self.counts) - 1)]
+        self.polls += 1
+        return c
+
+    def wait(self, timeout: float) -> None:
+        self.waits.append(timeout)
+        if self.interrupt_on_wait is not None and len(self.waits) >= self.interrupt_on_wait:
+            raise KeyboardInterrupt
+        self.clock.now += timeout
+
+    def task_results(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
+        last = self.counts[min(self.polls, len(self.counts)) - 1] if self.polls else TaskCounts()
+        out = [TaskResult(f"t{i}", TaskState.SUCCEEDED, 0, 1) for i in range(last.succeeded)]
+        out += [TaskResult(f"f{i}", TaskState.FAILED, 1, 1) for i in range(last.failed)]
+        return out
+
+    def stop(self) -> None:
+        self.calls.append("stop")
+
+    def delete_job(self, job_id: str) -> None:
+        self.calls.append("delete_job")
+
+    def delete_pool(self, pool_id: str) -> None:
+        self.calls.append("delete_pool")
+
+
+def make_plan(tmp_path: Path, n: int, **wf_changes: object) -> Plan:
+    pool = PoolSpec("pool1", "Standard_A1_v2", ImageReference("canonical", "ubuntu-24_04-lts", "server"), "agent")
+    wf = Workflow(
+        version=1,
+        name="t",
+        path=tmp_path / "wf.yaml",
+        base_dir=tmp_path,
+        pool=pool,
+        job=JobSpec("job1"),
+        tasks=TaskTemplate(
+            foreach=ForeachSpec("input", "*"),
+            command="true",
+            outputs=(OutputSpec("x", "output", None, OutputCondition.SUCCESS),),
+        ),
+        containers=("input", "output"),
+        uploads=(UploadSpec(tmp_path, "input"),),
+        monitor=MonitorSpec(timeout=60.0, poll_interval=1.0),
+    )
+    wf = replace(wf, **wf_changes)  # type: ignore[arg-type]
+    tasks = tuple(RenderedTask(f"t{i}", i, "true", (), (), {}, 0, None) for i in range(n))
+    return Plan(wf, (UploadItem(tmp_path / "a", "input", "a", 1),), tasks, None)
+
+
+def run(tmp_path: Path, plan: Plan, compute: ScriptedCompute, clock: Clock) -> tuple[Runner, ScriptedStorage]:
+    state = RunState.create(tmp_path / "ws", plan.workflow.path, "local", "run1")
+    storage = ScriptedStorage()
+    runner = Runner(plan, storage, compute, state, Reporter(io.StringIO(), live=False), clock=clock)
+    return runner, storage
+
+
+def test_stages_in_order_and_cleanup_of_what_the_run_created(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(active=2), TaskCounts(running=2), TaskCounts(succeeded=2)])
+    runner, storage = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    outcome = runner.run()
+    assert outcome.exit_code == 0
+    assert outcome.state.status == "succeeded"
+    assert compute.calls == [
+        "create_pool",
+        "wait_for_pool",
+        "create_job",
+        "add_tasks 2",
+        "seal_job",
+        "delete_job",
+        "delete_pool",
+    ]
+    # Data is kept by default.
+    assert storage.calls == ["ensure input", "ensure output", "upload 1"]
+    saved = RunState.load(outcome.state.folder)
+    assert saved.status == "succeeded" and saved.counts()["succeeded"] == 2
+    assert set(saved.stage_seconds) >= {"upload", "pool", "job", "tasks", "monitor", "cleanup"}
+
+
+def test_existing_pool_is_kept_by_default(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=1)], pool_exists=True)
+    runner, _ = run(tmp_path, make_plan(tmp_path, 1), compute, clock)
+    runner.run()
+    assert "delete_pool" not in compute.calls
+    assert "delete_job" in compute.calls
+
+
+def test_poll_interval_grows_while_nothing_changes_and_resets_on_change(tmp_path: Path) -> None:
+    clock = Clock()
+    script = [TaskCounts(active=1)] * 8 + [TaskCounts(running=1)] + [TaskCounts(succeeded=1)]
+    compute = ScriptedCompute(clock, script)
+    runner, _ = run(tmp_path, make_plan(tmp_path, 1), compute, clock)
+    runner.run()
+    assert compute.waits == [1.0, 1.5, 2.25, 3.375, 5.0625, 6.0, 6.0, 6.0, 1.0]
+    assert compute.polls == 10  # one task_counts request per poll
+
+
+def test_monitor_timeout_stops_tasks_and_still_cleans_up(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(running=3)])
+    plan = make_plan(tmp_path, 3, monitor=MonitorSpec(timeout=10.0, poll_interval=1.0))
+    runner, _ = run(tmp_path, plan, compute, clock)
+    with pytest.raises(MonitorTimeout, match=r"within the monitor timeout \(10s\): 0/3 completed, 3 running"):
+        runner.run()
+    assert clock.now == 10.0
+    assert compute.calls[-3:] == ["stop", "delete_job", "delete_pool"]
+    assert RunState.load(runner.state.folder).status == "failed"
+
+
+def test_ctrl_c_stops_records_and_cleans_up(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(running=2)])
+    compute.interrupt_on_wait = 3
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    outcome = runner.run()
+    assert outcome.exit_code == 130
+    assert outcome.state.status == "interrupted"
+    assert compute.calls[-3:] == ["stop", "delete_job", "delete_pool"]
+
+
+def test_pool_that_never_becomes_usable_is_deleted_when_this_run_created_it(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts()])
+    compute.fail_pool = BatchflowError("start task failed on node-0 (exit 1)")
+    runner, _ = run(tmp_path, make_plan(tmp_path, 1), compute, clock)
+    with pytest.raises(BatchflowError, match="start task failed"):
+        runner.run()
+    assert "create_job" not in compute.calls
+    assert compute.calls[-1] == "delete_pool"
+
+
+def test_failed_tasks_keep_input_data_even_when_policy_says_delete(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=1, failed=1)])
+    cleanup = CleanupSpec(input_containers=CleanupAction.DELETE, output_containers=CleanupAction.DELETE)
+    runner, storage = run(tmp_path, make_plan(tmp_path, 2, cleanup=cleanup), compute, clock)
+    outcome = runner.run()
+    assert outcome.exit_code == 1
+    assert not [c for c in storage.calls if c.startswith("delete")]
+
+
+def test_data_deleted_when_asked_after_success(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=1)])
+    cleanup = CleanupSpec(input_containers=CleanupAction.DELETE, output_containers=CleanupAction.KEEP)
+    runner, storage = run(tmp_path, make_plan(tmp_path, 1, cleanup=cleanup), compute, clock)
+    runner.run()
+    assert [c for c in storage.calls if c.startswith("delete")] == ["delete input"]
