@@ -1,0 +1,598 @@
+"""Workflow -> Plan: find the input files, render every task's templates, check the result.
+
+Pure: it lists and stats local files and reads the workflow file (for error positions),
+but writes nothing and calls no backend. Any problem anywhere -> InvalidWorkflow listing
+them all, so a workflow that cannot fully render never creates anything.
+
+Templates are Jinja in a sandbox (ImmutableSandboxedEnvironment, StrictUndefined). Context:
+`input` (name, stem, suffix, relative_path, blob, container, path, size), `index` (0-based),
+`vars`, `pool` (id, vm_size, dedicated_nodes, spot_nodes, task_slots_per_node), `job` (id)
+and, everywhere but in `tasks.id`, `task` (id).
+
+What a `{{ ... }}` inserts depends on where it is:
+- `tasks.command`: the value, shell-quoted as ONE argument (as GNU parallel does), so any file
+  name is safe: `{{ input.stem ~ '.mp3' }}` is one argument. `{{ value | unquoted }}` inserts
+  it raw, for values meant to be several words. `input.path` of a file whose relative path
+  starts with '-' is `./-name`, so a command never reads it as an option.
+- `tasks.outputs[].pattern`: the value, glob-escaped (`a[1]` -> `a[[]1]`), so it matches only
+  that name; `| unquoted` inserts a glob.
+- `tasks.id`, `tasks.environment`, `tasks.outputs[].destination`, `tasks.resource_files[].blob`:
+  the value as is.
+
+Error positions: a template's line N is reported at the YAML value's line + N - 1. When the
+value is a block scalar (the recorded position points at its `|` or `>` indicator, as PyYAML
+marks record it), line N is the indicator's line + N. Exact for single-line values and `|`
+blocks; for folded values (`>`, multi-line plain or quoted) a template line can span several
+YAML lines and is reported at the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, ClassVar
+
+from jinja2 import StrictUndefined, Template
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from batchflow.errors import InvalidWorkflow, Problem
+from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match, iter_files
+from batchflow.model import (
+    DocPath,
+    InputFile,
+    Plan,
+    RenderedTask,
+    ResourceFileSpec,
+    StartTaskSpec,
+    TaskInput,
+    TaskOutput,
+    UploadItem,
+    Workflow,
+)
+
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TASK_ID_RULE = "a task id is 1-64 letters, digits, '-' or '_'"
+
+
+class Unquoted(str):
+    """A value to insert into a command as is (the `unquoted` filter returns one)."""
+
+    __slots__ = ()
+
+
+def shell_quote(value: object) -> str:
+    """`value` as one /bin/sh word (single-quoted when needed); an `Unquoted` value as is."""
+    if isinstance(value, Unquoted):
+        return str(value)
+    return shlex.quote(str(value))
+
+
+def derive_task_id(blob_name: str) -> str:
+    """A stable task id for a blob: slug of the name without extension + '-' + 8 hex of sha256.
+
+    `videos/My clip.mp4` -> `videos-My-clip-<hash>`; at most 64 characters.
+    """
+    digest = hashlib.sha256(blob_name.encode("utf-8")).hexdigest()[:8]
+    folder, _, base = blob_name.rpartition("/")
+    stem = PurePosixPath(base).stem if base else base
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{folder}/{stem}" if folder else stem)
+    slug = re.sub(r"-{2,}", "-", slug).strip("-")[: 64 - 9].rstrip("-")
+    return f"{slug}-{digest}" if slug else digest
+
+
+def build_plan(workflow: Workflow, backend: str = "local") -> Plan:
+    """Everything a run will do. Raises InvalidWorkflow with every problem found."""
+    r = _Renderer(workflow)
+    files = r.collect_uploads()
+    uploaded = {(f.container, f.blob_name): f for f in files}
+    templates = r.compile_templates()
+    inputs = r.foreach_inputs(files)
+    tasks = r.render_tasks(inputs, uploaded, templates) if inputs and templates is not None else []
+    start_task, where = _start_task(workflow, backend)
+    start_inputs = r.resolve_resource_files(start_task.resource_files, where, uploaded) if start_task else []
+    if r.problems:
+        raise InvalidWorkflow(r.problems)
+    items = tuple(UploadItem(f.local_path, f.container, f.blob_name, f.size) for f in files)
+    return Plan(workflow, items, tuple(tasks), start_task, tuple(start_inputs))
+
+
+# ---- template context ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _InputContext:
+    label: ClassVar[str] = "input"
+    name: str
+    stem: str
+    suffix: str
+    relative_path: str
+    blob: str
+    container: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _PoolContext:
+    label: ClassVar[str] = "pool"
+    id: str
+    vm_size: str
+    dedicated_nodes: int
+    spot_nodes: int
+    task_slots_per_node: int
+
+
+@dataclass(frozen=True)
+class _IdContext:
+    label: ClassVar[str]
+    id: str
+
+
+class _JobContext(_IdContext):
+    label = "job"
+
+
+class _TaskContext(_IdContext):
+    label = "task"
+
+
+class _VarsContext(dict[str, str]):
+    label: ClassVar[str] = "vars"
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined that names the variable: `'input' has no attribute 'stm' (it has: ...)`."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        obj, name = self._undefined_obj, self._undefined_name
+        label = getattr(type(obj), "label", None)
+        if self._undefined_hint or not isinstance(label, str) or not isinstance(name, str):
+            return str(super()._undefined_message)
+        names = sorted(obj) if isinstance(obj, dict) else [f.name for f in fields(obj)]
+        return f"{label!r} has no attribute {name!r} (it has: {', '.join(names) or 'nothing'})"
+
+
+def _input_context(f: InputFile) -> _InputContext:
+    name = PurePosixPath(f.name)
+    path = "./" + f.relative_path if f.relative_path.startswith("-") else f.relative_path
+    return _InputContext(
+        f.name, name.stem, name.suffix, f.relative_path, f.blob_name, f.container, path, f.size
+    )
+
+
+def _glob_finalize(value: object) -> str:
+    return str(value) if isinstance(value, Unquoted) else glob_escape(str(value))
+
+
+def _environment(finalize: Callable[[object], str] | None) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=finalize
+    )
+    env.filters["unquoted"] = lambda value: Unquoted(value)
+    return env
+
+
+@dataclass(frozen=True)
+class _Templates:
+    id: Template | None
+    command: Template
+    environment: Mapping[str, Template]
+    resource_blobs: tuple[Template, ...]
+    output_patterns: tuple[Template, ...]
+    output_destinations: tuple[Template | None, ...]
+
+
+# ---- the renderer ------------------------------------------------------------------------
+
+
+class _Renderer:
+    def __init__(self, workflow: Workflow) -> None:
+        self.wf = workflow
+        self.problems: list[Problem] = []
+        self._seen: set[tuple[str, int | None, str]] = set()
+        self._lines: list[str] | None = None
+        self._shell = _environment(shell_quote)
+        self._glob = _environment(_glob_finalize)
+        self._raw = _environment(None)
+
+    # -- problems and positions
+
+    def problem(self, path: DocPath, message: str, template_line: int | None = None) -> None:
+        """Record a problem once (the same template error for 10,000 tasks is one problem)."""
+        where = _dotted(path)
+        line, column = self._position(path, template_line)
+        if (where, line, message) in self._seen:
+            return
+        self._seen.add((where, line, message))
+        source = self.wf.source
+        self.problems.append(Problem(source.file if source else self.wf.path, line, column, where, message))
+
+    def _position(self, path: DocPath, template_line: int | None) -> tuple[int | None, int | None]:
+        source = self.wf.source
+        if source is None:
+            return None, None
+        line, column = source.where(path)
+        if template_line is None or tuple(path) not in source.positions:
+            return line, column
+        text = self._file_lines(source.file)
+        header = text[line - 1] if 0 < line <= len(text) else ""
+        if header[column - 1 : column] in ("|", ">"):
+            line += template_line
+            content = text[line - 1] if line <= len(text) else ""
+            return line, len(content) - len(content.lstrip()) + 1
+        return line + template_line - 1, column if template_line == 1 else None
+
+    def _file_lines(self, file: Path) -> list[str]:
+        if self._lines is None:
+            try:
+                self._lines = file.read_text(encoding="utf-8").splitlines()
+            except OSError:  # positions then assume inline values
+                self._lines = []
+        return self._lines
+
+    # -- templates
+
+    def _compile(self, env: ImmutableSandboxedEnvironment, path: DocPath, source: str) -> Template | None:
+        try:
+            return env.from_string(source)
+        except TemplateSyntaxError as exc:
+            self.problem(path, f"template syntax error: {exc.message or exc}", exc.lineno)
+            return None
+
+    def compile_templates(self) -> _Templates | None:
+        """Every task template compiled once; None (problems recorded) if any has a syntax error."""
+        t = self.wf.tasks
+        ok = True
+
+        def compiled(env: ImmutableSandboxedEnvironment, path: DocPath, source: str) -> Template:
+            nonlocal ok
+            template = self._compile(env, path, source)
+            if template is None:
+                ok = False
+                return self._raw.from_string("")
+            return template
+
+        result = _Templates(
+            id=None if t.id is None else compiled(self._raw, ("tasks", "id"), t.id),
+            command=compiled(self._shell, ("tasks", "command"), t.command),
+            environment={
+                k: compiled(self._raw, ("tasks", "environment", k), v) for k, v in t.environment.items()
+            },
+            resource_blobs=tuple(
+                compiled(self._raw, ("tasks", "resource_files", i, "blob"), rf.blob)
+                for i, rf in enumerate(t.resource_files)
+            ),
+            output_patterns=tuple(
+                compiled(self._glob, ("tasks", "outputs", i, "pattern"), o.pattern)
+                for i, o in enumerate(t.outputs)
+            ),
+            output_destinations=tuple(
+                None
+                if o.destination is None
+                else compiled(self._raw, ("tasks", "outputs", i, "destination"), o.destination)
+                for i, o in enumerate(t.outputs)
+            ),
+        )
+        return result if ok else None
+
+    def render(self, template: Template, path: DocPath, context: Mapping[str, Any]) -> str | None:
+        """The rendered text, or None with the problem recorded at the template's line."""
+        try:
+            return template.render(context)
+        except UndefinedError as exc:
+            error: BaseException = exc
+            message = str(exc.message)
+            if re.fullmatch(r"'\w+' is undefined", message):
+                message += f" (defined here: {', '.join(context)})"
+        except SecurityError as exc:
+            error, message = exc, f"refused by the template sandbox: {exc}"
+        except TemplateError as exc:
+            error, message = exc, str(exc)
+        # What an expression in a user's template may raise: '1' + 1, 1 / 0, [][0], deep recursion.
+        except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
+            error, message = exc, f"{type(exc).__name__}: {exc}"
+        self.problem(path, message, _template_line(error.__traceback__))
+        return None
+
+    # -- uploads and inputs
+
+    def collect_uploads(self) -> list[InputFile]:
+        files: list[InputFile] = []
+        origin: dict[tuple[str, str], tuple[InputFile, int]] = {}
+        for i, up in enumerate(self.wf.uploads):
+            if not up.source.is_dir():
+                state = "is not a folder" if up.source.exists() else "does not exist"
+                self.problem(("storage", "uploads", i, "source"), f"{up.source} {state}")
+                continue
+            prefix = up.prefix if not up.prefix or up.prefix.endswith("/") else up.prefix + "/"
+            for rel, path in iter_files(up.source, up.include, up.exclude):
+                if not _is_utf8(rel):
+                    self.problem(
+                        ("storage", "uploads", i, "source"), f"file name is not valid UTF-8: {rel!r}"
+                    )
+                    continue
+                f = InputFile(path, up.container, prefix + rel, rel, path.stat().st_size)
+                key = (f.container, f.blob_name)
+                if key in origin:
+                    first, j = origin[key]
+                    if first.local_path != f.local_path:
+                        self.problem(
+                            ("storage", "uploads", i),
+                            f"{f.container}/{f.blob_name} would be uploaded from both {first.local_path}"
+                            f" (storage.uploads[{j}]) and {f.local_path} (storage.uploads[{i}])",
+                        )
+                    continue
+                origin[key] = (f, i)
+                files.append(f)
+        return files
+
+    def foreach_inputs(self, files: list[InputFile]) -> list[InputFile]:
+        spec = self.wf.tasks.foreach
+        in_container = [f for f in files if f.container == spec.container]
+        regex = compile_glob(spec.pattern)
+        matched = sorted((f for f in in_container if regex.fullmatch(f.blob_name)), key=lambda f: f.blob_name)
+        if matched:
+            return matched
+        path = ("tasks", "foreach", "pattern")
+        if in_container:
+            n = len(in_container)
+            hint = ""
+            if any(glob_match("**/" + spec.pattern, f.blob_name) for f in in_container):
+                hint = f"; patterns match the whole blob name: '**/{spec.pattern}' matches at any depth"
+            message = f"{spec.pattern!r} matches none of the {n} file{'s' if n != 1 else ''} uploaded"
+            self.problem(path, f"{message} to container {spec.container!r}{hint}")
+        elif any(up.container == spec.container for up in self.wf.uploads):
+            self.problem(
+                path,
+                f"{spec.pattern!r} matches nothing: the uploads to container {spec.container!r} found no"
+                " files (check their source, include and exclude)",
+            )
+        else:
+            self.problem(
+                path,
+                f"{spec.pattern!r} matches nothing: storage.uploads uploads nothing to container"
+                f" {spec.container!r}",
+            )
+        return []
+
+    def resolve_resource_files(
+        self,
+        specs: tuple[ResourceFileSpec, ...],
+        where: DocPath,
+        uploaded: Mapping[tuple[str, str], InputFile],
+        blobs: list[str] | None = None,
+    ) -> list[TaskInput]:
+        """TaskInputs for resource files whose (rendered) blobs are uploaded; problems for the rest."""
+        resolved: list[TaskInput] = []
+        for i, rf in enumerate(specs):
+            blob = rf.blob if blobs is None else blobs[i]
+            if (rf.container, blob) not in uploaded:
+                self.problem(
+                    (*where, i, "blob"),
+                    f"{blob!r} is not among the files storage.uploads uploads to container {rf.container!r}",
+                )
+                continue
+            file_path = rf.file_path if rf.file_path is not None else blob.rsplit("/", 1)[-1]
+            if not _is_relative(file_path):
+                self.problem((*where, i, "file_path"), f"{file_path!r} must be a relative path without '..'")
+                continue
+            resolved.append(TaskInput(rf.container, blob, file_path))
+        return resolved
+
+    # -- tasks
+
+    def render_tasks(
+        self, inputs: list[InputFile], uploaded: Mapping[tuple[str, str], InputFile], templates: _Templates
+    ) -> list[RenderedTask]:
+        wf, t = self.wf, self.wf.tasks
+        p = wf.pool
+        shared: dict[str, Any] = {
+            "vars": _VarsContext(wf.vars),
+            "pool": _PoolContext(p.id, p.vm_size, p.dedicated_nodes, p.spot_nodes, p.task_slots_per_node),
+            "job": _JobContext(wf.job.id),
+        }
+        max_retries = t.max_retries if t.max_retries is not None else wf.job.max_task_retries
+        ids: dict[str, tuple[str, str]] = {}  # id.lower() -> (id, input blob)
+        writers: dict[tuple[str, str], tuple[str, str, int]] = {}  # (container, blob) -> (id, input, output)
+        tasks: list[RenderedTask] = []
+        for index, f in enumerate(inputs):
+            context: dict[str, Any] = {"input": _input_context(f), "index": index, **shared}
+            task_id = self._task_id(templates.id, context, f, ids)
+            if task_id is None:
+                continue
+            context["task"] = _TaskContext(task_id)
+            command = self.render(templates.command, ("tasks", "command"), context)
+            environment: dict[str, str] = {}
+            for key, template in templates.environment.items():
+                value = self.render(template, ("tasks", "environment", key), context)
+                if value is not None:
+                    environment[key] = value
+            blobs = [
+                self.render(template, ("tasks", "resource_files", i, "blob"), context)
+                for i, template in enumerate(templates.resource_blobs)
+            ]
+            outputs = [self._output(i, templates, context) for i in range(len(t.outputs))]
+            rendered_blobs = [b for b in blobs if b is not None]
+            rendered_outputs = [o for o in outputs if o is not None]
+            if (
+                command is None
+                or len(environment) != len(templates.environment)
+                or len(rendered_blobs) != len(blobs)
+                or len(rendered_outputs) != len(outputs)
+            ):
+                continue
+            task_inputs = [
+                TaskInput(f.container, f.blob_name, f.relative_path),
+                *self.resolve_resource_files(
+                    t.resource_files, ("tasks", "resource_files"), uploaded, rendered_blobs
+                ),
+            ]
+            self._check_input_paths(task_id, f, task_inputs)
+            self._check_output_collisions(task_id, f, rendered_outputs, writers)
+            tasks.append(
+                RenderedTask(
+                    id=task_id,
+                    index=index,
+                    command=command,
+                    inputs=tuple(task_inputs),
+                    outputs=tuple(rendered_outputs),
+                    environment=environment,
+                    max_retries=max_retries,
+                    max_wall_clock=t.max_wall_clock,
+                    source_blob=f.blob_name,
+                )
+            )
+        return tasks
+
+    def _task_id(
+        self,
+        template: Template | None,
+        context: Mapping[str, Any],
+        f: InputFile,
+        ids: dict[str, tuple[str, str]],
+    ) -> str | None:
+        if template is None:
+            task_id = derive_task_id(f.blob_name)
+        else:
+            rendered = self.render(template, ("tasks", "id"), context)
+            if rendered is None:
+                return None
+            task_id = rendered
+        if not _TASK_ID.fullmatch(task_id):
+            self.problem(
+                ("tasks", "id"),
+                f"{task_id!r} for input {f.blob_name!r} is not a valid task id: {_id_problem(task_id)}"
+                f" ({_TASK_ID_RULE})",
+            )
+            return None
+        key = task_id.lower()
+        if key in ids:
+            other, other_blob = ids[key]
+            if other == task_id:
+                message = f"inputs {other_blob!r} and {f.blob_name!r} both get task id {task_id!r}"
+            else:
+                message = (
+                    f"task ids {other!r} (input {other_blob!r}) and {task_id!r} (input {f.blob_name!r})"
+                    " differ only in case"
+                )
+            self.problem(("tasks", "id"), f"{message}; task ids must be unique, ignoring case")
+            return None
+        ids[key] = (task_id, f.blob_name)
+        return task_id
+
+    def _output(self, i: int, templates: _Templates, context: Mapping[str, Any]) -> TaskOutput | None:
+        spec = self.wf.tasks.outputs[i]
+        path: DocPath = ("tasks", "outputs", i)
+        pattern = self.render(templates.output_patterns[i], (*path, "pattern"), context)
+        destination_template = templates.output_destinations[i]
+        destination = ""
+        if destination_template is not None:
+            rendered = self.render(destination_template, (*path, "destination"), context)
+            if rendered is None:
+                return None
+            destination = rendered
+        if pattern is None:
+            return None
+        if not _is_relative(pattern):
+            self.problem(
+                (*path, "pattern"),
+                f"{pattern!r} must be a relative path in the task working directory, without '..'",
+            )
+            return None
+        literal = glob_literal(pattern)
+        if literal is not None:  # one file: destination is its blob name, or a folder for it
+            name = literal.rsplit("/", 1)[-1]
+            destination = destination + name if destination.endswith("/") or not destination else destination
+        elif destination and not destination.endswith("/"):
+            destination += "/"
+        return TaskOutput(pattern, spec.container, destination, spec.condition)
+
+    def _check_input_paths(self, task_id: str, f: InputFile, inputs: list[TaskInput]) -> None:
+        seen: dict[str, TaskInput] = {}
+        for item in inputs:
+            first = seen.setdefault(item.file_path, item)
+            if first is not item:
+                self.problem(
+                    ("tasks", "resource_files"),
+                    f"task {task_id!r} (input {f.blob_name}) would get two files at {item.file_path!r}:"
+                    f" {first.container}/{first.blob_name} and {item.container}/{item.blob_name}",
+                )
+
+    def _check_output_collisions(
+        self,
+        task_id: str,
+        f: InputFile,
+        outputs: list[TaskOutput],
+        writers: dict[tuple[str, str], tuple[str, str, int]],
+    ) -> None:
+        for i, out in enumerate(outputs):
+            if glob_literal(out.pattern) is None:
+                continue
+            key = (out.container, out.destination)
+            if key not in writers:
+                writers[key] = (task_id, f.blob_name, i)
+                continue
+            other_id, other_blob, j = writers[key]
+            if other_id == task_id:
+                message = f"task {task_id!r} (input {f.blob_name}) writes {out.container}/{out.destination}"
+                message += f" from both outputs[{j}] and outputs[{i}]"
+            else:
+                message = f"tasks {other_id!r} (input {other_blob}) and {task_id!r} (input {f.blob_name})"
+                message += f" both write {out.container}/{out.destination}"
+            self.problem(("tasks", "outputs", i), message)
+
+
+def _start_task(workflow: Workflow, backend: str) -> tuple[StartTaskSpec | None, DocPath]:
+    if backend == "local" and workflow.local.start_task is not None:
+        return workflow.local.start_task, ("local", "start_task", "resource_files")
+    return workflow.pool.start_task, ("pool", "start_task", "resource_files")
+
+
+def _template_line(tb: TracebackType | None) -> int:
+    """The template line of the innermost template frame (Jinja rewrites tracebacks to say)."""
+    line = 1
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _dotted(path: DocPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _id_problem(task_id: str) -> str:
+    reasons = []
+    if not task_id:
+        reasons.append("it is empty")
+    if len(task_id) > 64:
+        reasons.append(f"it is {len(task_id)} characters long")
+    bad = sorted({c for c in task_id if not (c.isascii() and (c.isalnum() or c in "-_"))})
+    if bad:
+        reasons.append("it contains " + ", ".join(repr(c) for c in bad))
+    return " and ".join(reasons)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_relative(path: str) -> bool:
+    return bool(path) and not path.startswith("/") and ".." not in path.split("/")
