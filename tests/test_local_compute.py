@@ -1,0 +1,553 @@
+"""LocalCompute with real subprocesses: the task contract, retries, deadlines, concurrency, stop."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from batchflow.backends.local_compute import LocalCompute
+from batchflow.backends.local_storage import LocalStorage
+from batchflow.errors import BatchflowError
+from batchflow.model import (
+    ImageReference,
+    JobSpec,
+    OutputCondition,
+    PoolSpec,
+    RenderedTask,
+    StartTaskSpec,
+    TaskCounts,
+    TaskInput,
+    TaskOutput,
+    TaskResult,
+    TaskState,
+    UploadItem,
+)
+
+JOB = "job1"
+POOL = "pool1"
+SAFETY_NET = 60.0  # seconds; only so a broken backend fails instead of hanging the suite
+
+
+def make_task(
+    task_id: str,
+    command: str,
+    *,
+    inputs: Sequence[TaskInput] = (),
+    outputs: Sequence[TaskOutput] = (),
+    environment: Mapping[str, str] | None = None,
+    max_retries: int = 0,
+    max_wall_clock: float | None = None,
+) -> RenderedTask:
+    return RenderedTask(
+        id=task_id,
+        index=0,
+        command=command,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        environment=environment or {},
+        max_retries=max_retries,
+        max_wall_clock=max_wall_clock,
+    )
+
+
+def make_pool(nodes: int = 1, slots: int = 1, start_task: StartTaskSpec | None = None) -> PoolSpec:
+    return PoolSpec(
+        id=POOL,
+        vm_size="Standard_A1_v2",
+        image=ImageReference("canonical", "ubuntu-24_04-lts", "server"),
+        node_agent_sku_id="batch.node.ubuntu 24.04",
+        dedicated_nodes=nodes,
+        task_slots_per_node=slots,
+        start_task=start_task,
+    )
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    s = LocalStorage(tmp_path / "storage")
+    s.ensure_container("in")
+    s.ensure_container("out")
+    return s
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
+
+
+def start(
+    workspace: Path,
+    storage: LocalStorage,
+    run_dir: Path,
+    *,
+    concurrency: int | None = 1,
+    pool: PoolSpec | None = None,
+    job: JobSpec | None = None,
+) -> LocalCompute:
+    compute = LocalCompute(workspace, storage, run_dir, concurrency, account_name="acct")
+    pool = pool or make_pool()
+    assert compute.create_pool(pool, pool.start_task) is True
+    compute.wait_for_pool(pool.id)
+    compute.create_job(job or JobSpec(JOB), pool.id, "run-1")
+    return compute
+
+
+@pytest.fixture
+def compute(workspace: Path, storage: LocalStorage, run_dir: Path) -> Iterator[LocalCompute]:
+    c = start(workspace, storage, run_dir)
+    yield c
+    c.stop()
+
+
+def until_done(compute: LocalCompute, total: int) -> TaskCounts:
+    deadline = time.monotonic() + SAFETY_NET
+    while True:
+        counts = compute.task_counts(JOB)
+        if counts.completed >= total:
+            return counts
+        if time.monotonic() > deadline:
+            pytest.fail(f"tasks did not finish: {counts}")
+        compute.wait(1.0)
+
+
+def run(compute: LocalCompute, tasks: Sequence[RenderedTask]) -> dict[str, TaskResult]:
+    compute.add_tasks(JOB, tasks)
+    until_done(compute, len(tasks))
+    return {r.id: r for r in compute.task_results(JOB)}
+
+
+def node_dir(workspace: Path, i: int) -> Path:
+    return workspace / "pools" / POOL / "nodes" / f"node-{i}"
+
+
+def task_dir(workspace: Path, task_id: str, node: int = 0) -> Path:
+    return node_dir(workspace, node) / "workitems" / JOB / "job-1" / task_id
+
+
+def read_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line)
+    return dict(pairs)
+
+
+def alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie waiting for its parent to reap it does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def all_dead(pids: list[int]) -> bool:
+    # SIGKILL is delivered at once but a process takes a moment to die: allow it that moment.
+    deadline = time.monotonic() + SAFETY_NET
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# ---- layout and the task contract ------------------------------------------------------------
+
+
+def test_task_sees_batch_layout_and_environment(
+    workspace: Path, storage: LocalStorage, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHFLOW_TEST_INHERITED", "from-user")
+    compute = start(workspace, storage, run_dir, concurrency=2, pool=make_pool(nodes=2))
+    try:
+        t = make_task("t1", "echo hello; echo oops >&2; env > env.txt", environment={"MY_VAR": "x y"})
+        result = run(compute, [t])["t1"]
+    finally:
+        compute.stop()
+
+    for i in (0, 1):
+        for sub in ("shared", "startup", "startup/wd", "workitems"):
+            assert (node_dir(workspace, i) / sub).is_dir()
+    assert not node_dir(workspace, 2).exists()
+
+    node = next(i for i in (0, 1) if task_dir(workspace, "t1", i).exists())
+    tdir = task_dir(workspace, "t1", node)
+    env = read_env(tdir / "wd" / "env.txt")
+    root = node_dir(workspace, node)
+    assert {k: v for k, v in env.items() if k.startswith("AZ_BATCH_")} == {
+        "AZ_BATCH_NODE_ROOT_DIR": str(root),
+        "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+        "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+        "AZ_BATCH_TASK_DIR": str(tdir),
+        "AZ_BATCH_TASK_WORKING_DIR": str(tdir / "wd"),
+        "AZ_BATCH_JOB_ID": JOB,
+        "AZ_BATCH_TASK_ID": "t1",
+        "AZ_BATCH_POOL_ID": POOL,
+        "AZ_BATCH_NODE_ID": f"node-{node}",
+        "AZ_BATCH_ACCOUNT_NAME": "acct",
+        "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdminUser",
+    }
+    assert env["MY_VAR"] == "x y"
+    assert env["BATCHFLOW_TEST_INHERITED"] == "from-user"
+    assert env["PATH"] == os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    assert env["PWD"] == str(tdir / "wd")
+
+    assert (tdir / "stdout.txt").read_text(encoding="utf-8") == "hello\n"
+    assert (tdir / "stderr.txt").read_text(encoding="utf-8") == "oops\n"
+    assert result.state is TaskState.SUCCEEDED
+    assert (result.exit_code, result.attempts, result.failure) == (0, 1, None)
+    assert result.stdout_path == run_dir / "tasks" / "t1" / "stdout.txt"
+    assert result.stderr_path == run_dir / "tasks" / "t1" / "stderr.txt"
+    assert result.stdout_path.read_text(encoding="utf-8") == "hello\n"
+    assert result.stderr_path.read_text(encoding="utf-8") == "oops\n"
+    assert result.started_at is not None and result.ended_at is not None
+    assert result.started_at <= result.ended_at
+
+
+@pytest.mark.parametrize(
+    ("nodes", "slots", "concurrency", "laid_out"),
+    [(5, 2, 3, 2), (5, 1, 1, 1), (1, 4, 4, 1), (0, 1, 2, 2)],
+)
+def test_only_the_nodes_concurrency_needs_are_laid_out(
+    workspace: Path,
+    storage: LocalStorage,
+    run_dir: Path,
+    nodes: int,
+    slots: int,
+    concurrency: int,
+    laid_out: int,
+) -> None:
+    compute = LocalCompute(workspace, storage, run_dir, concurrency)
+    compute.create_pool(make_pool(nodes, slots), None)
+    assert sorted(p.name for p in (workspace / "pools" / POOL / "nodes").iterdir()) == [
+        f"node-{i}" for i in range(laid_out)
+    ]
+
+
+def test_default_concurrency_is_capped_by_cpu_count(
+    workspace: Path, storage: LocalStorage, run_dir: Path
+) -> None:
+    compute = LocalCompute(workspace, storage, run_dir)
+    compute.create_pool(make_pool(nodes=64, slots=2), None)
+    expected = math.ceil(min(128, os.cpu_count() or 1) / 2)
+    assert len(list((workspace / "pools" / POOL / "nodes").iterdir())) == expected
+
+
+def test_inputs_are_hard_links_to_stored_blobs(
+    compute: LocalCompute, storage: LocalStorage, workspace: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "a.txt"
+    src.write_text("input data", encoding="utf-8")
+    storage.upload([UploadItem(src, "in", "dir/a.txt", src.stat().st_size)])
+    t = make_task("t1", "cat sub/a.txt > copy.txt", inputs=[TaskInput("in", "dir/a.txt", "sub/a.txt")])
+    assert run(compute, [t])["t1"].state is TaskState.SUCCEEDED
+    wd = task_dir(workspace, "t1") / "wd"
+    assert (wd / "copy.txt").read_text(encoding="utf-8") == "input data"
+    assert (wd / "sub" / "a.txt").stat().st_ino == storage.path_of("in", "dir/a.txt").stat().st_ino
+
+
+def test_missing_input_fails_the_task_without_running_it(compute: LocalCompute, workspace: Path) -> None:
+    t = make_task("t1", "touch ran", inputs=[TaskInput("in", "nope.txt", "nope.txt")], max_retries=3)
+    result = run(compute, [t])["t1"]
+    assert result.state is TaskState.FAILED
+    assert result.failure == "input blob 'in/nope.txt' not found"
+    assert (result.exit_code, result.attempts, result.stdout_path) == (None, 1, None)
+    assert not (task_dir(workspace, "t1") / "wd" / "ran").exists()
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+
+
+def _outputs(task_id: str) -> list[TaskOutput]:
+    return [
+        TaskOutput("r.txt", "out", f"success/{task_id}.txt", OutputCondition.SUCCESS),
+        TaskOutput("r.txt", "out", f"failure/{task_id}.txt", OutputCondition.FAILURE),
+        TaskOutput("r.txt", "out", f"completion/{task_id}.txt", OutputCondition.COMPLETION),
+        TaskOutput("o/**/*.dat", "out", f"glob/{task_id}/", OutputCondition.COMPLETION),
+        TaskOutput("../stdout.txt", "out", "logs/", OutputCondition.FAILURE),
+    ]
+
+
+def test_outputs_are_uploaded_per_condition(compute: LocalCompute, storage: LocalStorage) -> None:
+    make = "echo {0} > r.txt; mkdir -p o/a; echo 1 > o/a/b.dat; echo 2 > o/c.dat; echo 3 > o/c.txt"
+    results = run(
+        compute,
+        [
+            make_task("good", make.format("good"), outputs=_outputs("good")),
+            make_task("bad", make.format("bad") + "; exit 4", outputs=_outputs("bad")),
+        ],
+    )
+    assert storage.list_blobs("out") == [
+        "completion/bad.txt",
+        "completion/good.txt",
+        "failure/bad.txt",
+        "glob/bad/a/b.dat",
+        "glob/bad/c.dat",
+        "glob/good/a/b.dat",
+        "glob/good/c.dat",
+        "logs/stdout.txt",
+        "success/good.txt",
+    ]
+    assert storage.path_of("out", "failure/bad.txt").read_text(encoding="utf-8") == "bad\n"
+    assert results["good"].outputs == (
+        "out/success/good.txt",
+        "out/completion/good.txt",
+        "out/glob/good/a/b.dat",
+        "out/glob/good/c.dat",
+    )
+    assert (results["bad"].state, results["bad"].exit_code, results["bad"].failure) == (
+        TaskState.FAILED,
+        4,
+        None,
+    )
+
+
+def test_a_missing_single_file_output_fails_a_successful_task(compute: LocalCompute) -> None:
+    t = make_task(
+        "t1", "true", outputs=[TaskOutput("result.mp3", "out", "result.mp3", OutputCondition.SUCCESS)]
+    )
+    result = run(compute, [t])["t1"]
+    assert (result.state, result.exit_code) == (TaskState.FAILED, 0)
+    assert result.failure == "output file 'result.mp3' not found"
+
+
+# ---- retries and deadlines ------------------------------------------------------------------------
+
+
+def test_a_failing_attempt_is_retried(compute: LocalCompute) -> None:
+    once = 'm="$AZ_BATCH_NODE_SHARED_DIR/$AZ_BATCH_TASK_ID"; [ -e "$m" ] && exit 0; touch "$m"; exit 1'
+    three = 'c="$AZ_BATCH_NODE_SHARED_DIR/count"; echo x >> "$c"; [ "$(wc -l < "$c")" -ge 4 ]'
+    results = run(
+        compute,
+        [
+            make_task("flaky", once, max_retries=2),
+            make_task("broken", "exit 5", max_retries=2),
+            make_task("unlimited", three, max_retries=-1),
+        ],
+    )
+    assert (results["flaky"].state, results["flaky"].attempts, results["flaky"].exit_code) == (
+        TaskState.SUCCEEDED,
+        2,
+        0,
+    )
+    assert (results["broken"].state, results["broken"].attempts, results["broken"].exit_code) == (
+        TaskState.FAILED,
+        3,
+        5,
+    )
+    assert (results["unlimited"].state, results["unlimited"].attempts) == (TaskState.SUCCEEDED, 4)
+
+
+def test_max_wall_clock_kills_the_whole_process_group(compute: LocalCompute, workspace: Path) -> None:
+    command = "sleep 100 & echo $! > pids; sleep 100 & echo $! >> pids; echo $$ >> pids; wait"
+    result = run(compute, [make_task("t1", command, max_wall_clock=0.5, max_retries=3)])["t1"]
+    assert result.state is TaskState.FAILED
+    assert (result.failure, result.attempts, result.exit_code) == ("max wall clock time exceeded", 1, 137)
+    pids = [int(p) for p in (task_dir(workspace, "t1") / "wd" / "pids").read_text().split()]
+    assert len(pids) == 3
+    assert all_dead(pids)
+
+
+def test_job_max_wall_clock_ends_running_and_queued_tasks(
+    workspace: Path, storage: LocalStorage, run_dir: Path
+) -> None:
+    compute = start(workspace, storage, run_dir, job=JobSpec(JOB, max_wall_clock=0.5))
+    try:
+        results = run(compute, [make_task("slow", "sleep 100"), make_task("queued", "true")])
+        late = make_task("late", "true")
+        compute.add_tasks(JOB, [late])
+        results["late"] = compute.task_results(JOB, ["late"])[0]
+    finally:
+        compute.stop()
+    for name in ("slow", "queued", "late"):
+        assert (results[name].state, results[name].failure) == (
+            TaskState.FAILED,
+            "job max wall clock time exceeded",
+        )
+    assert (results["slow"].attempts, results["queued"].attempts) == (1, 0)
+
+
+# ---- scheduling -------------------------------------------------------------------------------------
+
+
+def test_concurrency_is_respected_and_used(workspace: Path, storage: LocalStorage, run_dir: Path) -> None:
+    compute = start(workspace, storage, run_dir, concurrency=2, pool=make_pool(nodes=4))
+    log = workspace / "overlap.log"
+    command = f'echo start >> "{log}"; sleep 0.3; echo end >> "{log}"'
+    try:
+        results = run(compute, [make_task(f"t{i}", command) for i in range(6)])
+    finally:
+        compute.stop()
+    assert all(r.state is TaskState.SUCCEEDED for r in results.values())
+    running = peak = 0
+    for line in log.read_text(encoding="utf-8").split():
+        running += 1 if line == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2
+    assert sorted(p.name for p in (workspace / "pools" / POOL / "nodes").iterdir()) == ["node-0", "node-1"]
+
+
+def test_tasks_run_in_submission_order(compute: LocalCompute, workspace: Path) -> None:
+    log = workspace / "order.log"
+    run(compute, [make_task(f"t{i}", f'echo {i} >> "{log}"') for i in range(10)])
+    assert log.read_text(encoding="utf-8").split() == [str(i) for i in range(10)]
+
+
+def test_add_tasks_is_idempotent(compute: LocalCompute, workspace: Path) -> None:
+    log = workspace / "ids.log"
+    tasks = [make_task(f"t{i}", f'echo t{i} >> "{log}"') for i in range(3)]
+    compute.add_tasks(JOB, tasks)
+    compute.add_tasks(JOB, tasks)
+    until_done(compute, 3)
+    compute.add_tasks(JOB, tasks[:1])
+    assert compute.task_counts(JOB) == TaskCounts(succeeded=3)
+    assert sorted(log.read_text(encoding="utf-8").split()) == ["t0", "t1", "t2"]
+
+
+def test_invalid_task_ids_are_refused(compute: LocalCompute) -> None:
+    with pytest.raises(BatchflowError) as e:
+        compute.add_tasks(JOB, [make_task("../escape", "true")])
+    assert str(e.value) == "invalid task id '../escape': use 1 to 64 letters, digits, hyphens or underscores"
+
+
+def test_stop_kills_running_tasks_and_cancels_queued_ones(compute: LocalCompute, workspace: Path) -> None:
+    pid_file = node_dir(workspace, 0) / "shared" / "pid"
+    compute.add_tasks(
+        JOB,
+        [
+            make_task(
+                "running", f'sleep 100 & echo $! > "{pid_file}.tmp"; mv "{pid_file}.tmp" "{pid_file}"; wait'
+            ),
+            make_task("queued", "true"),
+        ],
+    )
+    deadline = time.monotonic() + SAFETY_NET
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        compute.wait(0.05)
+    compute.stop()
+    compute.stop()  # idempotent
+    results = {r.id: r for r in compute.task_results(JOB)}
+    assert (results["running"].state, results["running"].failure) == (TaskState.FAILED, "cancelled")
+    assert (results["queued"].state, results["queued"].failure, results["queued"].attempts) == (
+        TaskState.FAILED,
+        "cancelled",
+        0,
+    )
+    assert all_dead([int(pid_file.read_text())])
+    with pytest.raises(BatchflowError) as e:
+        compute.add_tasks(JOB, [make_task("after", "true")])
+    assert str(e.value) == "local compute was stopped; no more tasks can be added"
+
+
+def test_delete_job_and_pool_remove_their_folders(compute: LocalCompute, workspace: Path) -> None:
+    run(compute, [make_task("t1", "true")])
+    assert (node_dir(workspace, 0) / "workitems" / JOB).is_dir()
+    compute.delete_job(JOB)
+    assert not (node_dir(workspace, 0) / "workitems" / JOB).exists()
+    compute.delete_pool(POOL)
+    assert not (workspace / "pools" / POOL).exists()
+
+
+# ---- start task -------------------------------------------------------------------------------------
+
+
+def test_start_task_runs_on_every_node_with_its_inputs_and_environment(
+    workspace: Path, storage: LocalStorage, run_dir: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "tool.sh"
+    src.write_text("echo tool", encoding="utf-8")
+    storage.upload([UploadItem(src, "in", "tools/tool.sh", src.stat().st_size)])
+    spec = StartTaskSpec(
+        command='cd "$AZ_BATCH_NODE_SHARED_DIR" && env > start-env.txt && sh "$OLDPWD/bin/tool.sh" > out',
+        elevated=True,
+        environment={"GREETING": "hi"},
+    )
+    compute = LocalCompute(workspace, storage, run_dir, 2, account_name="acct")
+    compute.create_pool(
+        make_pool(nodes=2, start_task=spec), spec, [TaskInput("in", "tools/tool.sh", "bin/tool.sh")]
+    )
+    compute.wait_for_pool(POOL)
+    for i in (0, 1):
+        root = node_dir(workspace, i)
+        env = read_env(root / "shared" / "start-env.txt")
+        assert {k: v for k, v in env.items() if k.startswith("AZ_BATCH_")} == {
+            "AZ_BATCH_NODE_ROOT_DIR": str(root),
+            "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+            "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+            "AZ_BATCH_TASK_DIR": str(root / "startup"),
+            "AZ_BATCH_TASK_WORKING_DIR": str(root / "startup" / "wd"),
+            "AZ_BATCH_POOL_ID": POOL,
+            "AZ_BATCH_NODE_ID": f"node-{i}",
+            "AZ_BATCH_ACCOUNT_NAME": "acct",
+            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdminUser",
+        }
+        assert env["GREETING"] == "hi"
+        assert (root / "shared" / "out").read_text(encoding="utf-8") == "tool\n"
+        assert (root / "startup" / "stdout.txt").is_file()
+        assert (run_dir / "start-task" / f"node-{i}" / "stderr.txt").is_file()
+    compute.stop()
+
+
+def test_start_task_failure_raises_with_the_tail_of_stderr(
+    workspace: Path, storage: LocalStorage, run_dir: Path
+) -> None:
+    spec = StartTaskSpec(
+        command='echo x >> "$AZ_BATCH_NODE_SHARED_DIR/tries"; '
+        'i=1; while [ $i -le 30 ]; do echo "line $i" >&2; i=$((i+1)); done; exit 3',
+        max_retries=1,
+    )
+    compute = LocalCompute(workspace, storage, run_dir, 1)
+    compute.create_pool(make_pool(start_task=spec), spec)
+    with pytest.raises(BatchflowError) as e:
+        compute.wait_for_pool(POOL)
+    tail = "\n".join(f"line {i}" for i in range(11, 31))
+    assert str(e.value) == (
+        f"start task failed on node-0 (exit 3); last lines of stderr:\n{tail}\n"
+        f"full log: {run_dir / 'start-task' / 'node-0' / 'stderr.txt'}"
+    )
+    assert (node_dir(workspace, 0) / "shared" / "tries").read_text(encoding="utf-8") == "x\nx\n"
+    compute.stop()
+
+
+def test_start_task_failure_with_empty_stderr_or_a_missing_input(
+    workspace: Path, storage: LocalStorage, run_dir: Path
+) -> None:
+    quiet = StartTaskSpec(command="exit 2")
+    compute = LocalCompute(workspace, storage, run_dir, 1)
+    compute.create_pool(make_pool(start_task=quiet), quiet)
+    with pytest.raises(BatchflowError) as e:
+        compute.wait_for_pool(POOL)
+    assert str(e.value) == (
+        "start task failed on node-0 (exit 2); stderr is empty\n"
+        f"full log: {run_dir / 'start-task' / 'node-0' / 'stdout.txt'}"
+    )
+    compute.delete_pool(POOL)
+
+    compute = LocalCompute(workspace, storage, run_dir, 1)
+    needs = StartTaskSpec(command="true")
+    compute.create_pool(make_pool(start_task=needs), needs, [TaskInput("in", "missing.sh", "missing.sh")])
+    with pytest.raises(BatchflowError) as e:
+        compute.wait_for_pool(POOL)
+    assert str(e.value) == "start task failed on node-0: input blob 'in/missing.sh' not found"
+    compute.stop()
+
+
+def test_start_task_failure_is_tolerated_without_wait_for_success(
+    workspace: Path, storage: LocalStorage, run_dir: Path
+) -> None:
+    spec = StartTaskSpec(command="exit 1", wait_for_success=False)
+    compute = start(workspace, storage, run_dir, pool=make_pool(start_task=spec))
+    try:
+        assert run(compute, [make_task("t1", "true")])["t1"].state is TaskState.SUCCEEDED
+    finally:
+        compute.stop()

@@ -1,0 +1,202 @@
+"""LocalStorage on real folders: quick-check skips, atomic copies, and blob names that try to escape."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from batchflow.backends.local_storage import LocalStorage, check_blob_name, download_name
+from batchflow.errors import BatchflowError
+from batchflow.model import TransferResult, UploadItem
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "storage")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _item(path: Path, container: str, blob: str) -> UploadItem:
+    return UploadItem(local_path=path, container=container, blob_name=blob, size=path.stat().st_size)
+
+
+def test_containers_are_folders(storage: LocalStorage) -> None:
+    assert storage.ensure_container("input") is True
+    assert storage.ensure_container("input") is False
+    assert (storage.root / "input").is_dir()
+    assert storage.delete_container("input") is True
+    assert storage.delete_container("input") is False
+    assert not (storage.root / "input").exists()
+
+
+def test_container_names_cannot_be_paths(storage: LocalStorage) -> None:
+    with pytest.raises(BatchflowError) as e:
+        storage.ensure_container("../outside")
+    assert str(e.value) == "invalid container name '../outside'"
+
+
+def test_upload_copies_then_skips_unchanged_then_recopies_changed(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    storage.ensure_container("input")
+    a = _write(tmp_path / "src" / "a.txt", "aaaa")
+    b = _write(tmp_path / "src" / "sub" / "b.txt", "bb")
+    items = [_item(a, "input", "a.txt"), _item(b, "input", "sub/b.txt")]
+
+    assert storage.upload(items) == TransferResult(
+        transferred=2, skipped=0, bytes=6, files=("a.txt", "sub/b.txt")
+    )
+    assert storage.path_of("input", "sub/b.txt").read_text(encoding="utf-8") == "bb"
+    assert storage.upload(items) == TransferResult(transferred=0, skipped=2, bytes=0, files=())
+
+    # Same size, new content and mtime: the quick check sees the change.
+    a.write_text("AAAA", encoding="utf-8")
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 1_000_000_000))
+    assert storage.upload(items) == TransferResult(transferred=1, skipped=1, bytes=4, files=("a.txt",))
+    assert storage.path_of("input", "a.txt").read_text(encoding="utf-8") == "AAAA"
+    assert storage.list_blobs("input") == ["a.txt", "sub/b.txt"]
+
+
+def test_upload_into_a_missing_container_fails(storage: LocalStorage, tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.txt", "a")
+    with pytest.raises(BatchflowError) as e:
+        storage.upload([_item(a, "nope", "a.txt")])
+    assert str(e.value) == f"container 'nope' does not exist in {storage.root}"
+
+
+def test_upload_of_a_vanished_file_fails(storage: LocalStorage, tmp_path: Path) -> None:
+    storage.ensure_container("input")
+    a = _write(tmp_path / "a.txt", "a")
+    item = _item(a, "input", "a.txt")
+    a.unlink()
+    with pytest.raises(BatchflowError) as e:
+        storage.upload([item])
+    assert str(e.value) == f"cannot upload {a}: file not found"
+
+
+def test_list_blobs_sorted_by_prefix_and_hides_partial_copies(storage: LocalStorage) -> None:
+    storage.ensure_container("c")
+    root = storage.root / "c"
+    for name in ["b/2.txt", "a.txt", "b/1.txt", "ba.txt", "b/.batchflow-tmp-123-0"]:
+        _write(root / name, name)
+    assert storage.list_blobs("c") == ["a.txt", "b/1.txt", "b/2.txt", "ba.txt"]
+    assert storage.list_blobs("c", "b") == ["b/1.txt", "b/2.txt", "ba.txt"]
+    assert storage.list_blobs("c", "b/") == ["b/1.txt", "b/2.txt"]
+    assert storage.list_blobs("c", "b/1") == ["b/1.txt"]
+    assert storage.list_blobs("c", "zzz/") == []
+
+
+def test_put_file_replaces_a_blob(storage: LocalStorage, tmp_path: Path) -> None:
+    storage.ensure_container("out")
+    storage.put_file(_write(tmp_path / "one", "1"), "out", "x/y.txt")
+    storage.put_file(_write(tmp_path / "two", "2"), "out", "x/y.txt")
+    assert storage.path_of("out", "x/y.txt").read_text(encoding="utf-8") == "2"
+    assert storage.list_blobs("out") == ["x/y.txt"]
+
+
+def test_path_of_refuses_names_that_leave_the_container(storage: LocalStorage) -> None:
+    with pytest.raises(BatchflowError) as e:
+        storage.path_of("c", "../other/x")
+    assert str(e.value) == "unsafe blob name '../other/x': contains a '..' segment"
+
+
+def test_download_copies_then_skips(storage: LocalStorage, tmp_path: Path) -> None:
+    storage.ensure_container("out")
+    _write(storage.root / "out" / "mp3" / "a.mp3", "a")
+    _write(storage.root / "out" / "mp3" / "deep" / "b.mp3", "bb")
+    _write(storage.root / "out" / "other.txt", "o")
+    dest = tmp_path / "dest"
+
+    first = storage.download("out", "mp3/", dest)
+    assert first == TransferResult(
+        transferred=2, skipped=0, bytes=3, files=(str(dest / "a.mp3"), str(dest / "deep" / "b.mp3"))
+    )
+    assert (dest / "deep" / "b.mp3").read_text(encoding="utf-8") == "bb"
+    assert storage.download("out", "mp3/", dest) == TransferResult(
+        transferred=0, skipped=2, bytes=0, files=()
+    )
+
+    everything = storage.download("out", "", tmp_path / "all")
+    assert sorted(everything.files) == sorted(
+        str(tmp_path / "all" / p) for p in ["mp3/a.mp3", "mp3/deep/b.mp3", "other.txt"]
+    )
+
+
+def test_download_name_drops_the_folder_part_of_the_prefix() -> None:
+    assert download_name("mp3/a.mp3", "mp3/") == "a.mp3"
+    assert download_name("mp3/run1-a.mp3", "mp3/run1-") == "run1-a.mp3"
+    assert download_name("run1-a.mp3", "run1-") == "run1-a.mp3"
+    assert download_name("a/b/c.txt", "") == "a/b/c.txt"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("a\\b", "unsafe blob name 'a\\\\b': contains a backslash"),
+        ("C:evil.txt", "unsafe blob name 'C:evil.txt': starts with a drive letter"),
+    ],
+)
+def test_download_refuses_hostile_names_found_in_a_container(
+    storage: LocalStorage, tmp_path: Path, name: str, message: str
+) -> None:
+    storage.ensure_container("out")
+    _write(storage.root / "out" / "fine.txt", "fine")
+    _write(storage.root / "out" / name, "evil")
+    dest = tmp_path / "dest"
+    with pytest.raises(BatchflowError) as e:
+        storage.download("out", "", dest)
+    assert str(e.value) == message
+    assert not dest.exists() or list(dest.iterdir()) == []  # refused before writing anything
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../x", "unsafe blob name '../x': contains a '..' segment"),
+        ("a/../../x", "unsafe blob name 'a/../../x': contains a '..' segment"),
+        ("/etc/passwd", "unsafe blob name '/etc/passwd': absolute path"),
+        ("C:/Windows/x", "unsafe blob name 'C:/Windows/x': starts with a drive letter"),
+        ("c:x", "unsafe blob name 'c:x': starts with a drive letter"),
+        ("x:y", "unsafe blob name 'x:y': starts with a drive letter"),
+        ("a\\..\\x", "unsafe blob name 'a\\\\..\\\\x': contains a backslash"),
+        ("a\x00b", "unsafe blob name 'a\\x00b': contains a NUL character"),
+        ("", "unsafe blob name '': empty name"),
+        ("a//b", "unsafe blob name 'a//b': contains an empty segment"),
+        ("a/", "unsafe blob name 'a/': contains an empty segment"),
+        ("./a", "unsafe blob name './a': contains a '.' segment"),
+    ],
+)
+def test_check_blob_name_refuses(name: str, message: str) -> None:
+    with pytest.raises(BatchflowError) as e:
+        check_blob_name(name)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("name", ["a.txt", "a/b/c.mp3", "..a", "a..b/c", "ab:c", "x/c:d", "name with spaces"])
+def test_check_blob_name_accepts(name: str) -> None:
+    check_blob_name(name)
+
+
+def test_download_never_follows_a_symlink_out_of_the_destination(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    storage.ensure_container("out")
+    _write(storage.root / "out" / "sub" / "x.txt", "x")
+    dest = tmp_path / "dest"
+    elsewhere = tmp_path / "elsewhere"
+    dest.mkdir()
+    elsewhere.mkdir()
+    (dest / "sub").symlink_to(elsewhere)
+    with pytest.raises(BatchflowError) as e:
+        storage.download("out", "", dest)
+    assert str(e.value) == (
+        f"refusing to download blob 'sub/x.txt': {dest.resolve() / 'sub' / 'x.txt'} is outside {dest}"
+    )
+    assert list(elsewhere.iterdir()) == []
