@@ -43,7 +43,8 @@ def _storage_choices() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="batchflow",
-        description="Run embarrassingly parallel command-line work on Azure Batch or locally, from one YAML file.",
+        description="Run embarrassingly parallel command-line work on Azure Batch or locally, "
+        "from one YAML file.",
     )
     p.add_argument("--version", action="version", version=f"batchflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     output_arg(sp)
     sp.add_argument("--backend", choices=_backend_choices(), default="local", help="where tasks run")
     sp.add_argument("--storage", choices=_storage_choices(), help="where files live (default: the backend's)")
-    sp.add_argument("--workspace", type=Path, help="local state folder (default: .batchflow beside the workflow)")
+    sp.add_argument(
+        "--workspace", type=Path, help="local state folder (default: .batchflow beside the workflow)"
+    )
     sp.add_argument("--concurrency", type=_positive_int, help="local backend: tasks at once")
     sp.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
 
@@ -224,7 +227,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = RunState.create(workspace, wf.path, args.backend, run_id)
     handler = _attach_run_log(state.log_file)
     try:
-        reporter.stage(f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}")
+        reporter.stage(
+            f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}"
+        )
         try:
             outcome = Runner(plan, storage, compute, state, reporter).run()
         except BatchflowError:

@@ -16,9 +16,16 @@ def _task_json(t: RenderedTask) -> dict[str, Any]:
     return {
         "id": t.id,
         "command": t.command,
-        "inputs": [{"container": i.container, "blob": i.blob_name, "file_path": i.file_path} for i in t.inputs],
+        "inputs": [
+            {"container": i.container, "blob": i.blob_name, "file_path": i.file_path} for i in t.inputs
+        ],
         "outputs": [
-            {"pattern": o.pattern, "container": o.container, "destination": o.destination, "condition": o.condition.value}
+            {
+                "pattern": o.pattern,
+                "container": o.container,
+                "destination": o.destination,
+                "condition": o.condition.value,
+            }
             for o in t.outputs
         ],
         "environment": dict(t.environment),

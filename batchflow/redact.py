@@ -12,7 +12,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)(AccountKey=)[^;\s'\"]+"), r"\1REDACTED"),
     (re.compile(r"(?i)(SharedAccessSignature=)[^;\s'\"]+"), r"\1REDACTED"),
     # Shared-key and bearer authorization headers.
-    (re.compile(r"(?i)(Authorization['\"]?\s*[:=]\s*['\"]?(?:SharedKey|Bearer)\s+)[^\s'\",]+"), r"\1REDACTED"),
+    (
+        re.compile(r"(?i)(Authorization['\"]?\s*[:=]\s*['\"]?(?:SharedKey|Bearer)\s+)[^\s'\",]+"),
+        r"\1REDACTED",
+    ),
 )
 
 

@@ -76,7 +76,8 @@ class Reporter:
                 )
                 self._progress.start()
                 self._bar = self._progress.add_task("tasks", total=total, counts=text, rate="")
-            assert self._bar is not None
+            if self._bar is None:  # pragma: no cover - set together with _progress
+                return
             elapsed = max(self.clock() - self._started, 1e-9)
             rate = f"{counts.completed / elapsed:.1f} tasks/s" if counts.completed else ""
             self._progress.update(self._bar, completed=counts.completed, total=total, counts=text, rate=rate)
@@ -105,9 +106,7 @@ class Reporter:
             f"{counts['succeeded']} succeeded, {counts['failed']} failed of {state.task_count} tasks."
         ]
         if state.stage_seconds:
-            lines.append(
-                "Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.stage_seconds.items())
-            )
+            lines.append("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.stage_seconds.items()))
         lines.extend(f"Outputs: {o}" for o in outputs)
         failed = [(tid, t) for tid, t in sorted(state.tasks.items()) if t["state"] == "failed"]
         for tid, t in failed[:20]:
@@ -150,4 +149,3 @@ def as_json(state: RunState) -> dict[str, Any]:
         "tasks": state.tasks,
         "message": state.message,
     }
-

@@ -6,6 +6,7 @@ what they are asked. Time is a parameter (`clock`), so tests drive the loop with
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -158,7 +159,9 @@ class Runner:
         wf = self.plan.workflow
         total = len(self.plan.tasks)
         with self._stage("monitor"):
-            self.reporter.stage(f"Monitoring all tasks for 'Completed' state, timeout in {_fmt(wf.monitor.timeout)}...")
+            self.reporter.stage(
+                f"Monitoring all tasks for 'Completed' state, timeout in {_fmt(wf.monitor.timeout)}..."
+            )
             deadline = self.clock() + wf.monitor.timeout
             base = wf.monitor.poll_interval
             interval = base
@@ -174,7 +177,8 @@ class Runner:
                 if remaining <= 0:
                     raise MonitorTimeout(
                         f"tasks did not finish within the monitor timeout ({_fmt(wf.monitor.timeout)}): "
-                        f"{counts.completed}/{total} completed, {counts.running} running, {counts.active} queued"
+                        f"{counts.completed}/{total} completed, {counts.running} running, "
+                        f"{counts.active} queued"
                     )
                 self.compute.wait(min(interval, remaining))
             self.reporter.close_progress()
@@ -219,12 +223,12 @@ class Runner:
             if succeeded:
                 inputs = sorted({u.container for u in wf.uploads})
                 outputs = sorted({o.container for o in wf.tasks.outputs} - set(inputs))
-                if policy.input_containers is CleanupAction.DELETE:
-                    for c in inputs:
-                        self._try(f"Deleting container [{c}]...", lambda c=c: self.storage.delete_container(c))
-                if policy.output_containers is CleanupAction.DELETE:
-                    for c in outputs:
-                        self._try(f"Deleting container [{c}]...", lambda c=c: self.storage.delete_container(c))
+                doomed = (inputs if policy.input_containers is CleanupAction.DELETE else []) + (
+                    outputs if policy.output_containers is CleanupAction.DELETE else []
+                )
+                for c in doomed:
+                    delete = functools.partial(self.storage.delete_container, c)
+                    self._try(f"Deleting container [{c}]...", delete)
 
     def _try(self, message: str, action: Callable[[], object]) -> None:
         self.reporter.stage(message)
@@ -236,10 +240,9 @@ class Runner:
 
 
 def _fmt(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds % 3600 == 0 and seconds:
         return f"{seconds // 3600}h"
     if seconds % 60 == 0 and seconds:
         return f"{seconds // 60}m"
     return f"{seconds}s"
-

@@ -9,7 +9,6 @@ Layout: <workspace>/runs/<run id>/
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -82,7 +81,7 @@ class RunState:
         data["folder"] = str(self.folder)
         tmp = self.folder / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.folder / STATE_FILE)
+        tmp.replace(self.folder / STATE_FILE)
 
     @classmethod
     def create(cls, workspace: Path, workflow: Path, backend: str, run_id: str | None = None) -> RunState:

@@ -135,7 +135,9 @@ class ScriptedCompute:
 
 
 def make_plan(tmp_path: Path, n: int, **wf_changes: object) -> Plan:
-    pool = PoolSpec("pool1", "Standard_A1_v2", ImageReference("canonical", "ubuntu-24_04-lts", "server"), "agent")
+    pool = PoolSpec(
+        "pool1", "Standard_A1_v2", ImageReference("canonical", "ubuntu-24_04-lts", "server"), "agent"
+    )
     wf = Workflow(
         version=1,
         name="t",
