@@ -51,6 +51,16 @@ class Storage(Protocol):
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]: ...
 
+    def resource_url(self, container: str, blob: str) -> str:
+        """Where a node GETs a task input from, as a Batch ResourceFile's http_url: an https URL with a
+        read-only, short-lived SAS (Azure), or a file:// URL (local storage)."""
+        ...
+
+    def container_url(self, container: str) -> str:
+        """Where a node uploads output files under, as a Batch OutputFile's container_url: an https URL
+        with a create/write-only, short-lived SAS (Azure), or a file:// URL (local storage)."""
+        ...
+
     def delete_container(self, name: str) -> bool:
         """Delete the container and everything in it. False if it did not exist."""
         ...
