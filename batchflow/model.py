@@ -213,6 +213,7 @@ class Workflow:
     containers: tuple[str, ...] = ()
     uploads: tuple[UploadSpec, ...] = ()
     downloads: tuple[DownloadSpec, ...] = ()
+    outputs_per_run: bool = True  # task outputs go under runs/<run id>/ in their container
     description: str = ""
     vars: Mapping[str, str] = field(default_factory=dict)
     monitor: MonitorSpec = field(default_factory=MonitorSpec)

@@ -12,11 +12,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from batchflow.backends.base import Compute, Storage
 from batchflow.errors import BatchflowError
-from batchflow.model import CleanupAction, Plan, TaskCounts
+from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts
 from batchflow.report import Reporter
 from batchflow.state import RunState
 
@@ -59,6 +59,7 @@ class Runner:
         self.reporter = reporter
         self.clock = clock
         self._outputs: list[str] = []
+        self.tasks: tuple[RenderedTask, ...] = plan.tasks  # as submitted (outputs under the run's prefix)
         self._pool_touched = False  # create_pool was called: there may be a pool to clean up
         self._job_touched = False
 
@@ -66,6 +67,7 @@ class Runner:
 
     def run(self) -> RunOutcome:
         wf = self.plan.workflow
+        self.tasks = self._per_run_outputs(self.plan.tasks)
         self.state.task_count = len(self.plan.tasks)
         self.state.pool_id = wf.pool.id
         self.state.job_id = wf.job.id
@@ -152,7 +154,7 @@ class Runner:
             self.compute.create_job(job, self.plan.workflow.pool.id, self.state.run_id)
         with self._stage("tasks"):
             self.reporter.stage(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]...")
-            self.compute.add_tasks(job.id, self.plan.tasks)
+            self.compute.add_tasks(job.id, self.tasks)
             self.compute.seal_job(job.id)
 
     def _monitor(self) -> None:
@@ -196,11 +198,27 @@ class Runner:
         except BatchflowError as e:
             log.warning("could not record task results: %s", e)
 
+    def _per_run_outputs(self, tasks: tuple[RenderedTask, ...]) -> tuple[RenderedTask, ...]:
+        """Outputs go under runs/<run id>/ in their container, so two runs never overwrite each other."""
+        if not self.plan.workflow.outputs_per_run:
+            return tasks
+        root = self.run_prefix
+        return tuple(
+            replace(t, outputs=tuple(replace(o, destination=root + o.destination) for o in t.outputs))
+            for t in tasks
+        )
+
+    @property
+    def run_prefix(self) -> str:
+        return f"runs/{self.state.run_id}/" if self.plan.workflow.outputs_per_run else ""
+
     def _download(self) -> None:
+        output_containers = {o.container for o in self.plan.workflow.tasks.outputs}
         with self._stage("download"):
             for d in self.plan.workflow.downloads:
+                prefix = (self.run_prefix if d.container in output_containers else "") + d.prefix
                 self.reporter.stage(f"Downloading container [{d.container}] to {d.destination}...")
-                result = self.storage.download(d.container, d.prefix, d.destination)
+                result = self.storage.download(d.container, prefix, d.destination)
                 self._outputs.append(
                     f"{d.destination} ({result.transferred} downloaded, {result.skipped} unchanged)"
                 )

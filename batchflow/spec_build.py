@@ -58,6 +58,7 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
             DownloadSpec(d["container"], b.path(d["destination"]), d.get("prefix", ""))
             for d in storage.get("downloads", ())
         ),
+        outputs_per_run=bool(storage.get("outputs_per_run", True)),
         description=data.get("description", ""),
         vars=dict(variables),
         monitor=MonitorSpec(

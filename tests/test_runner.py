@@ -17,6 +17,7 @@ from batchflow.errors import BatchflowError
 from batchflow.model import (
     CleanupAction,
     CleanupSpec,
+    DownloadSpec,
     ForeachSpec,
     ImageReference,
     JobSpec,
@@ -29,6 +30,7 @@ from batchflow.model import (
     StartTaskSpec,
     TaskCounts,
     TaskInput,
+    TaskOutput,
     TaskResult,
     TaskState,
     TaskTemplate,
@@ -63,7 +65,7 @@ class ScriptedStorage:
         return TransferResult(transferred=len(items))
 
     def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
-        self.calls.append(f"download {container}")
+        self.calls.append(f"download {container} {prefix!r}")
         return TransferResult()
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
@@ -103,6 +105,7 @@ class ScriptedCompute:
 
     def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
         self.calls.append(f"add_tasks {len(tasks)}")
+        self.added = list(tasks)
 
     def seal_job(self, job_id: str) -> None:
         self.calls.append("seal_job")
@@ -152,10 +155,24 @@ def make_plan(tmp_path: Path, n: int, **wf_changes: object) -> Plan:
         ),
         containers=("input", "output"),
         uploads=(UploadSpec(tmp_path, "input"),),
+        downloads=(DownloadSpec("output", tmp_path / "out", "x/"), DownloadSpec("input", tmp_path / "in")),
         monitor=MonitorSpec(timeout=60.0, poll_interval=1.0),
     )
     wf = replace(wf, **wf_changes)  # type: ignore[arg-type]
-    tasks = tuple(RenderedTask(f"t{i}", i, "true", (), (), {}, 0, None) for i in range(n))
+    out = (TaskOutput("{i}.out", "output", "x/{i}.out", OutputCondition.SUCCESS),)
+    tasks = tuple(
+        RenderedTask(
+            f"t{i}",
+            i,
+            "true",
+            (),
+            tuple(replace(o, destination=o.destination.format(i=i)) for o in out),
+            {},
+            0,
+            None,
+        )
+        for i in range(n)
+    )
     return Plan(wf, (UploadItem(tmp_path / "a", "input", "a", 1),), tasks, None)
 
 
@@ -183,7 +200,13 @@ def test_stages_in_order_and_cleanup_of_what_the_run_created(tmp_path: Path) -> 
         "delete_pool",
     ]
     # Data is kept by default.
-    assert storage.calls == ["ensure input", "ensure output", "upload 1"]
+    assert storage.calls == [
+        "ensure input",
+        "ensure output",
+        "upload 1",
+        "download output 'runs/run1/x/'",
+        "download input ''",
+    ]
     saved = RunState.load(outcome.state.folder)
     assert saved.status == "succeeded" and saved.counts()["succeeded"] == 2
     assert set(saved.stage_seconds) >= {"upload", "pool", "job", "tasks", "monitor", "cleanup"}
@@ -259,3 +282,20 @@ def test_data_deleted_when_asked_after_success(tmp_path: Path) -> None:
     runner, storage = run(tmp_path, make_plan(tmp_path, 1, cleanup=cleanup), compute, clock)
     runner.run()
     assert [c for c in storage.calls if c.startswith("delete")] == ["delete input"]
+
+
+def test_outputs_go_under_the_run_prefix_unless_disabled(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=2)])
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    runner.run()
+    assert [o.destination for t in compute.added for o in t.outputs] == [
+        "runs/run1/x/0.out",
+        "runs/run1/x/1.out",
+    ]
+
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=2)])
+    runner, storage = run(tmp_path / "b", make_plan(tmp_path, 2, outputs_per_run=False), compute, clock)
+    runner.run()
+    assert [o.destination for t in compute.added for o in t.outputs] == ["x/0.out", "x/1.out"]
+    assert "download output 'x/'" in storage.calls
