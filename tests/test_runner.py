@@ -71,6 +71,12 @@ class ScriptedStorage:
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         return []
 
+    def resource_url(self, container: str, blob: str) -> str:
+        return f"file:///{container}/{blob}"
+
+    def container_url(self, container: str) -> str:
+        return f"file:///{container}"
+
     def delete_container(self, name: str) -> bool:
         self.calls.append(f"delete {name}")
         return True

@@ -150,6 +150,13 @@ class LocalStorage:
         check_blob_name(blob)
         return self.container_path(container).joinpath(*blob.split("/"))
 
+    def resource_url(self, container: str, blob: str) -> str:
+        """A file:// URL: the local compute links the file into the task working dir."""
+        return self.path_of(container, blob).resolve().as_uri()
+
+    def container_url(self, container: str) -> str:
+        return self.container_path(container).resolve().as_uri()
+
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         base = self._existing(container)
         # Walk only the folder the prefix names, not the whole container.
