@@ -61,7 +61,8 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
 def print_plan(plan: Plan, limit: int | None = 20) -> None:
     wf = plan.workflow
     pool = wf.pool
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    # soft_wrap: the lines above the table are never broken, whatever the width (a pipe gets 80).
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     nbytes = sum(u.size for u in plan.uploads)
     console.print(f"Workflow {wf.name} ({wf.path})", markup=False)
     console.print(f"Uploads: {len(plan.uploads)} files, {nbytes:,} bytes", markup=False)
