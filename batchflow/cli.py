@@ -25,6 +25,11 @@ from batchflow import __version__
 from batchflow.errors import BatchflowError, InvalidWorkflow, Problem
 from batchflow.redact import RedactingFilter, redact
 
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -159,7 +164,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a closed terminal, a killed CI job) stops a run the way Ctrl-C does."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
@@ -235,6 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except BatchflowError:
             reporter.summary(state, outputs=[])
             raise
+        except Exception:
+            reporter.warn(f"Run folder: {state.folder}")
+            raise
         reporter.summary(outcome.state, outputs=outcome.outputs)
         if args.output == "json":
             print(json.dumps(as_json(outcome.state), indent=2))
@@ -261,7 +269,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.workspace is not None:
         workspace = args.workspace
     elif args.workflow is not None:
-        workspace = args.workflow.resolve().parent / ".batchflow"
+        from batchflow.spec import load_workflow
+
+        wf = load_workflow(args.workflow)
+        workspace = wf.local.workspace or wf.base_dir / ".batchflow"
     else:
         workspace = Path(".batchflow")
     state = RunState.load(find_run(workspace, args.run))

@@ -79,9 +79,10 @@ class Runner:
             self._collect()
             self._download()
             self.state.status = "succeeded" if self.state.counts()["failed"] == 0 else "failed"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             self.state.status = "interrupted"
-            self.state.message = "interrupted (Ctrl-C)"
+            how = "Ctrl-C" if type(e) is KeyboardInterrupt else "SIGTERM"
+            self.state.message = f"interrupted ({how})"
             self.reporter.close_progress()
             self.reporter.warn("Interrupted: stopping running tasks...")
             self._stop_and_collect()

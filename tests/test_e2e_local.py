@@ -426,7 +426,8 @@ def test_a_signal_stops_the_run_and_its_tasks(
     assert lines[-1] == f"Run folder: {run}"
     assert "Traceback" not in err
     state = load_state(run)
-    assert (state["status"], state["message"]) == ("interrupted", "interrupted (Ctrl-C)")
+    expected = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "interrupted (SIGTERM)"
+    assert (state["status"], state["message"]) == ("interrupted", expected)
     assert {t["failure"] for t in state["tasks"].values()} == {"cancelled"}
     assert [pid for pid in pids if alive(pid)] == []
 
