@@ -130,7 +130,8 @@ class Runner:
                 by_container[item.container].append(i)
             for container, idx in by_container.items():
                 items = [self.plan.uploads[i] for i in idx]
-                self.reporter.stage(f"Uploading {len(items)} files to container [{container}]...")
+                noun = "file" if len(items) == 1 else "files"
+                self.reporter.stage(f"Uploading {len(items)} {noun} to container [{container}]...")
                 result = self.storage.upload(items)
                 if result.skipped:
                     self.reporter.stage(f"  {result.transferred} uploaded, {result.skipped} unchanged")
