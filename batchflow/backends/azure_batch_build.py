@@ -1,0 +1,251 @@
+"""batchflow's model -> azure-batch 15.x request objects. Pure functions: no I/O, no client.
+
+What goes on the wire is `wire(model)` (the SDK sends exactly `as_dict(exclude_readonly=True)`).
+
+Choices made here, so the Azure backend honours the task contract (backends/base.py) as the local one does:
+- Command lines. Batch does not run a command line under a shell; it splits it into words and
+  executes them. batchflow runs task commands AND start task commands under `/bin/sh -c`, exactly as
+  the local backend does (its start task also runs with /bin/sh), so a command that works locally
+  works on a node: the command line is `/bin/sh -c '<command>'`, the command single-quoted as one
+  word (a `'` inside becomes `'\\''`). The rendered command already quotes its values, so a hostile
+  file name survives both levels.
+- Tasks run as the pool-wide non-admin auto user (AZ_BATCH_TASK_USER_IDENTITY=PoolNonAdminUser, as
+  locally); the start task runs as the pool-wide auto user, admin only when `elevated`.
+- Outputs: a pattern without wildcards uploads to `path` = its destination blob name. For a
+  pattern with wildcards (`*`, `?`, `[`), Batch treats `path` as a virtual directory it prepends to
+  each matched file's name (adding the `/` itself), so the destination prefix is sent without its
+  trailing `/`, and omitted when empty. An escaped file name (`a[[]1].mp3`) has brackets, so it
+  is sent the same way: `path` is the folder of its destination blob name.
+- Task logs: with a log container, `../stdout.txt` and `../stderr.txt` (the task dir is the parent
+  of wd/) are uploaded on completion to `<log_prefix><task id>/stdout.txt` and `.../stderr.txt`.
+- Task retention on the node: 1 day by default (Batch's default is 7 days). Outputs and logs are
+  uploaded to storage when the task completes, so the node copy is only a fallback; a short
+  retention frees node disk during long runs.
+- Sizing: with autoscale the pool has no fixed targets and no resize timeout (Batch ignores it
+  for autoscale pools); otherwise dedicated and Spot targets (Spot is `targetLowPriorityNodes` on
+  the wire) and a 15-minute resize timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from azure.batch import models as bm
+
+from batchflow.errors import BatchflowError
+from batchflow.globs import glob_literal, has_magic
+from batchflow.model import (
+    JobSpec,
+    OutputCondition,
+    PoolSpec,
+    RenderedTask,
+    StartTaskSpec,
+    TaskOutput,
+)
+
+RESIZE_TIMEOUT = datetime.timedelta(minutes=15)
+TASK_RETENTION = datetime.timedelta(days=1)
+RUN_ID_KEY = "batchflow-run-id"
+CREATED_BY_KEY = "batchflow-created-by"
+CREATED_BY = "batchflow"
+SHELL = "/bin/sh"
+TASK_STDOUT = "../stdout.txt"  # relative to wd/: Batch writes the logs in the task dir, wd/'s parent
+TASK_STDERR = "../stderr.txt"
+
+_CONDITIONS = {
+    OutputCondition.SUCCESS: bm.OutputFileUploadCondition.TASK_SUCCESS,
+    OutputCondition.FAILURE: bm.OutputFileUploadCondition.TASK_FAILURE,
+    OutputCondition.COMPLETION: bm.OutputFileUploadCondition.TASK_COMPLETION,
+}
+
+
+@dataclass(frozen=True)
+class ResolvedFile:
+    """A file a node downloads before a (start) task runs: `http_url` -> `file_path` (relative to wd/)."""
+
+    http_url: str
+    file_path: str
+
+
+class WireModel(Protocol):
+    """Any azure-batch model: dict-backed, serialized by as_dict."""
+
+    def as_dict(self, *, exclude_readonly: bool = False) -> dict[str, Any]: ...
+
+
+def wire(model: WireModel) -> dict[str, Any]:
+    """The JSON body the SDK sends for `model`."""
+    return model.as_dict(exclude_readonly=True)
+
+
+def shell_command_line(command: str) -> str:
+    """`command` as a Batch command line that runs it with `/bin/sh -c`, the command as one word."""
+    return f"{SHELL} -c '" + command.replace("'", "'\\''") + "'"
+
+
+def metadata(run_id: str) -> list[bm.BatchMetadataItem]:
+    """What marks a pool or job as batchflow's, and which run made it (`batchflow cleanup` looks for it)."""
+    return [
+        bm.BatchMetadataItem(name=RUN_ID_KEY, value=run_id),
+        bm.BatchMetadataItem(name=CREATED_BY_KEY, value=CREATED_BY),
+    ]
+
+
+def pool_request(
+    pool: PoolSpec, start_task: StartTaskSpec | None, start_inputs: Sequence[ResolvedFile], run_id: str
+) -> bm.BatchPoolCreateOptions:
+    """The Create Pool request: `pool`, the start task chosen for Azure and its resolved files."""
+    image = pool.image
+    options = bm.BatchPoolCreateOptions(
+        id=pool.id,
+        vm_size=pool.vm_size,
+        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+            image_reference=bm.BatchVmImageReference(
+                publisher=image.publisher, offer=image.offer, sku=image.sku, version=image.version
+            ),
+            node_agent_sku_id=pool.node_agent_sku_id,
+        ),
+        task_slots_per_node=pool.task_slots_per_node,
+        start_task=_start_task(start_task, start_inputs) if start_task is not None else None,
+        metadata=metadata(run_id),
+    )
+    if pool.autoscale is not None:
+        options.enable_auto_scale = True
+        options.auto_scale_formula = pool.autoscale.formula
+        options.auto_scale_evaluation_interval = _duration(pool.autoscale.evaluation_interval)
+    else:
+        options.enable_auto_scale = False
+        options.target_dedicated_nodes = pool.dedicated_nodes
+        options.target_low_priority_nodes = pool.spot_nodes
+        options.resize_timeout = RESIZE_TIMEOUT
+    return options
+
+
+def _start_task(spec: StartTaskSpec, inputs: Sequence[ResolvedFile]) -> bm.BatchStartTask:
+    elevation = bm.ElevationLevel.ADMIN if spec.elevated else bm.ElevationLevel.NON_ADMIN
+    return bm.BatchStartTask(
+        command_line=shell_command_line(spec.command),
+        resource_files=_resource_files(inputs),
+        environment_settings=_environment(spec.environment),
+        user_identity=_auto_user(elevation),
+        max_task_retry_count=spec.max_retries,
+        wait_for_success=spec.wait_for_success,
+    )
+
+
+def job_request(job: JobSpec, pool_id: str, run_id: str) -> bm.BatchJobCreateOptions:
+    """The Create Job request. It does nothing when all tasks complete: a job with no tasks yet counts
+    as complete, so `seal_job_request` switches it to terminate-job once every task is added."""
+    return bm.BatchJobCreateOptions(
+        id=job.id,
+        pool_info=bm.BatchPoolInfo(pool_id=pool_id),
+        all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
+        constraints=bm.BatchJobConstraints(
+            max_wall_clock_time=_optional_duration(job.max_wall_clock),
+            max_task_retry_count=job.max_task_retries,
+        ),
+        metadata=metadata(run_id),
+    )
+
+
+def seal_job_request() -> bm.BatchJobUpdateOptions:
+    """Every task is added: terminate the job when they have all completed, freeing the account's job quota
+    even if batchflow is no longer there to delete it."""
+    return bm.BatchJobUpdateOptions(all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.TERMINATE_JOB)
+
+
+def task_request(
+    task: RenderedTask,
+    inputs: Sequence[ResolvedFile],
+    output_container_urls: Mapping[str, str],
+    log_container_url: str | None,
+    log_prefix: str,
+    *,
+    retention: datetime.timedelta = TASK_RETENTION,
+) -> bm.BatchTaskCreateOptions:
+    """The Add Task body for `task`.
+
+    `inputs` are its TaskInputs resolved to URLs; `output_container_urls` maps each output container
+    name to a container URL with a write SAS. With `log_container_url`, stdout.txt and stderr.txt are
+    uploaded there on completion under `<log_prefix><task id>/`.
+    """
+    outputs = [_output_file(out, output_container_urls) for out in task.outputs]
+    if log_container_url is not None:
+        for pattern in (TASK_STDOUT, TASK_STDERR):
+            blob = f"{log_prefix}{task.id}/{pattern.rsplit('/', 1)[-1]}"
+            outputs.append(_upload(pattern, log_container_url, blob, OutputCondition.COMPLETION))
+    return bm.BatchTaskCreateOptions(
+        id=task.id,
+        command_line=shell_command_line(task.command),
+        resource_files=_resource_files(inputs),
+        output_files=outputs or None,
+        environment_settings=_environment(task.environment),
+        constraints=bm.BatchTaskConstraints(
+            max_wall_clock_time=_optional_duration(task.max_wall_clock),
+            retention_time=retention,
+            max_task_retry_count=task.max_retries,
+        ),
+        user_identity=_auto_user(bm.ElevationLevel.NON_ADMIN),
+    )
+
+
+def _output_file(out: TaskOutput, container_urls: Mapping[str, str]) -> bm.OutputFile:
+    url = container_urls.get(out.container)
+    if url is None:
+        raise KeyError(f"no container URL for output container {out.container!r}")
+    return _upload(out.pattern, url, out.destination, out.condition)
+
+
+def _upload(pattern: str, container_url: str, destination: str, condition: OutputCondition) -> bm.OutputFile:
+    path = _blob_path(pattern, destination)
+    return bm.OutputFile(
+        file_pattern=pattern,
+        destination=bm.OutputFileDestination(
+            container=bm.OutputFileBlobContainerDestination(container_url=container_url, path=path or None)
+        ),
+        upload_options=bm.OutputFileUploadConfiguration(upload_condition=_CONDITIONS[condition]),
+    )
+
+
+def _blob_path(pattern: str, destination: str) -> str:
+    """OutputFileBlobContainerDestination.path for a rendered output (empty: the container's root)."""
+    if not has_magic(pattern):
+        return destination  # one file: its blob name
+    literal = glob_literal(pattern)
+    if literal is None:
+        return destination.rstrip("/")  # a glob: the virtual folder Batch puts the matched files in
+    # An escaped name (`a[[]1].mp3` matches only `a[1].mp3`): Batch sees the brackets as wildcards
+    # and puts the file, under its own name, in the folder `path`.
+    folder, _, name = destination.rpartition("/")
+    file_name = literal.rsplit("/", 1)[-1]
+    if name != file_name:
+        raise BatchflowError(
+            f"output {pattern!r} cannot be uploaded as {destination!r} on Azure Batch: a pattern with"
+            f" [ ] keeps its file name ({file_name!r}); give the output a destination folder ending in '/'"
+        )
+    return folder
+
+
+def _resource_files(inputs: Sequence[ResolvedFile]) -> list[bm.ResourceFile] | None:
+    return [bm.ResourceFile(http_url=f.http_url, file_path=f.file_path) for f in inputs] or None
+
+
+def _environment(env: Mapping[str, str]) -> list[bm.EnvironmentSetting] | None:
+    return [bm.EnvironmentSetting(name=k, value=v) for k, v in env.items()] or None
+
+
+def _auto_user(elevation: bm.ElevationLevel) -> bm.UserIdentity:
+    return bm.UserIdentity(
+        auto_user=bm.AutoUserSpecification(scope=bm.AutoUserScope.POOL, elevation_level=elevation)
+    )
+
+
+def _duration(seconds: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=seconds)
+
+
+def _optional_duration(seconds: float | None) -> datetime.timedelta | None:
+    return None if seconds is None else datetime.timedelta(seconds=seconds)

@@ -1,0 +1,394 @@
+"""Builders: batchflow's model -> the exact JSON azure-batch 15.1 sends to the Batch service."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.batch import models as bm
+from azure.batch._model_base import SdkJSONEncoder
+
+from batchflow.backends.azure_batch_build import (
+    ResolvedFile,
+    job_request,
+    pool_request,
+    seal_job_request,
+    shell_command_line,
+    task_request,
+    wire,
+)
+from batchflow.errors import BatchflowError
+from batchflow.model import (
+    AutoScaleSpec,
+    ImageReference,
+    JobSpec,
+    OutputCondition,
+    PoolSpec,
+    RenderedTask,
+    StartTaskSpec,
+    TaskInput,
+    TaskOutput,
+)
+from batchflow.render import shell_quote
+
+UBUNTU = ImageReference(publisher="canonical", offer="ubuntu-24_04-lts", sku="server")
+AGENT = "batch.node.ubuntu 24.04"
+METADATA = [
+    {"name": "batchflow-run-id", "value": "run-20250101-abc"},
+    {"name": "batchflow-created-by", "value": "batchflow"},
+]
+IMAGE_WIRE = {
+    "imageReference": {
+        "publisher": "canonical",
+        "offer": "ubuntu-24_04-lts",
+        "sku": "server",
+        "version": "latest",
+    },
+    "nodeAgentSKUId": AGENT,
+}
+OUT_URL = "https://acct.blob.core.windows.net/output?sv=2026&sp=cw&sig=abc"
+LOG_URL = "https://acct.blob.core.windows.net/logs?sv=2026&sp=cw&sig=def"
+HOSTILE_NAMES = [
+    "it's $(touch INJECTED).mp4",
+    'quote "double" `tick` $HOME.mp4',
+    "semi;colon & amp | pipe > gt.mp4",
+    "-starts-with-dash.mp4",
+    "new\nline\ttab.mp4",
+    "back\\slash 'single'' '.mp4",
+    "café ünïcode.mp4",
+]
+
+
+def sent_body(model: Any) -> dict[str, Any]:
+    """What the SDK's operations put on the wire (they json.dumps the model with its own encoder)."""
+    result: dict[str, Any] = json.loads(json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True))
+    return result
+
+
+def rendered_task(**overrides: Any) -> RenderedTask:
+    fields: dict[str, Any] = {
+        "id": "task-sample_1",
+        "index": 0,
+        "command": "ffmpeg -i 'sample 1.mp4' ./'sample 1.mp3'",
+        "inputs": (TaskInput("input", "sample 1.mp4", "sample 1.mp4"),),
+        "outputs": (),
+        "environment": {},
+        "max_retries": 0,
+        "max_wall_clock": None,
+    }
+    fields.update(overrides)
+    return RenderedTask(**fields)
+
+
+# ---- pool -------------------------------------------------------------------------------
+
+
+def test_pool_with_dedicated_and_spot_nodes_and_an_elevated_start_task() -> None:
+    pool = PoolSpec(
+        id="LinuxFFmpegPool",
+        vm_size="Standard_A1_v2",
+        image=UBUNTU,
+        node_agent_sku_id=AGENT,
+        dedicated_nodes=2,
+        spot_nodes=5,
+        task_slots_per_node=4,
+    )
+    start = StartTaskSpec(
+        command="apt-get update && apt-get install -y ffmpeg",
+        elevated=True,
+        wait_for_success=True,
+        max_retries=2,
+        environment={"DEBIAN_FRONTEND": "noninteractive", "B": "2"},
+    )
+    setup = ResolvedFile("https://acct.blob.core.windows.net/input/setup.sh?sig=x", "tools/setup.sh")
+
+    request = pool_request(pool, start, [setup], "run-20250101-abc")
+
+    assert isinstance(request, bm.BatchPoolCreateOptions)
+    assert wire(request) == {
+        "id": "LinuxFFmpegPool",
+        "vmSize": "Standard_A1_v2",
+        "virtualMachineConfiguration": IMAGE_WIRE,
+        "taskSlotsPerNode": 4,
+        "startTask": {
+            "commandLine": "/bin/sh -c 'apt-get update && apt-get install -y ffmpeg'",
+            "resourceFiles": [
+                {
+                    "httpUrl": "https://acct.blob.core.windows.net/input/setup.sh?sig=x",
+                    "filePath": "tools/setup.sh",
+                }
+            ],
+            "environmentSettings": [
+                {"name": "DEBIAN_FRONTEND", "value": "noninteractive"},
+                {"name": "B", "value": "2"},
+            ],
+            "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}},
+            "maxTaskRetryCount": 2,
+            "waitForSuccess": True,
+        },
+        "metadata": METADATA,
+        "enableAutoScale": False,
+        "targetDedicatedNodes": 2,
+        "targetLowPriorityNodes": 5,
+        "resizeTimeout": "PT15M00S",
+    }
+    assert sent_body(request) == wire(request)
+
+
+def test_autoscale_pool_has_no_fixed_targets_and_a_non_admin_start_task() -> None:
+    formula = "$TargetDedicatedNodes = min(10, $PendingTasks.GetSample(1));"
+    pool = PoolSpec(
+        id="AutoPool",
+        vm_size="Standard_D2s_v3",
+        image=ImageReference("canonical", "ubuntu-24_04-lts", "server", "24.04.202501010"),
+        node_agent_sku_id=AGENT,
+        dedicated_nodes=3,  # ignored: the formula decides
+        autoscale=AutoScaleSpec(formula=formula, evaluation_interval=450.0),
+    )
+    start = StartTaskSpec(command='mkdir -p "$AZ_BATCH_NODE_SHARED_DIR/bin"', wait_for_success=False)
+
+    request = pool_request(pool, start, [], "run-20250101-abc")
+
+    assert wire(request) == {
+        "id": "AutoPool",
+        "vmSize": "Standard_D2s_v3",
+        "virtualMachineConfiguration": {
+            "imageReference": {
+                "publisher": "canonical",
+                "offer": "ubuntu-24_04-lts",
+                "sku": "server",
+                "version": "24.04.202501010",
+            },
+            "nodeAgentSKUId": AGENT,
+        },
+        "taskSlotsPerNode": 1,
+        "startTask": {
+            "commandLine": """/bin/sh -c 'mkdir -p "$AZ_BATCH_NODE_SHARED_DIR/bin"'""",
+            "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+            "maxTaskRetryCount": 0,
+            "waitForSuccess": False,
+        },
+        "metadata": METADATA,
+        "enableAutoScale": True,
+        "autoScaleFormula": formula,
+        "autoScaleEvaluationInterval": "PT07M30S",
+    }
+
+
+def test_pool_without_start_task() -> None:
+    pool = PoolSpec(id="P", vm_size="Standard_A1_v2", image=UBUNTU, node_agent_sku_id=AGENT, spot_nodes=1)
+
+    assert wire(pool_request(pool, None, [], "run-20250101-abc")) == {
+        "id": "P",
+        "vmSize": "Standard_A1_v2",
+        "virtualMachineConfiguration": IMAGE_WIRE,
+        "taskSlotsPerNode": 1,
+        "metadata": METADATA,
+        "enableAutoScale": False,
+        "targetDedicatedNodes": 0,
+        "targetLowPriorityNodes": 1,
+        "resizeTimeout": "PT15M00S",
+    }
+
+
+# ---- job --------------------------------------------------------------------------------
+
+
+def test_job_does_nothing_when_all_tasks_complete_until_sealed() -> None:
+    request = job_request(
+        JobSpec(id="LinuxFFmpegJob", max_wall_clock=1800.0, max_task_retries=3), "Pool", "run-20250101-abc"
+    )
+
+    assert isinstance(request, bm.BatchJobCreateOptions)
+    assert wire(request) == {
+        "id": "LinuxFFmpegJob",
+        "poolInfo": {"poolId": "Pool"},
+        "onAllTasksComplete": "noaction",
+        "constraints": {"maxWallClockTime": "PT30M00S", "maxTaskRetryCount": 3},
+        "metadata": METADATA,
+    }
+    assert sent_body(request) == wire(request)
+
+
+def test_job_without_wall_clock_sends_no_wall_clock() -> None:
+    request = job_request(JobSpec(id="J"), "P", "run-20250101-abc")
+
+    assert wire(request)["constraints"] == {"maxTaskRetryCount": 0}
+
+
+def test_seal_switches_the_job_to_terminate_when_its_tasks_complete() -> None:
+    request = seal_job_request()
+
+    assert isinstance(request, bm.BatchJobUpdateOptions)
+    assert wire(request) == {"onAllTasksComplete": "terminatejob"}
+
+
+# ---- tasks ------------------------------------------------------------------------------
+
+
+def test_task_with_inputs_outputs_per_condition_logs_environment_and_constraints() -> None:
+    task = rendered_task(
+        outputs=(
+            TaskOutput("sample 1.mp3", "output", "runs/r1/sample 1.mp3", OutputCondition.SUCCESS),
+            TaskOutput("debug/*.log", "logs", "runs/r1/debug/", OutputCondition.FAILURE),
+            TaskOutput("**/*.json", "output", "", OutputCondition.COMPLETION),
+        ),
+        environment={"BITRATE": "128k", "EMPTY": ""},
+        max_retries=2,
+        max_wall_clock=600.0,
+    )
+    inputs = [ResolvedFile("https://acct.blob.core.windows.net/input/sample%201.mp4?sig=r", "sample 1.mp4")]
+
+    request = task_request(task, inputs, {"output": OUT_URL, "logs": LOG_URL}, LOG_URL, "runs/r1/tasks/")
+
+    assert isinstance(request, bm.BatchTaskCreateOptions)
+    assert wire(request) == {
+        "id": "task-sample_1",
+        "commandLine": "/bin/sh -c 'ffmpeg -i '\\''sample 1.mp4'\\'' ./'\\''sample 1.mp3'\\'''",
+        "resourceFiles": [
+            {
+                "httpUrl": "https://acct.blob.core.windows.net/input/sample%201.mp4?sig=r",
+                "filePath": "sample 1.mp4",
+            }
+        ],
+        "outputFiles": [
+            {
+                "filePattern": "sample 1.mp3",
+                "destination": {"container": {"containerUrl": OUT_URL, "path": "runs/r1/sample 1.mp3"}},
+                "uploadOptions": {"uploadCondition": "tasksuccess"},
+            },
+            {
+                "filePattern": "debug/*.log",
+                "destination": {"container": {"containerUrl": LOG_URL, "path": "runs/r1/debug"}},
+                "uploadOptions": {"uploadCondition": "taskfailure"},
+            },
+            {
+                "filePattern": "**/*.json",
+                "destination": {"container": {"containerUrl": OUT_URL}},
+                "uploadOptions": {"uploadCondition": "taskcompletion"},
+            },
+            {
+                "filePattern": "../stdout.txt",
+                "destination": {
+                    "container": {"containerUrl": LOG_URL, "path": "runs/r1/tasks/task-sample_1/stdout.txt"}
+                },
+                "uploadOptions": {"uploadCondition": "taskcompletion"},
+            },
+            {
+                "filePattern": "../stderr.txt",
+                "destination": {
+                    "container": {"containerUrl": LOG_URL, "path": "runs/r1/tasks/task-sample_1/stderr.txt"}
+                },
+                "uploadOptions": {"uploadCondition": "taskcompletion"},
+            },
+        ],
+        "environmentSettings": [{"name": "BITRATE", "value": "128k"}, {"name": "EMPTY", "value": ""}],
+        "constraints": {"maxWallClockTime": "PT10M00S", "retentionTime": "P1D", "maxTaskRetryCount": 2},
+        "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+    }
+    assert sent_body(request) == wire(request)
+
+
+def test_minimal_task_without_logs_sends_only_what_it_has() -> None:
+    task = rendered_task(id="t", command="true", inputs=())
+
+    assert wire(task_request(task, [], {}, None, "ignored/")) == {
+        "id": "t",
+        "commandLine": "/bin/sh -c 'true'",
+        "constraints": {"retentionTime": "P1D", "maxTaskRetryCount": 0},
+        "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+    }
+
+
+def test_retention_can_be_chosen() -> None:
+    task = rendered_task(inputs=())
+    request = task_request(task, [], {}, None, "", retention=datetime.timedelta(days=7))
+
+    assert wire(request)["constraints"] == {"retentionTime": "P7D", "maxTaskRetryCount": 0}
+
+
+def test_an_escaped_file_name_is_uploaded_into_the_folder_of_its_blob_name() -> None:
+    # `a[[]1].mp3` matches only `a[1].mp3`, but Batch sees brackets as wildcards: path is a folder.
+    outputs = (
+        TaskOutput("a[[]1].mp3", "output", "runs/r1/a[1].mp3", OutputCondition.SUCCESS),
+        TaskOutput("sub/b[*].mp3", "output", "b*.mp3", OutputCondition.SUCCESS),
+    )
+    request = task_request(rendered_task(outputs=outputs, inputs=()), [], {"output": OUT_URL}, None, "")
+
+    assert [f["destination"]["container"] for f in wire(request)["outputFiles"]] == [
+        {"containerUrl": OUT_URL, "path": "runs/r1"},
+        {"containerUrl": OUT_URL},
+    ]
+
+
+def test_an_escaped_file_name_cannot_be_renamed() -> None:
+    outputs = (TaskOutput("a[[]1].mp3", "output", "renamed.mp3", OutputCondition.SUCCESS),)
+
+    with pytest.raises(BatchflowError) as e:
+        task_request(rendered_task(outputs=outputs, inputs=()), [], {"output": OUT_URL}, None, "")
+
+    assert str(e.value) == (
+        "output 'a[[]1].mp3' cannot be uploaded as 'renamed.mp3' on Azure Batch: a pattern with [ ] keeps"
+        " its file name ('a[1].mp3'); give the output a destination folder ending in '/'"
+    )
+
+
+def test_an_output_container_without_url_is_a_bug() -> None:
+    outputs = (TaskOutput("x.mp3", "elsewhere", "x.mp3", OutputCondition.SUCCESS),)
+
+    with pytest.raises(KeyError, match="no container URL for output container 'elsewhere'"):
+        task_request(rendered_task(outputs=outputs), [], {"output": OUT_URL}, None, "")
+
+
+# ---- command lines: what the node runs -----------------------------------------------------
+
+
+def run_like_a_node(command_line: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Batch splits the command line into words and runs them without a shell; here a POSIX shell
+    does the splitting, the strictest reading of that."""
+    env = {"PATH": os.environ["PATH"], "AZ_HOME_PROBE": "from env"}
+    return subprocess.run(
+        ["/bin/sh", "-c", command_line],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("kind", ["task", "start task"])
+def test_hostile_file_names_survive_both_levels_of_quoting(tmp_path: Path, kind: str) -> None:
+    # The rendered command quotes every value (render.shell_quote), then the builder quotes the
+    # whole command for `/bin/sh -c`: the program must get every name as one untouched argument.
+    argv_printer = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    command = " ".join([shell_quote(sys.executable), "-c", shell_quote(argv_printer)])
+    command += " " + " ".join(shell_quote(n) for n in HOSTILE_NAMES) + ' "$AZ_HOME_PROBE"'
+    if kind == "task":
+        line = wire(task_request(rendered_task(command=command, inputs=()), [], {}, None, ""))["commandLine"]
+    else:
+        pool = PoolSpec(id="P", vm_size="v", image=UBUNTU, node_agent_sku_id=AGENT)
+        line = wire(pool_request(pool, StartTaskSpec(command=command), [], "r"))["startTask"]["commandLine"]
+
+    assert line == shell_command_line(command)
+    assert shlex.split(line) == ["/bin/sh", "-c", command]
+    result = run_like_a_node(line, tmp_path)
+    assert json.loads(result.stdout) == [*HOSTILE_NAMES, "from env"]
+    assert list(tmp_path.iterdir()) == []  # nothing like $(touch INJECTED) ran
+
+
+def test_a_command_with_single_quotes_and_shell_syntax_runs_as_written(tmp_path: Path) -> None:
+    command = "echo 'it'\"'\"'s' && printf '%s\\n' \"$((1 + 2))\" > 'out file.txt'; cat 'out file.txt'"
+
+    result = run_like_a_node(shell_command_line(command), tmp_path)
+
+    assert result.stdout == "it's\n3\n"
+    assert (tmp_path / "out file.txt").read_text() == "3\n"
