@@ -1,0 +1,324 @@
+"""The operations of the Batch REST API, on the store: each validates, changes state, returns JSON.
+
+Errors are raised as ServiceError with the service's status and code. Request bodies are validated
+by `validate`; collections of tasks get one result per task.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import validate
+from .lifecycle import Lifecycle, job_wall_deadline
+from .render import counts_json, job_json, node_counts_json, node_json, pool_json, task_json
+from .resources import Job, Pool, Task
+from .state import Store, monotonic_after
+from .wire import ServiceError, error_json, fmt_time, invalid_property, now
+
+MAX_TASKS_PER_COLLECTION = 100
+DEFAULT_RESIZE_TIMEOUT = datetime.timedelta(minutes=15)
+
+
+class Service:
+    def __init__(self, store: Store, lifecycle: Lifecycle) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+
+    # ---- pools ------------------------------------------------------------------------------
+
+    def create_pool(self, raw: Any) -> Pool:
+        body = validate.pool_body(raw)
+        store = self.store
+        with store.lock:
+            existing = store.pools.get(body["id"].casefold())
+            if existing is not None:
+                raise ServiceError(409, "PoolBeingDeleted" if existing.state == "deleting" else "PoolExists")
+            if body.get("enableAutoScale"):
+                dedicated, low = validate.autoscale_targets(body["autoScaleFormula"])
+            else:
+                dedicated, low = (
+                    body.get("targetDedicatedNodes") or 0,
+                    body.get("targetLowPriorityNodes") or 0,
+                )
+            pool = Pool(
+                id=body["id"],
+                body=body,
+                target_dedicated=dedicated,
+                target_low_priority=low,
+                slots_per_node=body.get("taskSlotsPerNode", 1),
+                fill_type=(body.get("taskSchedulingPolicy") or {}).get("nodeFillType", "spread"),
+                resize_timeout=validate.duration(body, "resizeTimeout") or DEFAULT_RESIZE_TIMEOUT,
+            )
+            if body.get("enableAutoScale"):
+                pool.auto_scale_run = {
+                    "timestamp": fmt_time(now()),
+                    "results": f"$TargetDedicatedNodes={dedicated};$TargetLowPriorityNodes={low};"
+                    "$NodeDeallocationOption=requeue",
+                }
+            if not dedicated and not low:
+                pool.set_allocation("steady")
+            store.pools[pool.id.casefold()] = pool
+            store.wake()
+            return pool
+
+    def pool_json(self, pool_id: str) -> dict[str, Any]:
+        with self.store.lock:
+            return pool_json(self.store.pool(pool_id), self.store.endpoint)
+
+    def pools_json(self) -> list[dict[str, Any]]:
+        with self.store.lock:
+            return [pool_json(p, self.store.endpoint) for p in self.store.pools.values()]
+
+    def delete_pool(self, pool_id: str) -> None:
+        with self.store.lock:
+            pool = self.store.pool(pool_id)
+            if pool.state == "deleting":
+                raise ServiceError(409, "PoolBeingDeleted")
+            pool.state, pool.state_time = "deleting", now()
+            pool.target_dedicated = pool.target_low_priority = 0
+            pool.set_allocation("resizing")
+            pool.touch()
+            pool.delete_due = monotonic_after(self.store.timings.pool_delete)
+            self.store.wake()
+
+    def resize_pool(self, pool_id: str, raw: Any) -> None:
+        body = raw if isinstance(raw, dict) else {}
+        with self.store.lock:
+            pool = self._active_pool(pool_id)
+            if pool.body.get("enableAutoScale"):
+                raise ServiceError(
+                    409, "AutoScalingEnabled", "The pool has autoscaling enabled: it cannot be resized."
+                )
+            for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+                value = body.get(name)
+                if value is not None and (not isinstance(value, int) or value < 0):
+                    raise invalid_property(name, value, "The value must be a non-negative integer.")
+            pool.target_dedicated = body.get("targetDedicatedNodes", pool.target_dedicated)
+            pool.target_low_priority = body.get("targetLowPriorityNodes", pool.target_low_priority)
+            pool.set_allocation("resizing")
+            pool.touch()
+            self.store.wake()
+
+    def _active_pool(self, pool_id: str) -> Pool:
+        pool = self.store.pool(pool_id)
+        if pool.state == "deleting":
+            raise ServiceError(409, "PoolBeingDeleted")
+        return pool
+
+    def nodes_json(self, pool_id: str) -> list[dict[str, Any]]:
+        with self.store.lock:
+            pool = self.store.pool(pool_id)
+            return [self._node_json(pool, n.id) for n in pool.nodes.values()]
+
+    def node_json(self, pool_id: str, node_id: str) -> dict[str, Any]:
+        with self.store.lock:
+            self.store.node(pool_id, node_id)
+            return self._node_json(self.store.pool(pool_id), node_id)
+
+    def _node_json(self, pool: Pool, node_id: str) -> dict[str, Any]:
+        body = pool.body
+        return node_json(
+            pool.nodes[node_id],
+            self.store.endpoint,
+            body["virtualMachineConfiguration"],
+            body.get("startTask"),
+        )
+
+    def node_counts_json(self) -> list[dict[str, Any]]:
+        with self.store.lock:
+            return [node_counts_json(p) for p in self.store.pools.values()]
+
+    # ---- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, raw: Any) -> Job:
+        body = validate.job_body(raw)
+        store = self.store
+        with store.lock:
+            existing = store.jobs.get(body["id"].casefold())
+            if existing is not None:
+                raise ServiceError(409, "JobBeingDeleted" if existing.state == "deleting" else "JobExists")
+            job = Job(id=body["id"], body=body, pool_id=body["poolInfo"]["poolId"])
+            job.wall_deadline = job_wall_deadline(body)
+            store.jobs[job.id.casefold()] = job
+            store.wake()
+            return job
+
+    def job_json(self, job_id: str) -> dict[str, Any]:
+        with self.store.lock:
+            return job_json(self.store.job(job_id), self.store.endpoint)
+
+    def jobs_json(self) -> list[dict[str, Any]]:
+        with self.store.lock:
+            return [job_json(j, self.store.endpoint) for j in self.store.jobs.values()]
+
+    def update_job(self, job_id: str, raw: Any) -> Job:
+        body = validate.job_update_body(raw)
+        with self.store.lock:
+            job = self._open_job(job_id, adding=False)
+            for key, value in body.items():
+                if key == "constraints":
+                    job.body["constraints"] = {**job.body.get("constraints", {}), **value}
+                    job.wall_deadline = job_wall_deadline(job.body)
+                else:
+                    job.body[key] = value
+            if "poolInfo" in body:
+                job.pool_id = body["poolInfo"]["poolId"]
+            job.touch()
+            self.store.wake()
+            return job
+
+    def terminate_job(self, job_id: str, reason: str | None) -> Job:
+        with self.store.lock:
+            job = self._open_job(job_id, adding=False)
+            if job.state != "terminating":
+                job.terminate_reason = reason or "UserTerminate"
+                job.set_state("terminating")
+            self.store.wake()
+            return job
+
+    def delete_job(self, job_id: str) -> None:
+        with self.store.lock:
+            job = self.store.job(job_id)
+            if job.state == "deleting":
+                raise ServiceError(409, "JobBeingDeleted")
+            job.set_state("deleting")
+            job.delete_due = monotonic_after(self.store.timings.job_delete)
+            self.store.wake()
+
+    def _open_job(self, job_id: str, *, adding: bool) -> Job:
+        job = self.store.job(job_id)
+        if job.state == "deleting":
+            raise ServiceError(409, "JobBeingDeleted")
+        if job.state == "completed" or (adding and job.state == "terminating"):
+            raise ServiceError(409, "JobCompleted")
+        return job
+
+    def task_counts_json(self, job_id: str) -> dict[str, Any]:
+        with self.store.lock:
+            return counts_json(self.store.job(job_id))
+
+    # ---- tasks ------------------------------------------------------------------------------
+
+    def add_task(self, job_id: str, raw: Any) -> Task:
+        body = validate.task_body(raw)
+        with self.store.lock:
+            job = self._open_job(job_id, adding=True)
+            if body["id"].casefold() in job.tasks:
+                raise ServiceError(409, "TaskExists")
+            task = self._new_task(job, body)
+            self.store.wake()
+            return task
+
+    def add_tasks(self, job_id: str, raw: Any, request_id: str) -> list[dict[str, Any]]:
+        """Add Task Collection: one result per task, in the order sent."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("value"), list):
+            raise ServiceError(400, "InvalidRequestBody", 'The body must be {"value": [task, ...]}.')
+        items: Sequence[Any] = raw["value"]
+        if len(items) > MAX_TASKS_PER_COLLECTION:
+            raise ServiceError(413, "RequestBodyTooLarge")
+        results = []
+        with self.store.lock:
+            job = self._open_job(job_id, adding=True)
+            for item in items:
+                task_id = item.get("id") if isinstance(item, dict) else None
+                try:
+                    body = validate.task_body(item)
+                    if body["id"].casefold() in job.tasks:
+                        raise ServiceError(409, "TaskExists")
+                except ServiceError as e:
+                    base = self.store.endpoint
+                    error = error_json(e.code, e.message, e.values, base, request_id)
+                    error.pop("odata.metadata")
+                    status = "servererror" if e.status >= 500 else "clienterror"
+                    results.append({"status": status, "taskId": task_id, "error": error})
+                    continue
+                task = self._new_task(job, body)
+                results.append(
+                    {
+                        "status": "success",
+                        "taskId": task.id,
+                        "eTag": task.etag,
+                        "lastModified": fmt_time(task.last_modified),
+                        "location": f"{self.store.endpoint}/jobs/{job.id}/tasks/{task.id}",
+                    }
+                )
+            self.store.wake()
+        return results
+
+    def _new_task(self, job: Job, body: dict[str, Any]) -> Task:
+        constraints = body.get("constraints") or {}
+        job_constraints = job.body.get("constraints") or {}
+        retries = constraints.get("maxTaskRetryCount", job_constraints.get("maxTaskRetryCount", 0))
+        self.store.task_seq += 1
+        task = Task(
+            id=body["id"],
+            job_id=job.id,
+            body=body,
+            seq=self.store.task_seq,
+            max_retries=retries,
+            max_wall=validate.duration(constraints, "maxWallClockTime"),
+            required_slots=body.get("requiredSlots", 1),
+        )
+        job.tasks[task.id.casefold()] = task
+        job.counts["active"] += 1
+        job.slot_counts["active"] += task.required_slots
+        job.queue.append(task)
+        return task
+
+    def task_json(self, job_id: str, task_id: str) -> dict[str, Any]:
+        with self.store.lock:
+            return task_json(self.store.task(job_id, task_id), self.store.endpoint)
+
+    def tasks_keyed(self, job_id: str) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
+        """(creation sequence, JSON renderer) of every task of the job, in the order they were added.
+        A list page renders only the tasks it looks at, each under the lock."""
+        with self.store.lock:
+            job = self.store.job(job_id)
+            return [(t.seq, functools.partial(self._render_task, t)) for t in job.tasks.values()]
+
+    def _render_task(self, task: Task) -> dict[str, Any]:
+        with self.store.lock:
+            return task_json(task, self.store.endpoint)
+
+    def task_files(self, job_id: str, task_id: str) -> tuple[Path, str]:
+        """The task's directory on the node where it last ran, and its files URL."""
+        with self.store.lock:
+            task = self.store.task(job_id, task_id)
+            if task.node_ref is None:
+                raise ServiceError(
+                    404, "FileNotFound", "The task has not run on a node yet, so it has no files."
+                )
+            pool = self.store.pools.get(task.node_ref[0].casefold())
+            node = pool.nodes.get(task.node_ref[1]) if pool is not None else None
+            if node is None:
+                raise ServiceError(
+                    404, "NodeNotFound", f"The node {task.node_ref[1]} the task ran on no longer exists."
+                )
+            url = f"{self.store.endpoint}/jobs/{task.job_id}/tasks/{task.id}/files"
+            return self.store.task_dir(node, task.job_id, task.id), url
+
+    def node_files(self, pool_id: str, node_id: str) -> tuple[Path, str]:
+        with self.store.lock:
+            node = self.store.node(pool_id, node_id)
+            return node.root, f"{self.store.endpoint}/pools/{node.pool_id}/nodes/{node.id}/files"
+
+    def delete_task(self, job_id: str, task_id: str) -> None:
+        with self.store.lock:
+            job = self.store.job(job_id)
+            self.store.forget(job, self.store.task(job_id, task_id))
+            self.store.wake()
+
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        with self.store.lock:
+            job = self.store.job(job_id)
+            task = self.store.task(job_id, task_id)
+            if task.state == "completed":
+                raise ServiceError(
+                    409, "TaskCompleted", "The specified task is already in a completed state."
+                )
+            self.lifecycle.end_task(job, task, "The task was terminated by a user request.")
+            self.store.wake()
