@@ -798,6 +798,21 @@ def test_start_task_failure_is_visible_on_the_node(emu: BatchEmulator) -> None:
     assert client.get_task("j", "never").state == bm.BatchTaskState.ACTIVE
 
 
+def test_start_task_override(emu: BatchEmulator) -> None:
+    client = emu.client(retry_total=0)
+    install = "apt-get update && apt-get install -y ffmpeg"
+    stand_in = (
+        'mkdir -p "$AZ_BATCH_NODE_SHARED_DIR/bin" && echo stand-in > "$AZ_BATCH_NODE_SHARED_DIR/bin/ffmpeg"'
+    )
+    emu.override_start_task("p", sh(stand_in))
+    client.create_pool(pool("p", start_task=bm.BatchStartTask(command_line=sh(install))))
+    wait(emu, lambda: node_states(client, "p") == ["idle"], "an idle node")
+    (node_id,) = emu.node_ids("p")
+    assert (emu.workdir / "p" / node_id / "shared" / "bin" / "ffmpeg").read_text() == "stand-in\n"
+    start = client.get_pool("p").start_task
+    assert start is not None and start.command_line == sh(install)
+
+
 def test_max_wall_clock_kills_the_process_group(emu: BatchEmulator) -> None:
     client = emu.client(retry_total=0)
     client.create_pool(pool("p"))

@@ -1,7 +1,37 @@
 """An Azure Batch service emulator for tests: the real azure-batch SDK talks to it through azure-core's
 transport seam (or a loopback HTTP server), and it runs tasks for real on this machine.
 
-See emulator.BatchEmulator for the entry point; faults.Faults for fault injection.
+    with BatchEmulator(workdir=tmp_path) as emu:          # account "testacct", key DEFAULT_KEY
+        client = emu.client(retry_total=0)   # = BatchClient(emu.endpoint, cred, transport=emu.transport())
+        emu.faults.fail_next("POST", "/jobs/{job}/addtaskcollection", status=503, count=3)
+        emu.faults.retry_after_next("GET", "/jobs/{job}/taskcounts", seconds=1)
+        emu.faults.lose_response_next("POST", ".../addtaskcollection")
+        emu.fail_start_task("pool", exit_code=100, stderr="E: Unable to locate package ffmpeg\\n")
+        emu.override_start_task("pool", "/bin/sh -c '...'")   # a local stand-in for apt-get install
+        emu.preempt_node(pool_id, node_id); emu.restore_node(pool_id, node_id)
+        emu.make_node_unusable(pool_id, node_id)
+        emu.requests, emu.count("POST", "/jobs/{job}/addtaskcollection"), emu.sleeps, emu.latency
+        emu.paused(), emu.settle(), emu.wait_for(condition), emu.serve() -> "http://127.0.0.1:PORT"
+
+Behaviour worth knowing (as the service does it, or the emulator's choice where the docs are silent):
+- Command lines run WITHOUT a shell (split into words and executed, as Batch does): use /bin/sh -c.
+- Errors: the service's codes and bodies; message.value ends with "\\nRequestId:...\\nTime:..." lines
+  (message_text() gives the first line). A wrong shared-key signature is 403 AuthenticationFailed
+  (HttpResponseError); a bad bearer token 401 (ClientAuthenticationError).
+- Add Task Collection: more than 100 tasks, or a body of 1 MiB or more -> 413 RequestBodyTooLarge for
+  the whole request; per task: success, or clienterror TaskExists (ids ignore case) /
+  InvalidPropertyValue / MissingRequiredProperty.
+- A job whose pool does not exist is accepted; its tasks stay active until the pool exists. A job
+  with onAllTasksComplete=terminatejob and no active or running task completes (zero tasks too).
+- Task failureInfo codes (category usererror): FailureExitCode (nonzero exit, retried up to
+  maxTaskRetryCount), TaskEnded (maxWallClockTime: the process group is killed, exit 137; job
+  terminated; task terminated), BlobNotFound / BlobAccessDenied / BlobDownloadMiscError (resource
+  files, not retried, no exit code), CommandProgramNotFound, FileUploadMiscError (an output upload
+  failed, or an output pattern without wildcards matched no file).
+- Output files are uploaded after each run of the command whose exit code matches their condition.
+- Not emulated, refused with 501 NotImplemented: containers, multi-instance tasks, task
+  dependencies, application packages, auto pools, job manager/preparation/release tasks, and
+  autoscale formulas other than literal $TargetDedicatedNodes / $TargetLowPriorityNodes assignments.
 """
 
 from __future__ import annotations

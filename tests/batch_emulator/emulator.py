@@ -241,6 +241,13 @@ class BatchEmulator:
         with self.store.lock:
             self.store.start_task_faults[pool_id.casefold()] = StartTaskFault(exit_code, stderr, stdout)
 
+    def override_start_task(self, pool_id: str, command_line: str) -> None:
+        """The pool's start task runs `command_line` instead of its own (same folders, environment,
+        resource files and retries); the pool still reports its own. For start tasks that must not run
+        on this machine as written (apt-get install ...): substitute a local stand-in."""
+        with self.store.lock:
+            self.store.start_task_commands[pool_id.casefold()] = command_line
+
     # ---- control ----------------------------------------------------------------------------
 
     @contextmanager

@@ -38,7 +38,8 @@ def begin(store: Store, pool: Pool, node: Node, spec: Mapping[str, Any], spawn: 
         identity=spec.get("userIdentity"),
         settings=[spec.get("environmentSettings", [])],
     )
-    launch = execution.Launch(spec["commandLine"], task_dir, env, spec.get("resourceFiles", []))
+    command = store.start_task_commands.get(pool.id.casefold(), spec["commandLine"])
+    launch = execution.Launch(command, task_dir, env, spec.get("resourceFiles", []))
     handle = node.start_handle = RunHandle()
     spawn(_run, (store, node, spec, node.generation, launch, handle), f"start-task-{node.id}")
 

@@ -48,6 +48,7 @@ class Store:
     pools: dict[str, Pool] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     start_task_faults: dict[str, StartTaskFault] = field(default_factory=dict)  # by casefolded pool id
+    start_task_commands: dict[str, str] = field(default_factory=dict)  # overrides, by casefolded pool id
     task_seq: int = 0
     paused: bool = False
     closed: bool = False
