@@ -308,11 +308,16 @@ def _seconds(value: str) -> float | None:
 
 
 def _message(e: HttpResponseError) -> str:
-    """The service's message (Batch errors carry it as {"lang": ..., "value": ...})."""
+    """The service's message (Batch errors carry it as {"lang": ..., "value": ...}), first line."""
     model = e.model
     if isinstance(model, bm.BatchError) and model.message is not None and model.message.value:
-        return model.message.value
+        return _first_line(model.message.value)
     return e.reason or str(e)
+
+
+def _first_line(message: str) -> str:
+    """Batch messages end with "RequestId:..." and "Time:..." lines: the first line says it all."""
+    return message.strip().splitlines()[0] if message.strip() else message
 
 
 def _describe(e: HttpResponseError) -> str:
@@ -323,7 +328,8 @@ def _describe(e: HttpResponseError) -> str:
 def _task_error(error: bm.BatchError | None) -> tuple[str, str]:
     if error is None:
         return "(no code)", "(no message)"
-    message = error.message.value if error.message is not None and error.message.value else "(no message)"
+    value = error.message.value if error.message is not None else None
+    message = _first_line(value) if value else "(no message)"
     details = "; ".join(f"{d.key}={d.value}" for d in error.error_values or [])
     return error.code or "(no code)", f"{message} ({details})" if details else message
 
