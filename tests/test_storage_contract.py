@@ -1,0 +1,240 @@
+"""One storage contract, two storages: the folder storage and Azure Blob Storage on Azurite.
+
+Whatever a compute backend or the runner relies on is checked here against both; what only one
+of them does (quick-check by mtime, Content-MD5, SAS permissions) is in its own test file.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+from azurite import AzuriteInfo, put_blob_raw
+
+from batchflow.backends.azure_auth import blob_auth
+from batchflow.backends.azure_storage import AzureBlobStorage
+from batchflow.backends.base import Storage
+from batchflow.backends.blob_urls import RetrySettings, fetch_url, put_to_container_url
+from batchflow.backends.local_storage import LocalStorage
+from batchflow.errors import BatchflowError
+from batchflow.model import TransferResult, UploadItem
+
+pytest_plugins = ["azurite"]
+
+AWKWARD = "dir ü/a b#c%d?e:f[g]+h&i=j.txt"  # spaces, unicode, # % ? : [ + & =
+
+
+@dataclass
+class Subject:
+    """A storage under test, with a way around it: put a blob by any name, read one back."""
+
+    kind: str
+    storage: Storage
+    where: str  # what "does not exist in ..." names
+    put: Callable[[str, str, bytes], None]  # (container, blob, data), bypassing batchflow
+    get: Callable[[str, str], bytes]
+    hostile: tuple[tuple[str, str], ...]  # (name, why): names it can hold that must never be downloaded
+
+
+def _local(tmp_path: Path) -> Subject:
+    storage = LocalStorage(tmp_path / "storage")
+
+    def put(container: str, blob: str, data: bytes) -> None:
+        path = storage.root.joinpath(container, *blob.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def get(container: str, blob: str) -> bytes:
+        return storage.path_of(container, blob).read_bytes()
+
+    hostile = (("C:evil.txt", "starts with a drive letter"), ("a\\b.txt", "contains a backslash"))
+    return Subject("local", storage, str(storage.root), put, get, hostile)
+
+
+def _azure(info: AzuriteInfo) -> Iterator[Subject]:
+    retry = RetrySettings(total=2, initial_backoff=0.05, increment_base=0, jitter=0)
+    service = BlobServiceClient.from_connection_string(info.connection_string)
+    with AzureBlobStorage(blob_auth(info.environ()), sas_ttl=600, retry=retry) as storage, service:
+
+        def put(container: str, blob: str, data: bytes) -> None:
+            if blob.startswith("/") or ".." in blob.split("/"):
+                put_blob_raw(info, container, blob, data)  # the SDK cannot name these
+            else:
+                service.get_blob_client(container, blob).upload_blob(data, overwrite=True)
+
+        def get(container: str, blob: str) -> bytes:
+            return service.get_blob_client(container, blob).download_blob().readall()
+
+        hostile = (
+            ("C:evil.txt", "starts with a drive letter"),
+            ("../evil.txt", "contains a '..' segment"),
+            ("a/../../evil.txt", "contains a '..' segment"),
+            ("/abs.txt", "absolute path"),
+            ("a//b.txt", "contains an empty segment"),
+        )
+        yield Subject("azure", storage, info.blob_endpoint, put, get, hostile)
+
+
+@pytest.fixture(params=["local", "azure"])
+def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
+    if request.param == "local":
+        yield _local(tmp_path)
+    else:
+        yield from _azure(request.getfixturevalue("azurite"))
+
+
+@pytest.fixture
+def container() -> str:
+    """A fresh name per test, so tests sharing one Azurite never meet."""
+    return f"t{uuid.uuid4().hex[:20]}"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _item(path: Path, container: str, blob: str) -> UploadItem:
+    return UploadItem(local_path=path, container=container, blob_name=blob, size=path.stat().st_size)
+
+
+def test_containers_are_created_once_and_deleted_once(subject: Subject, container: str) -> None:
+    s = subject.storage
+    assert s.ensure_container(container) is True
+    assert s.ensure_container(container) is False
+    assert s.list_blobs(container) == []
+    assert s.delete_container(container) is True
+    assert s.delete_container(container) is False
+
+
+def test_container_names_are_checked_before_any_call(subject: Subject) -> None:
+    with pytest.raises(BatchflowError) as e:
+        subject.storage.ensure_container("../outside")
+    assert str(e.value).startswith("invalid container name '../outside'")
+
+
+def test_listing_a_missing_container_fails(subject: Subject, container: str) -> None:
+    with pytest.raises(BatchflowError) as e:
+        subject.storage.list_blobs(container)
+    assert str(e.value) == f"container '{container}' does not exist in {subject.where}"
+
+
+def test_upload_then_skip_unchanged_then_upload_changed(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    a = _write(tmp_path / "src" / "a.txt", b"aaaa")
+    b = _write(tmp_path / "src" / "sub" / "b.txt", b"bb")
+    items = [_item(a, container, "a.txt"), _item(b, container, "sub/b.txt")]
+
+    assert s.upload(items) == TransferResult(transferred=2, skipped=0, bytes=6, files=("a.txt", "sub/b.txt"))
+    assert subject.get(container, "sub/b.txt") == b"bb"
+    assert s.upload(items) == TransferResult(transferred=0, skipped=2, bytes=0, files=())
+
+    a.write_bytes(b"AAAA")  # same size, new content, new mtime
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 1_000_000_000))
+    assert s.upload(items) == TransferResult(transferred=1, skipped=1, bytes=4, files=("a.txt",))
+    assert subject.get(container, "a.txt") == b"AAAA"
+    assert s.list_blobs(container) == ["a.txt", "sub/b.txt"]
+
+
+def test_upload_into_a_missing_container_fails(subject: Subject, container: str, tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.txt", b"a")
+    with pytest.raises(BatchflowError) as e:
+        subject.storage.upload([_item(a, container, "a.txt")])
+    assert str(e.value) == f"container '{container}' does not exist in {subject.where}"
+
+
+def test_list_blobs_is_sorted_and_filtered_by_prefix(subject: Subject, container: str) -> None:
+    subject.storage.ensure_container(container)
+    for name in ["b/2.txt", "a.txt", "b/1.txt", "ba.txt"]:
+        subject.put(container, name, name.encode())
+    s = subject.storage
+    assert s.list_blobs(container) == ["a.txt", "b/1.txt", "b/2.txt", "ba.txt"]
+    assert s.list_blobs(container, "b") == ["b/1.txt", "b/2.txt", "ba.txt"]
+    assert s.list_blobs(container, "b/") == ["b/1.txt", "b/2.txt"]
+    assert s.list_blobs(container, "zzz/") == []
+
+
+def test_download_then_skip_unchanged(subject: Subject, container: str, tmp_path: Path) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    a = _write(tmp_path / "src" / "a.mp3", b"a")
+    b = _write(tmp_path / "src" / "b.mp3", b"bb")
+    o = _write(tmp_path / "src" / "other.txt", b"o")
+    s.upload([_item(a, container, "mp3/a.mp3"), _item(b, container, "mp3/deep/b.mp3")])
+    s.upload([_item(o, container, "other.txt")])
+    dest = tmp_path / "dest"
+
+    assert s.download(container, "mp3/", dest) == TransferResult(
+        transferred=2, skipped=0, bytes=3, files=(str(dest / "a.mp3"), str(dest / "deep" / "b.mp3"))
+    )
+    assert (dest / "deep" / "b.mp3").read_bytes() == b"bb"
+    assert s.download(container, "mp3/", dest) == TransferResult(transferred=0, skipped=2, bytes=0, files=())
+    assert sorted(p.name for p in dest.iterdir()) == ["a.mp3", "deep"]  # no temporary file left behind
+
+    everything = s.download(container, "", tmp_path / "all")
+    assert sorted(everything.files) == sorted(
+        str(tmp_path / "all" / p) for p in ["mp3/a.mp3", "mp3/deep/b.mp3", "other.txt"]
+    )
+
+
+def test_download_refuses_hostile_names_before_writing_anything(subject: Subject, tmp_path: Path) -> None:
+    for i, (name, why) in enumerate(subject.hostile):
+        container = f"hostile-{i}-{uuid.uuid4().hex[:12]}"
+        subject.storage.ensure_container(container)
+        subject.put(container, "fine.txt", b"fine")  # sorts before most hostile names
+        subject.put(container, "zzz.txt", b"fine")  # and after the others
+        subject.put(container, name, b"evil")
+        assert name in subject.storage.list_blobs(container)
+        dest = tmp_path / "dest" / "inner"
+        with pytest.raises(BatchflowError) as e:
+            subject.storage.download(container, "", dest)
+        assert str(e.value) == f"unsafe blob name {name!r}: {why}"
+        assert not (tmp_path / "dest").exists()
+        assert not (tmp_path / "evil.txt").exists()
+
+
+def test_awkward_names_round_trip_through_urls(subject: Subject, container: str, tmp_path: Path) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    data = "ünïcödé bytes\n".encode() * 100
+    subject.put(container, AWKWARD, data)
+    assert s.list_blobs(container) == [AWKWARD]
+
+    url = s.resource_url(container, AWKWARD)
+    with urllib.request.urlopen(url) as response:  # noqa: S310 - http://127.0.0.1 or file://
+        assert response.read() == data
+    assert fetch_url(url, tmp_path / "fetched" / "x.bin") == len(data)
+    assert (tmp_path / "fetched" / "x.bin").read_bytes() == data
+
+    src = _write(tmp_path / "out.bin", b"output bytes")
+    stored = put_to_container_url(s.container_url(container), f"run-1/{AWKWARD}", src)
+    assert stored == f"{container}/run-1/{AWKWARD}"
+    assert subject.get(container, f"run-1/{AWKWARD}") == b"output bytes"
+
+    result = s.download(container, "", tmp_path / "dl")
+    assert sorted(result.files) == sorted(
+        [str(tmp_path / "dl" / AWKWARD), str(tmp_path / "dl" / "run-1" / AWKWARD)]
+    )
+    assert (tmp_path / "dl" / AWKWARD).read_bytes() == data
+
+
+def test_outputs_stored_through_the_container_url_can_be_downloaded_and_skipped(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    src = _write(tmp_path / "task" / "out.mp3", b"mp3 data")
+    put_to_container_url(s.container_url(container), "mp3/out.mp3", src)
+    dest = tmp_path / "dest"
+    assert s.download(container, "mp3/", dest).transferred == 1
+    assert s.download(container, "mp3/", dest) == TransferResult(transferred=0, skipped=1, bytes=0, files=())
