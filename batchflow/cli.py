@@ -228,7 +228,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan=plan, workspace=workspace, run_dir=workspace / "runs" / run_id, concurrency=args.concurrency
     )
     storage = registry.STORAGE[storage_name](ctx)
-    compute = registry.COMPUTE[args.backend](ctx, storage)
+    try:
+        compute = registry.COMPUTE[args.backend](ctx, storage)
+    except BaseException:
+        storage.close()
+        raise
     state = RunState.create(workspace, wf.path, args.backend, run_id)
     handler = _attach_run_log(state.log_file)
     try:
@@ -248,6 +252,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(json.dumps(as_json(outcome.state), indent=2))
         return outcome.exit_code
     finally:
+        close = getattr(compute, "close", None)
+        if close is not None:
+            close()
+        storage.close()
         logging.getLogger("batchflow").removeHandler(handler)
         handler.close()
 

@@ -54,3 +54,10 @@ class MissingRequirement(BatchflowError):
     """An executable the workflow requires is not installed. Exit code 2; nothing was created."""
 
     exit_code = 2
+
+
+class ConfigurationError(BatchflowError):
+    """A setting outside the workflow file is missing or wrong (an environment variable, a credential).
+    Exit code 2; nothing was created."""
+
+    exit_code = 2

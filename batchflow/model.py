@@ -143,6 +143,14 @@ class DownloadSpec:
 
 
 @dataclass(frozen=True)
+class LogSpec:
+    """Where task logs go: `<prefix><run id>/<task id>/stdout.txt` (and stderr.txt) in `container`."""
+
+    container: str
+    prefix: str = "batchflow-logs/"
+
+
+@dataclass(frozen=True)
 class ForeachSpec:
     """One task per uploaded file whose blob name in `container` matches `pattern`."""
 
@@ -214,6 +222,7 @@ class Workflow:
     uploads: tuple[UploadSpec, ...] = ()
     downloads: tuple[DownloadSpec, ...] = ()
     outputs_per_run: bool = True  # task outputs go under runs/<run id>/ in their container
+    logs: LogSpec | None = None  # None only for workflows without any container
     description: str = ""
     vars: Mapping[str, str] = field(default_factory=dict)
     monitor: MonitorSpec = field(default_factory=MonitorSpec)
@@ -254,11 +263,31 @@ class TaskInput:
 
 
 @dataclass(frozen=True)
+class ResolvedFile:
+    """A TaskInput resolved through Storage.resource_url: what a node fetches (`http_url`, or a
+    file:// URL for local storage) and where it lands (`file_path`, relative to the task's wd/)."""
+
+    http_url: str
+    file_path: str
+
+
+@dataclass(frozen=True)
 class TaskOutput:
     pattern: str  # rendered, relative to the task working dir; may be a glob
     container: str
     destination: str  # rendered blob name (single file) or prefix ending in '/' (glob)
     condition: OutputCondition
+
+
+@dataclass(frozen=True)
+class TaskLogs:
+    """Where a task's stdout.txt and stderr.txt are uploaded on completion: `<prefix><task id>/`."""
+
+    container: str
+    prefix: str  # e.g. "batchflow-logs/<run id>/"
+
+    def blob(self, task_id: str, name: str) -> str:
+        return f"{self.prefix}{task_id}/{name}"
 
 
 @dataclass(frozen=True)
@@ -272,6 +301,7 @@ class RenderedTask:
     max_retries: int
     max_wall_clock: float | None
     source_blob: str | None = None  # the foreach input's blob name
+    logs: TaskLogs | None = None  # set by the runner, which knows the run id
 
 
 @dataclass(frozen=True)

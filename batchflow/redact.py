@@ -19,9 +19,24 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# Secret values known at run time (account keys read from the environment): replaced wherever they
+# appear, whatever the text around them.
+_SECRETS: set[str] = set()
+_MIN_SECRET = 8  # shorter values would redact ordinary words
+
+
+def register_secret(value: str | None) -> None:
+    """Redact `value` verbatim from now on (e.g. an account key read from the environment)."""
+    if value and len(value) >= _MIN_SECRET:
+        _SECRETS.add(value)
+
+
 def redact(text: str) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "REDACTED")
     return text
 
 

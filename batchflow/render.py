@@ -41,6 +41,7 @@ from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from batchflow.backends.local_storage import blob_name_problem
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match, iter_files
 from batchflow.model import (
@@ -96,6 +97,7 @@ def build_plan(workflow: Workflow, backend: str = "local") -> Plan:
     tasks = r.render_tasks(inputs, uploaded, templates) if inputs and templates is not None else []
     start_task, where = _start_task(workflow, backend)
     start_inputs = r.resolve_resource_files(start_task.resource_files, where, uploaded) if start_task else []
+    r.check_log_prefix()
     if r.problems:
         raise InvalidWorkflow(r.problems)
     items = tuple(UploadItem(f.local_path, f.container, f.blob_name, f.size) for f in files)
@@ -304,6 +306,13 @@ class _Renderer:
         return None
 
     # -- uploads and inputs
+
+    def check_log_prefix(self) -> None:
+        logs = self.wf.logs
+        if logs is not None and logs.prefix:
+            problem = blob_name_problem(logs.prefix + "x")
+            if problem is not None:
+                self.problem(("storage", "logs", "prefix"), f"not a safe blob name prefix: {problem}")
 
     def collect_uploads(self) -> list[InputFile]:
         files: list[InputFile] = []

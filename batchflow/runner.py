@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from batchflow.backends.base import Compute, Storage
 from batchflow.errors import BatchflowError
-from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts
+from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts, TaskLogs
 from batchflow.report import Reporter
 from batchflow.state import RunState
 
@@ -201,14 +201,25 @@ class Runner:
             log.warning("could not record task results: %s", e)
 
     def _per_run_outputs(self, tasks: tuple[RenderedTask, ...]) -> tuple[RenderedTask, ...]:
-        """Outputs go under runs/<run id>/ in their container, so two runs never overwrite each other."""
-        if not self.plan.workflow.outputs_per_run:
-            return tasks
+        """Outputs go under runs/<run id>/ in their container, so two runs never overwrite each other;
+        logs under <log prefix><run id>/<task id>/."""
+        logs = self.task_logs
         root = self.run_prefix
         return tuple(
-            replace(t, outputs=tuple(replace(o, destination=root + o.destination) for o in t.outputs))
+            replace(
+                t,
+                outputs=tuple(replace(o, destination=root + o.destination) for o in t.outputs)
+                if root
+                else t.outputs,
+                logs=logs,
+            )
             for t in tasks
         )
+
+    @property
+    def task_logs(self) -> TaskLogs | None:
+        spec = self.plan.workflow.logs
+        return None if spec is None else TaskLogs(spec.container, f"{spec.prefix}{self.state.run_id}/")
 
     @property
     def run_prefix(self) -> str:
@@ -219,8 +230,10 @@ class Runner:
         with self._stage("download"):
             for d in self.plan.workflow.downloads:
                 prefix = (self.run_prefix if d.container in output_containers else "") + d.prefix
+                logs = self.plan.workflow.logs
+                skip = (logs.prefix,) if logs is not None and logs.container == d.container else ()
                 self.reporter.stage(f"Downloading container [{d.container}] to {d.destination}...")
-                result = self.storage.download(d.container, prefix, d.destination)
+                result = self.storage.download(d.container, prefix, d.destination, skip=skip)
                 self._outputs.append(
                     f"{d.destination} ({result.transferred} downloaded, {result.skipped} unchanged)"
                 )

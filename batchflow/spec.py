@@ -165,9 +165,9 @@ def _credential_problems(doc: YamlDoc, source: SourceMap, file: Path) -> list[Pr
 
 
 def _container_refs(data: Any) -> Iterator[tuple[DocPath, str]]:
-    foreach = ("tasks", "foreach", "container")
-    if isinstance(_get(data, foreach), str):
-        yield foreach, _get(data, foreach)
+    for single in (("tasks", "foreach", "container"), ("storage", "logs", "container")):
+        if isinstance(_get(data, single), str):
+            yield single, _get(data, single)
     for list_path in _CONTAINER_LISTS:
         items = _get(data, list_path)
         for i, item in enumerate(items if isinstance(items, list) else []):

@@ -22,6 +22,7 @@ from batchflow.model import (
     ImageReference,
     JobSpec,
     LocalSpec,
+    LogSpec,
     MonitorSpec,
     OutputCondition,
     OutputSpec,
@@ -59,6 +60,7 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
             for d in storage.get("downloads", ())
         ),
         outputs_per_run=bool(storage.get("outputs_per_run", True)),
+        logs=_logs(storage.get("logs", {}), tasks),
         description=data.get("description", ""),
         vars=dict(variables),
         monitor=MonitorSpec(
@@ -76,6 +78,13 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
         ),
         source=source,
     )
+
+
+def _logs(logs: Data, tasks: Data) -> LogSpec:
+    """The log container: as given, else the first output's, else the foreach container."""
+    outputs = tasks.get("outputs", ())
+    default = outputs[0]["container"] if outputs else tasks["foreach"]["container"]
+    return LogSpec(container=logs.get("container", default), prefix=logs.get("prefix", "batchflow-logs/"))
 
 
 def _globs(value: str | list[str]) -> tuple[str, ...]:

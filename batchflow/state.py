@@ -22,9 +22,10 @@ STATE_FILE = "state.json"
 
 
 def new_run_id(now: float | None = None) -> str:
-    """Sortable and unique: 20261122-081501-3fa9c2."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(3)}"
+    """Sortable to the millisecond (UTC), then unique: 20261122-081501-042-3fa9c2."""
+    when = now if now is not None else time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(when))
+    return f"{stamp}-{int(when * 1000) % 1000:03d}-{secrets.token_hex(3)}"
 
 
 @dataclass

@@ -16,7 +16,6 @@ from azure.batch import models as bm
 from azure.batch._model_base import SdkJSONEncoder
 
 from batchflow.backends.azure_batch_build import (
-    ResolvedFile,
     job_request,
     pool_request,
     seal_job_request,
@@ -32,6 +31,7 @@ from batchflow.model import (
     OutputCondition,
     PoolSpec,
     RenderedTask,
+    ResolvedFile,
     StartTaskSpec,
     TaskInput,
     TaskOutput,

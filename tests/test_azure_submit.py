@@ -17,10 +17,10 @@ from azure.batch._model_base import SdkJSONEncoder
 from azure.core.exceptions import ResourceNotFoundError
 from batch_emulator import MESSAGES, BatchEmulator
 
-from batchflow.backends.azure_batch_build import ResolvedFile, job_request, task_request
+from batchflow.backends.azure_batch_build import job_request, task_request
 from batchflow.backends.azure_submit import SubmitReport, submit_tasks
 from batchflow.errors import BatchflowError
-from batchflow.model import JobSpec, OutputCondition, RenderedTask, TaskInput, TaskOutput
+from batchflow.model import JobSpec, OutputCondition, RenderedTask, ResolvedFile, TaskInput, TaskOutput
 
 JOB = "SubmitJob"
 COLLECTION = "/jobs/{job}/addtaskcollection"

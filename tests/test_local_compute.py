@@ -259,7 +259,9 @@ def test_missing_input_fails_the_task_without_running_it(compute: LocalCompute, 
     t = make_task("t1", "touch ran", inputs=[TaskInput("in", "nope.txt", "nope.txt")], max_retries=3)
     result = run(compute, [t])["t1"]
     assert result.state is TaskState.FAILED
-    assert result.failure == "input blob 'in/nope.txt' not found"
+    assert result.failure is not None
+    assert result.failure.startswith("input 'nope.txt': cannot fetch ")
+    assert result.failure.endswith("/storage/in/nope.txt: file not found")
     assert (result.exit_code, result.attempts, result.stdout_path) == (None, 1, None)
     assert not (task_dir(workspace, "t1") / "wd" / "ran").exists()
 
@@ -538,7 +540,10 @@ def test_start_task_failure_with_empty_stderr_or_a_missing_input(
     compute.create_pool(make_pool(start_task=needs), needs, [TaskInput("in", "missing.sh", "missing.sh")])
     with pytest.raises(BatchflowError) as e:
         compute.wait_for_pool(POOL)
-    assert str(e.value) == "start task failed on node-0: input blob 'in/missing.sh' not found"
+    assert str(e.value) == (
+        "start task failed on node-0: input 'missing.sh': "
+        f"cannot fetch {storage.container_path('in') / 'missing.sh'}: file not found"
+    )
     compute.stop()
 
 

@@ -64,8 +64,10 @@ class ScriptedStorage:
         self.calls.append(f"upload {len(items)}")
         return TransferResult(transferred=len(items))
 
-    def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
-        self.calls.append(f"download {container} {prefix!r}")
+    def download(
+        self, container: str, prefix: str, destination: Path, *, skip: Sequence[str] = ()
+    ) -> TransferResult:
+        self.calls.append(f"download {container} {prefix!r}" + (f" skip {list(skip)}" if skip else ""))
         return TransferResult()
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
@@ -80,6 +82,9 @@ class ScriptedStorage:
     def delete_container(self, name: str) -> bool:
         self.calls.append(f"delete {name}")
         return True
+
+    def close(self) -> None:
+        self.calls.append("close")
 
 
 class ScriptedCompute:

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from batchflow.errors import BatchflowError
-from batchflow.redact import redact
+from batchflow.errors import ConfigurationError
+from batchflow.redact import redact, register_secret
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -63,12 +63,16 @@ class BlobAuth:
 def blob_auth(environ: Mapping[str, str] | None = None) -> BlobAuth:
     """Blob Storage credentials from `environ` (default os.environ). No network I/O.
 
-    Raises BatchflowError naming the variables to set when none of the three ways is configured.
+    Raises ConfigurationError (exit 2) naming the variables to set when none of the three ways is
+    configured.
     """
     env = {k: v for k, v in (os.environ if environ is None else environ).items() if v}
+    register_secret(env.get(KEY))
     url, key, account = env.get(ACCOUNT_URL), env.get(KEY), env.get(ACCOUNT)
     if key is not None and account is None:
-        raise BatchflowError(f"{KEY} is set but {ACCOUNT} is not: set {ACCOUNT} to the storage account name")
+        raise ConfigurationError(
+            f"{KEY} is set but {ACCOUNT} is not: set {ACCOUNT} to the storage account name"
+        )
     if url is not None and key is None:
         return BlobAuth(
             method="Entra ID (DefaultAzureCredential)",
@@ -80,7 +84,7 @@ def blob_auth(environ: Mapping[str, str] | None = None) -> BlobAuth:
         return _from_connection_string(env[CONNECTION_STRING])
     if key is not None and account is not None:
         if _ACCOUNT_NAME.match(account) is None and url is None:
-            raise BatchflowError(
+            raise ConfigurationError(
                 f"{ACCOUNT}={account!r} is not a storage account name (3-24 lowercase letters and digits)"
             )
         return BlobAuth(
@@ -90,10 +94,10 @@ def blob_auth(environ: Mapping[str, str] | None = None) -> BlobAuth:
             account_key=key,
         )
     if account is not None:
-        raise BatchflowError(
+        raise ConfigurationError(
             f"{ACCOUNT} is set but neither {KEY} (account key) nor {ACCOUNT_URL} (Entra ID sign-in) is"
         )
-    raise BatchflowError(
+    raise ConfigurationError(
         "no Azure Storage credentials: set "
         f"{ACCOUNT_URL} (Entra ID sign-in), or {CONNECTION_STRING}, or {ACCOUNT} and {KEY}"
     )
@@ -108,7 +112,7 @@ def entra_credential() -> TokenCredential:
 
 def _check_url(url: str) -> str:
     if _URL.match(url) is None:
-        raise BatchflowError(
+        raise ConfigurationError(
             f"{ACCOUNT_URL}={redact(url)!r} is not an account URL like "
             "https://myaccount.blob.core.windows.net (no query string: credentials never go in it)"
         )
@@ -124,7 +128,9 @@ def parse_connection_string(text: str) -> dict[str, str]:
             continue
         name, sep, value = segment.partition("=")
         if not sep or not name.strip():
-            raise BatchflowError(f"{CONNECTION_STRING} is not a connection string (Key=value;Key=value;...)")
+            raise ConfigurationError(
+                f"{CONNECTION_STRING} is not a connection string (Key=value;Key=value;...)"
+            )
         parts[name.strip().lower()] = value.strip()
     return parts
 
@@ -141,16 +147,18 @@ def _from_connection_string(text: str) -> BlobAuth:
     endpoint = parts.get("blobendpoint")
     if endpoint is None:
         if account is None:
-            raise BatchflowError(f"{CONNECTION_STRING} has neither AccountName nor BlobEndpoint")
+            raise ConfigurationError(f"{CONNECTION_STRING} has neither AccountName nor BlobEndpoint")
         protocol = parts.get("defaultendpointsprotocol", "https")
         suffix = parts.get("endpointsuffix", "core.windows.net")
         endpoint = f"{protocol}://{account}.blob.{suffix}"
     key = parts.get("accountkey")
     sas = parts.get("sharedaccesssignature")
+    register_secret(key)
+    register_secret(sas)
     if key is not None and account is None:
-        raise BatchflowError(f"{CONNECTION_STRING} has an AccountKey but no AccountName")
+        raise ConfigurationError(f"{CONNECTION_STRING} has an AccountKey but no AccountName")
     if key is None and sas is None:
-        raise BatchflowError(f"{CONNECTION_STRING} has neither AccountKey nor SharedAccessSignature")
+        raise ConfigurationError(f"{CONNECTION_STRING} has neither AccountKey nor SharedAccessSignature")
     return BlobAuth(
         method="connection string",
         account_url=_endpoint(endpoint),
@@ -162,5 +170,5 @@ def _from_connection_string(text: str) -> BlobAuth:
 
 def _endpoint(endpoint: str) -> str:
     if _URL.match(endpoint) is None:
-        raise BatchflowError(f"{CONNECTION_STRING} has a BlobEndpoint that is not an http(s) URL")
+        raise ConfigurationError(f"{CONNECTION_STRING} has a BlobEndpoint that is not an http(s) URL")
     return endpoint.rstrip("/")

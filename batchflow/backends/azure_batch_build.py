@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from azure.batch import models as bm
@@ -42,6 +41,7 @@ from batchflow.model import (
     OutputCondition,
     PoolSpec,
     RenderedTask,
+    ResolvedFile,
     StartTaskSpec,
     TaskOutput,
 )
@@ -60,14 +60,6 @@ _CONDITIONS = {
     OutputCondition.FAILURE: bm.OutputFileUploadCondition.TASK_FAILURE,
     OutputCondition.COMPLETION: bm.OutputFileUploadCondition.TASK_COMPLETION,
 }
-
-
-@dataclass(frozen=True)
-class ResolvedFile:
-    """A file a node downloads before a (start) task runs: `http_url` -> `file_path` (relative to wd/)."""
-
-    http_url: str
-    file_path: str
 
 
 class WireModel(Protocol):

@@ -319,13 +319,16 @@ class AzureBlobStorage:
 
     # ---- download -------------------------------------------------------------------------
 
-    def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
-        """Download blobs under `prefix` (see local_storage.download_name for where each lands).
+    def download(
+        self, container: str, prefix: str, destination: Path, *, skip: Sequence[str] = ()
+    ) -> TransferResult:
+        """Download blobs under `prefix`, except those under a `skip` prefix (see
+        local_storage.download_name for where each lands).
 
         Every name is checked, and every target must lie inside `destination`, before anything is
         written. A file whose MD5 equals the blob's Content-MD5 is skipped.
         """
-        blobs = self.remote_blobs(container, prefix)
+        blobs = [b for b in self.remote_blobs(container, prefix) if not b.name.startswith(tuple(skip))]
         root = destination.resolve()
         targets: list[tuple[RemoteBlob, Path]] = []
         for blob in sorted(blobs, key=lambda b: b.name):

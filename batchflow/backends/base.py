@@ -45,8 +45,11 @@ class Storage(Protocol):
         """Copy files into containers, skipping those whose content is already there."""
         ...
 
-    def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
-        """Copy blobs under `prefix` into `destination`, which no blob name may escape."""
+    def download(
+        self, container: str, prefix: str, destination: Path, *, skip: Sequence[str] = ()
+    ) -> TransferResult:
+        """Copy blobs under `prefix` (but none under a `skip` prefix) into `destination`, which no blob
+        name may escape."""
         ...
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]: ...
@@ -63,6 +66,10 @@ class Storage(Protocol):
 
     def delete_container(self, name: str) -> bool:
         """Delete the container and everything in it. False if it did not exist."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and credentials. The storage is not used afterwards."""
         ...
 
 

@@ -7,10 +7,14 @@ A pool is a folder of nodes, each with Batch's layout, so a task sees the same w
         startup/{wd/,stdout.txt,stderr.txt}              AZ_BATCH_NODE_STARTUP_DIR (start task)
         workitems/<job>/job-1/<task>/{wd/,stdout.txt,stderr.txt}
 
-One worker thread per slot of concurrency takes tasks in submission order. Each attempt gets a
-fresh wd/ with its inputs hard-linked from storage (copied across filesystems), then runs
-`/bin/sh -c <command>` in its own process group; a deadline thread kills whole groups at
-max_wall_clock. Nothing polls: workers block in waitpid, callers in a Condition.
+One worker thread per slot of concurrency takes tasks in submission order. Storage is reached only
+the way a Batch node reaches it, through the URLs the Storage gives (`resource_url` for each input,
+`container_url` for outputs and logs), resolved when the task is added: file:// URLs for folder
+storage (inputs hard-linked, copied across filesystems), SAS URLs for Azure Blob Storage. Each
+attempt gets a fresh wd/ with its inputs, then runs `/bin/sh -c <command>` in its own process group;
+a deadline thread kills whole groups at max_wall_clock. After the task, outputs go to their
+containers per condition, and stdout.txt / stderr.txt to the task's log location. Nothing polls:
+workers block in waitpid, callers in a Condition.
 
 Differences from Batch, by design: the start task always runs as you (`elevated` is never
 honoured: no sudo), and `wait_for_pool` always waits for it (a failure only raises when
@@ -40,7 +44,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchflow.backends.local_storage import LocalStorage, blob_name_problem, link_or_copy, replace_with_link
+from batchflow.backends.base import Storage
+from batchflow.backends.blob_urls import fetch_url, put_to_container_url
+from batchflow.backends.local_storage import blob_name_problem, replace_with_link
 from batchflow.errors import BatchflowError
 from batchflow.globs import glob_literal, has_magic, iter_files
 from batchflow.model import (
@@ -48,6 +54,7 @@ from batchflow.model import (
     OutputCondition,
     PoolSpec,
     RenderedTask,
+    ResolvedFile,
     StartTaskSpec,
     TaskCounts,
     TaskInput,
@@ -96,6 +103,8 @@ class _Job:
 class _Task:
     spec: RenderedTask
     job: _Job
+    inputs: tuple[ResolvedFile, ...] = ()
+    container_urls: dict[str, str] = field(default_factory=dict)  # output and log containers
     state: TaskState = TaskState.ACTIVE
     slot: _Slot = field(default_factory=_Slot)
     attempts: int = 0
@@ -134,7 +143,7 @@ class LocalCompute:
     def __init__(
         self,
         workspace: Path,
-        storage: LocalStorage,
+        storage: Storage,
         run_dir: Path,
         concurrency: int | None = None,
         *,
@@ -167,6 +176,7 @@ class LocalCompute:
         self._deadlines: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._deadline_thread: threading.Thread | None = None
+        self._container_urls: dict[str, str] = {}
         self._version = 0  # bumped on every task state change
         self._seen = 0  # the version the caller last looked at
         self._stopped = False
@@ -197,8 +207,8 @@ class LocalCompute:
                 (node.root / sub).mkdir(parents=True)
         self._pool = _Pool(pool, root, nodes, concurrency, start_task)
         if start_task is not None:
+            inputs = self._resolve(start_task_inputs)
             runner = ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="batchflow-start")
-            inputs = tuple(start_task_inputs)
             self._pool.start_runs = [
                 runner.submit(self._start_task, node, start_task, inputs) for node in nodes
             ]
@@ -230,7 +240,7 @@ class LocalCompute:
             raise BatchflowError(f"pool {pool_id!r} does not exist")
         return self._pool
 
-    def _start_task(self, node: _Node, spec: StartTaskSpec, inputs: tuple[TaskInput, ...]) -> _StartResult:
+    def _start_task(self, node: _Node, spec: StartTaskSpec, inputs: tuple[ResolvedFile, ...]) -> _StartResult:
         slot = _Slot()
         logs = self._run_dir / "start-task" / node.name
         with self._lock:
@@ -262,16 +272,18 @@ class LocalCompute:
     def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
         for t in tasks:
             _check_id("task", t.id)
+        # URLs are made when a task is added, as for a Batch task (its SAS lifetime counts from here).
+        resolved = [(spec, self._resolve(spec.inputs), self._urls_for(spec)) for spec in tasks]
         with self._lock:
             if self._stopped:
                 raise BatchflowError("local compute was stopped; no more tasks can be added")
             job = self._job(job_id)
             self._start_workers(job.pool_id)
             added = 0
-            for spec in tasks:
+            for spec, inputs, urls in resolved:
                 if spec.id in job.tasks:
                     continue
-                task = job.tasks[spec.id] = _Task(spec, job)
+                task = job.tasks[spec.id] = _Task(spec, job, inputs, urls)
                 job.counts[TaskState.ACTIVE] += 1
                 if job.ended is not None:
                     self._fail_unstarted(task, job.ended)
@@ -344,6 +356,18 @@ class LocalCompute:
                 folder = node.root / "workitems" / job_id
                 if folder.exists():
                     shutil.rmtree(folder)
+
+    def _resolve(self, inputs: Sequence[TaskInput]) -> tuple[ResolvedFile, ...]:
+        return tuple(
+            ResolvedFile(self._storage.resource_url(i.container, i.blob_name), i.file_path) for i in inputs
+        )
+
+    def _urls_for(self, spec: RenderedTask) -> dict[str, str]:
+        """The container URL of each output container and of the log container (one SAS each)."""
+        names = {o.container for o in spec.outputs} | ({spec.logs.container} if spec.logs else set())
+        for name in names - self._container_urls.keys():
+            self._container_urls[name] = self._storage.container_url(name)
+        return {name: self._container_urls[name] for name in names}
 
     def _job(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)
@@ -455,10 +479,11 @@ class LocalCompute:
             "AZ_BATCH_TASK_ID": spec.id,
         }
         task.exit_code, task.failure, task.attempts = self._attempts(
-            task.slot, spec.command, spec.inputs, task_dir, env, spec.max_retries, True
+            task.slot, spec.command, task.inputs, task_dir, env, spec.max_retries, True
         )
         if not self._stopped:
             self._upload_outputs(task, task_dir / "wd")
+            self._upload_logs(task, task_dir)
         logs = self._run_dir / "tasks" / spec.id
         if _keep_logs(task_dir, logs):
             task.stdout_path, task.stderr_path = logs / "stdout.txt", logs / "stderr.txt"
@@ -469,7 +494,7 @@ class LocalCompute:
         self,
         slot: _Slot,
         command: str,
-        inputs: Sequence[TaskInput],
+        inputs: Sequence[ResolvedFile],
         task_dir: Path,
         env: dict[str, str],
         max_retries: int,
@@ -492,30 +517,25 @@ class LocalCompute:
             if exit_code == 0 or 0 <= max_retries < attempt:
                 return exit_code, None, attempt
 
-    def _prepare(self, wd: Path, inputs: Sequence[TaskInput]) -> str | None:
+    def _prepare(self, wd: Path, inputs: Sequence[ResolvedFile]) -> str | None:
         """A fresh wd/ holding every input. Returns why the task cannot start, or None."""
         try:
             wd.mkdir(parents=True)
         except FileExistsError:
             shutil.rmtree(wd)
             wd.mkdir()
+        placed: set[str] = set()
         for item in inputs:
             problem = blob_name_problem(item.file_path)
             if problem is not None:
                 return f"unsafe input file path {item.file_path!r}: {problem}"
-            try:
-                src = self._storage.path_of(item.container, item.blob_name)
-            except BatchflowError as e:
-                return str(e)
-            dst = wd.joinpath(*item.file_path.split("/"))
-            if dst.parent != wd:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                link_or_copy(src, dst)
-            except FileNotFoundError:
-                return f"input blob '{item.container}/{item.blob_name}' not found"
-            except FileExistsError:
+            if item.file_path in placed:
                 return f"two inputs have the same file path {item.file_path!r}"
+            placed.add(item.file_path)
+            try:
+                fetch_url(item.http_url, wd.joinpath(*item.file_path.split("/")))
+            except BatchflowError as e:
+                return f"input {item.file_path!r}: {e}"
         return None
 
     def _run(
@@ -553,12 +573,25 @@ class LocalCompute:
                     if ok:
                         task.failure = f"output file {out.pattern!r} not found"
                     continue
+                url = task.container_urls[out.container]
                 for src, blob in files:
-                    self._storage.put_file(src, out.container, blob)
-                    task.outputs.append(f"{out.container}/{blob}")
+                    task.outputs.append(put_to_container_url(url, blob, src))
             except (BatchflowError, OSError) as e:
                 log.warning("task %s: could not upload output %r: %s", task.spec.id, out.pattern, e)
                 task.failure = task.failure or f"could not upload output {out.pattern!r}: {e}"
+
+    def _upload_logs(self, task: _Task, task_dir: Path) -> None:
+        """stdout.txt and stderr.txt to the task's log location, on completion (as on Batch)."""
+        logs = task.spec.logs
+        if logs is None or not (task_dir / "stdout.txt").exists():
+            return
+        url = task.container_urls[logs.container]
+        for name in ("stdout.txt", "stderr.txt"):
+            try:
+                put_to_container_url(url, logs.blob(task.spec.id, name), task_dir / name)
+            except BatchflowError as e:
+                log.warning("task %s: could not upload %s: %s", task.spec.id, name, e)
+                task.failure = task.failure or f"could not upload {name}: {e}"
 
     def _batch_env(self, node: _Node, task_dir: Path) -> dict[str, str]:
         return {

@@ -176,6 +176,9 @@ class LocalStorage:
         names.sort()
         return names
 
+    def close(self) -> None:
+        """Nothing to release (the Storage protocol's close)."""
+
     def put_file(self, src: Path, container: str, blob: str) -> None:
         """Store `src` as `blob`, replacing any previous blob atomically. A hard link where possible:
         callers hand over files they no longer change (a finished task's outputs)."""
@@ -212,13 +215,16 @@ class LocalStorage:
             files.append(item.blob_name)
         return TransferResult(transferred=transferred, skipped=skipped, bytes=size, files=tuple(files))
 
-    def download(self, container: str, prefix: str, destination: Path) -> TransferResult:
-        """Copy blobs under `prefix` into `destination` (see `download_name` for where each lands).
+    def download(
+        self, container: str, prefix: str, destination: Path, *, skip: Sequence[str] = ()
+    ) -> TransferResult:
+        """Copy blobs under `prefix`, except those under a `skip` prefix, into `destination` (see
+        `download_name` for where each lands).
 
         Every name is checked first, and the resolved target folder must lie inside `destination`
         (a symlinked subfolder cannot redirect a write elsewhere).
         """
-        blobs = self.list_blobs(container, prefix)
+        blobs = [b for b in self.list_blobs(container, prefix) if not b.startswith(tuple(skip))]
         for blob in blobs:
             check_blob_name(blob)
         destination.mkdir(parents=True, exist_ok=True)

@@ -38,21 +38,45 @@ def _local_storage(ctx: Context) -> Storage:
     return LocalStorage(ctx.workspace / "storage")
 
 
+def _azure_storage(ctx: Context) -> Storage:
+    """Azure Blob Storage, credentials from the environment (backends/azure_auth.py)."""
+    _need_azure_sdk("azure.storage.blob")
+    from batchflow.backends.azure_storage import AzureBlobStorage
+
+    return AzureBlobStorage.from_environment(sas_ttl=sas_lifetime(ctx.plan))
+
+
 def _local_compute(ctx: Context, storage: Storage) -> Compute:
     from batchflow.backends.local_compute import LocalCompute
-    from batchflow.backends.local_storage import LocalStorage
 
-    if not isinstance(storage, LocalStorage):
-        raise MissingRequirement("the local compute backend needs the local storage backend")
     check_requirements(ctx.plan.workflow.local.requires, local_task_path())
     concurrency = ctx.concurrency or ctx.plan.workflow.local.concurrency
     return LocalCompute(ctx.workspace, storage, ctx.run_dir, concurrency)
 
 
-STORAGE: dict[str, StorageFactory] = {"local": _local_storage}
+STORAGE: dict[str, StorageFactory] = {"local": _local_storage, "azure": _azure_storage}
 COMPUTE: dict[str, ComputeFactory] = {"local": _local_compute}
 # The storage each compute backend uses unless --storage says otherwise.
 DEFAULT_STORAGE: dict[str, str] = {"local": "local"}
+
+# SAS URLs given to tasks outlive the monitor timeout by this much: tasks added at the end of the
+# task stage still upload their outputs at the very end of the monitor stage.
+SAS_MARGIN = 3600.0
+
+
+def sas_lifetime(plan: Plan) -> float:
+    """How long the SAS URLs of a run stay valid: the monitor timeout plus a margin."""
+    return plan.workflow.monitor.timeout + SAS_MARGIN
+
+
+def _need_azure_sdk(module: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        raise MissingRequirement(
+            f"the Azure backends need the Azure SDK ({module} is not installed): "
+            "pip install 'batchflow[azure]'"
+        )
 
 
 def local_task_path() -> str:
