@@ -92,10 +92,30 @@ class Reporter:
             self._console.print(f"Tasks {counts.completed}/{total}: {text}", markup=False)
             self._last_plain = (counts, now)
 
+    def transfer(self, verb: str, files: int, total_files: int, sent: int, total_bytes: int) -> None:
+        """Files handled so far of a transfer, and bytes actually sent (unchanged files send none)."""
+        if self.quiet or not self.live or total_files <= 1:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn(f"[bold]{verb}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} files"),
+                TextColumn("{task.fields[sent]}"),
+                TimeElapsedColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._progress.start()
+            self._bar = self._progress.add_task(verb, total=total_files, sent="")
+        if self._bar is not None:
+            self._progress.update(self._bar, completed=files, sent=f"{sent / 1e6:.1f} MB sent")
+
     def close_progress(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+            self._bar = None
 
     def summary(self, state: RunState, *, outputs: list[str], tail_lines: int = 10) -> None:
         """The final report: counts, time per stage, where outputs went, and why tasks failed."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from batchflow.backends.base import Compute, Storage
 from batchflow.errors import BatchflowError
-from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts, TaskLogs
+from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts, TaskLogs, UploadItem
 from batchflow.report import Reporter
 from batchflow.state import RunState
 
@@ -25,6 +25,12 @@ log = logging.getLogger("batchflow")
 # While nothing changes, the poll interval grows by this factor up to MAX_POLL_GROWTH x the configured one.
 POLL_BACKOFF = 1.5
 MAX_POLL_GROWTH = 6.0
+
+
+# Uploads go to storage in batches of at most this many files, so progress can be shown between
+# them (a batch keeps the storage's own thread pool busy: 8 workers x 16 files each).
+UPLOAD_BATCH = 128
+UPLOAD_BATCH_BYTES = 256 * 1024 * 1024
 
 
 class MonitorTimeout(BatchflowError):
@@ -131,10 +137,17 @@ class Runner:
             for container, idx in by_container.items():
                 items = [self.plan.uploads[i] for i in idx]
                 noun = "file" if len(items) == 1 else "files"
+                total_bytes = sum(i.size for i in items)
                 self.reporter.stage(f"Uploading {len(items)} {noun} to container [{container}]...")
-                result = self.storage.upload(items)
-                if result.skipped:
-                    self.reporter.stage(f"  {result.transferred} uploaded, {result.skipped} unchanged")
+                done = skipped = sent = 0
+                for batch in _batches(items):
+                    result = self.storage.upload(batch)
+                    done += len(batch)
+                    skipped += result.skipped
+                    sent += result.bytes
+                    self.reporter.transfer("Uploading", done, len(items), sent, total_bytes)
+                self.reporter.close_progress()
+                self.reporter.stage(f"  {done - skipped} uploaded ({human_bytes(sent)}), {skipped} unchanged")
 
     def _pool(self) -> None:
         pool = self.plan.workflow.pool
@@ -270,6 +283,27 @@ class Runner:
         except BatchflowError as e:
             self.reporter.warn(f"  cleanup failed: {e}")
             log.warning("cleanup failed: %s", e)
+
+
+def _batches(items: list[UploadItem]) -> Iterator[list[UploadItem]]:
+    batch: list[UploadItem] = []
+    size = 0
+    for item in items:
+        if batch and (len(batch) >= UPLOAD_BATCH or size + item.size > UPLOAD_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item.size
+    if batch:
+        yield batch
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
 
 
 def _fmt(seconds: float) -> str:

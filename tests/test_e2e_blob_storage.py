@@ -132,7 +132,7 @@ def test_mp4_to_mp3_on_blob_storage_gives_the_same_mp3s_as_folder_storage(
         assert task["outputs"] == [f"{names['output']}/runs/{run.name}/{Path(task['outputs'][0]).name}"]
     # A second run uploads nothing again: the blobs hold the same content.
     assert main(["run", str(wf), "--storage", "azure"]) == 0
-    assert "  0 uploaded, 5 unchanged" in capsys.readouterr().err.splitlines()
+    assert "  0 uploaded (0 B), 5 unchanged" in capsys.readouterr().err.splitlines()
 
 
 @pytest.mark.e2e

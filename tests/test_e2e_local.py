@@ -100,7 +100,7 @@ def test_mp4_to_mp3_end_to_end(
     summary = json.loads(out)
     second = run_folders(wf.parent / ".batchflow")[-1]
     assert second != first
-    assert "  0 uploaded, 5 unchanged" in err.splitlines()
+    assert "  0 uploaded (0 B), 5 unchanged" in err.splitlines()
     assert summary["run_id"] == second.name
     assert summary["run_folder"] == str(second)
     assert (summary["status"], summary["workflow"], summary["backend"]) == ("succeeded", str(wf), "local")

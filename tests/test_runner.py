@@ -310,3 +310,25 @@ def test_outputs_go_under_the_run_prefix_unless_disabled(tmp_path: Path) -> None
     runner.run()
     assert [o.destination for t in compute.added for o in t.outputs] == ["x/0.out", "x/1.out"]
     assert "download output 'x/'" in storage.calls
+
+
+def test_uploads_go_in_batches_with_files_and_bytes_reported(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=1)])
+    items = tuple(UploadItem(tmp_path / f"f{i}", "input", f"f{i}", 1000) for i in range(300))
+    plan = replace(make_plan(tmp_path, 1), uploads=items)
+    state = RunState.create(tmp_path / "ws", plan.workflow.path, "local", "run1")
+    storage = ScriptedStorage()
+    err = io.StringIO()
+    Runner(plan, storage, compute, state, Reporter(err, live=False), clock=clock).run()
+    assert [c for c in storage.calls if c.startswith("upload")] == ["upload 128", "upload 128", "upload 44"]
+    lines = err.getvalue().splitlines()
+    assert lines[:2] == ["Uploading 300 files to container [input]...", "  300 uploaded (0 B), 0 unchanged"]
+
+
+def test_a_batch_never_holds_more_than_256_mb(tmp_path: Path) -> None:
+    from batchflow.runner import _batches
+
+    big = [UploadItem(tmp_path / f"f{i}", "c", f"f{i}", 100_000_000) for i in range(5)]
+    assert [len(b) for b in _batches(big)] == [2, 2, 1]
+    assert [len(b) for b in _batches([])] == []
