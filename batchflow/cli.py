@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
     output_arg(sp)
 
+    sp = sub.add_parser("cleanup", help="remove what a run left behind (job, pool, containers per policy)")
+    sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough; default: the latest)")
+    sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
+    sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
+    sp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
+    output_arg(sp)
+
     sub.add_parser("schema", help="print the workflow JSON Schema")
     return p
 
@@ -225,7 +232,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
     run_id = new_run_id()
     ctx = registry.Context(
-        plan=plan, workspace=workspace, run_dir=workspace / "runs" / run_id, concurrency=args.concurrency
+        plan=plan,
+        workspace=workspace,
+        run_dir=workspace / "runs" / run_id,
+        concurrency=args.concurrency,
+        notify=reporter.stage,
     )
     storage = registry.STORAGE[storage_name](ctx)
     try:
@@ -233,7 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseException:
         storage.close()
         raise
-    state = RunState.create(workspace, wf.path, args.backend, run_id)
+    state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
     handler = _attach_run_log(state.log_file)
     try:
         reporter.stage(
@@ -274,16 +285,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from batchflow.report import as_json, tail
     from batchflow.state import RunState, find_run
 
-    if args.workspace is not None:
-        workspace = args.workspace
-    elif args.workflow is not None:
-        from batchflow.spec import load_workflow
-
-        wf = load_workflow(args.workflow)
-        workspace = wf.local.workspace or wf.base_dir / ".batchflow"
-    else:
-        workspace = Path(".batchflow")
-    state = RunState.load(find_run(workspace, args.run))
+    state = RunState.load(find_run(_workspace_of(args), args.run))
     if args.output == "json":
         print(json.dumps(as_json(state), indent=2))
         return EXIT_OK
@@ -305,6 +307,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _workspace_of(args: argparse.Namespace) -> Path:
+    if args.workspace is not None:
+        return Path(args.workspace)
+    if args.workflow is not None:
+        from batchflow.spec import load_workflow
+
+        wf = load_workflow(args.workflow)
+        return wf.local.workspace or wf.base_dir / ".batchflow"
+    return Path(".batchflow")
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from batchflow.cleanup import cleanup_run, still_running
+    from batchflow.spec import load_workflow
+    from batchflow.state import RunState, find_run
+
+    workspace = _workspace_of(args)
+    state = RunState.load(find_run(workspace, args.run))
+    if still_running(state):
+        raise BatchflowError(
+            f"run {state.run_id} is still running (process {state.pid}): stop it first (Ctrl-C cleans up)"
+        )
+    workflow = None
+    try:
+        workflow = load_workflow(Path(state.workflow))
+    except (InvalidWorkflow, BatchflowError) as e:
+        print(
+            f"note: cannot read the run's workflow ({_first_line(str(e))}); containers are kept",
+            file=sys.stderr,
+        )
+    what = f"run {state.run_id} ({state.backend}): job {state.job_id}, pool {state.pool_id}"
+    if sys.stdin.isatty() and not args.yes:
+        answer = input(f"Remove what {what} left behind? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing removed.", file=sys.stderr)
+            return EXIT_OK
+    report = cleanup_run(state, workflow, workspace, lambda m: print(redact(m), file=sys.stderr))
+    state.cleaned_up.extend(report.deleted)
+    state.save()
+    if args.output == "json":
+        print(json.dumps({"run_id": state.run_id, **report.__dict__}, indent=2))
+    for line in report.kept:
+        print(redact(f"  kept {line}"), file=sys.stderr)
+    for line in report.failed:
+        print(redact(f"  failed: {line}"), file=sys.stderr)
+    done = ", ".join(report.deleted) if report.deleted else "nothing left to remove"
+    print(redact(f"Cleanup of run {state.run_id}: {done}."), file=sys.stderr)
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from batchflow.spec import SCHEMA_FILE
 
@@ -317,6 +373,7 @@ COMMANDS: dict[str, Any] = {
     "plan": cmd_plan,
     "run": cmd_run,
     "status": cmd_status,
+    "cleanup": cmd_cleanup,
     "schema": cmd_schema,
 }
 

@@ -210,6 +210,14 @@ class LocalSpec:
 
 
 @dataclass(frozen=True)
+class AzureSpec:
+    """Settings only the Azure Batch backend reads."""
+
+    submit_concurrency: int = 8
+    pool_timeout: float = 1800.0  # seconds for the first usable node
+
+
+@dataclass(frozen=True)
 class Workflow:
     version: int
     name: str
@@ -228,6 +236,7 @@ class Workflow:
     monitor: MonitorSpec = field(default_factory=MonitorSpec)
     cleanup: CleanupSpec = field(default_factory=CleanupSpec)
     local: LocalSpec = field(default_factory=LocalSpec)
+    azure: AzureSpec = field(default_factory=AzureSpec)
     source: SourceMap | None = None
 
 

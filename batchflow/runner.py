@@ -277,12 +277,21 @@ class Runner:
                     self._try(f"Deleting container [{c}]...", delete)
 
     def _try(self, message: str, action: Callable[[], object]) -> None:
+        """One cleanup action. A failure, or Ctrl-C while it waits, never skips the actions after it."""
         self.reporter.stage(message)
         try:
             action()
         except BatchflowError as e:
+            self.state.cleanup_failures.append(f"{message.rstrip('.')}: {e}")
             self.reporter.warn(f"  cleanup failed: {e}")
             log.warning("cleanup failed: %s", e)
+        except KeyboardInterrupt:
+            self.state.cleanup_failures.append(f"{message.rstrip('.')}: interrupted")
+            self.reporter.warn(
+                "  interrupted; what was already asked goes on. "
+                f"Check with: batchflow cleanup {self.state.run_id}"
+            )
+            log.warning("cleanup interrupted: %s", message)
 
 
 def _batches(items: list[UploadItem]) -> Iterator[list[UploadItem]]:

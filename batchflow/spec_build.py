@@ -14,6 +14,7 @@ from batchflow.durations import parse_duration
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.model import (
     AutoScaleSpec,
+    AzureSpec,
     CleanupAction,
     CleanupSpec,
     DocPath,
@@ -75,6 +76,10 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
             workspace=b.path(local["workspace"]) if "workspace" in local else None,
             start_task=_start_task(local["start_task"]) if "start_task" in local else None,
             requires=tuple(local.get("requires", ())),
+        ),
+        azure=AzureSpec(
+            submit_concurrency=int(data.get("azure", {}).get("submit_concurrency", 8)),
+            pool_timeout=b.seconds(("azure", "pool_timeout"), 1800.0),
         ),
         source=source,
     )

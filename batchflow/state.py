@@ -9,7 +9,9 @@ Layout: <workspace>/runs/<run id>/
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ class RunState:
     workflow: str
     backend: str
     folder: Path
+    storage: str = "local"
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     status: str = "running"  # running | succeeded | failed | interrupted | error
@@ -48,6 +51,10 @@ class RunState:
     task_count: int = 0
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     message: str | None = None
+    pid: int | None = None  # the batchflow process that ran it, on `host`
+    host: str | None = None
+    cleanup_failures: list[str] = field(default_factory=list)  # what the run's own cleanup could not do
+    cleaned_up: list[str] = field(default_factory=list)  # what `batchflow cleanup` removed later
 
     @property
     def tasks_dir(self) -> Path:
@@ -85,11 +92,27 @@ class RunState:
         tmp.replace(self.folder / STATE_FILE)
 
     @classmethod
-    def create(cls, workspace: Path, workflow: Path, backend: str, run_id: str | None = None) -> RunState:
+    def create(
+        cls,
+        workspace: Path,
+        workflow: Path,
+        backend: str,
+        run_id: str | None = None,
+        *,
+        storage: str = "local",
+    ) -> RunState:
         rid = run_id or new_run_id()
         folder = workspace / "runs" / rid
         (folder / "tasks").mkdir(parents=True, exist_ok=False)
-        state = cls(run_id=rid, workflow=str(workflow), backend=backend, folder=folder)
+        state = cls(
+            run_id=rid,
+            workflow=str(workflow),
+            backend=backend,
+            folder=folder,
+            storage=storage,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
         state.save()
         return state
 

@@ -333,7 +333,7 @@ def test_unknown_key_points_at_the_key_and_suggests() -> None:
 def test_unknown_key_without_a_close_match_lists_the_allowed_ones() -> None:
     assert problems(MINIMAL + "colour: blue\n") == [
         "wf.yaml:15:1: unknown key 'colour'; expected one of: version, name, description, vars, storage, "
-        "pool, job, tasks, monitor, cleanup, local"
+        "pool, job, tasks, monitor, cleanup, local, azure"
     ]
 
 

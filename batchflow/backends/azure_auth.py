@@ -172,3 +172,78 @@ def _endpoint(endpoint: str) -> str:
     if _URL.match(endpoint) is None:
         raise ConfigurationError(f"{CONNECTION_STRING} has a BlobEndpoint that is not an http(s) URL")
     return endpoint.rstrip("/")
+
+
+# ---- Azure Batch ------------------------------------------------------------------------------
+
+BATCH_ENDPOINT = "AZURE_BATCH_ENDPOINT"
+BATCH_ACCOUNT = "AZURE_BATCH_ACCOUNT"
+BATCH_KEY = "AZURE_BATCH_ACCESS_KEY"
+_BATCH_URL = re.compile(r"^(https?)://([^/?#\s:]+)(:\d+)?/?$")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+@dataclass(frozen=True)
+class BatchAuth:
+    """Where the Batch account is and how to sign in. repr() never shows a key or a credential.
+
+    The same variables as the Azure CLI's: AZURE_BATCH_ENDPOINT (the account URL, e.g.
+    https://myaccount.westeurope.batch.azure.com), then either AZURE_BATCH_ACCOUNT and
+    AZURE_BATCH_ACCESS_KEY (shared key) or nothing more (Entra ID through DefaultAzureCredential;
+    the identity needs the "Azure Batch Data Contributor" role, or Contributor, on the account).
+    """
+
+    method: str
+    endpoint: str
+    account_name: str | None = None
+    account_key: str | None = field(default=None, repr=False)
+    token_credential: TokenCredential | None = field(default=None, repr=False)
+
+    def credential(self) -> object:
+        """What BatchClient takes: an AzureNamedKeyCredential or the token credential."""
+        if self.account_key is not None:
+            from azure.core.credentials import AzureNamedKeyCredential
+
+            return AzureNamedKeyCredential(self.account_name or "", self.account_key)
+        return self.token_credential
+
+
+def batch_auth(environ: Mapping[str, str] | None = None) -> BatchAuth:
+    """Batch credentials from `environ` (default os.environ). No network I/O.
+
+    Plain http:// is accepted only for a loopback host (a local emulator), and only with a shared key.
+    """
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if v}
+    endpoint, account, key = env.get(BATCH_ENDPOINT), env.get(BATCH_ACCOUNT), env.get(BATCH_KEY)
+    register_secret(key)
+    if endpoint is None:
+        raise ConfigurationError(
+            f"no Azure Batch account: set {BATCH_ENDPOINT} to the account URL "
+            "(e.g. https://myaccount.westeurope.batch.azure.com), and for shared-key sign-in "
+            f"{BATCH_ACCOUNT} and {BATCH_KEY} (without them batchflow signs in with Entra ID)"
+        )
+    match = _BATCH_URL.match(endpoint.strip())
+    if match is None:
+        raise ConfigurationError(
+            f"{BATCH_ENDPOINT}={redact(endpoint)!r} is not a Batch account URL like "
+            "https://myaccount.westeurope.batch.azure.com"
+        )
+    scheme, host = match.group(1), match.group(2).lower()
+    url = endpoint.strip().rstrip("/")
+    if key is not None and account is None:
+        raise ConfigurationError(
+            f"{BATCH_KEY} is set but {BATCH_ACCOUNT} is not: set it to the Batch account name"
+        )
+    if account is not None and key is None:
+        raise ConfigurationError(
+            f"{BATCH_ACCOUNT} is set but {BATCH_KEY} is not: set the account's access key, or unset "
+            f"{BATCH_ACCOUNT} to sign in with Entra ID"
+        )
+    if scheme == "http" and (host not in _LOOPBACK or key is None):
+        raise ConfigurationError(
+            f"{BATCH_ENDPOINT} must be an https:// URL (plain http is only for a local emulator on "
+            "127.0.0.1 with a shared key)"
+        )
+    if key is not None:
+        return BatchAuth("shared key", url, account_name=account, account_key=key)
+    return BatchAuth("Entra ID (DefaultAzureCredential)", url, token_credential=entra_credential())

@@ -194,7 +194,7 @@ class _Sender:
                 if e.status_code not in TRANSIENT_STATUS:
                     raise
                 out.last_error = _describe(e)
-                delay = _retry_after(e)
+                delay = retry_after(e)
             except (ServiceRequestError, ServiceResponseError) as e:
                 out.last_error = f"{type(e).__name__}: {e}"
                 delay = None
@@ -232,7 +232,7 @@ def _classify(chunk: _Chunk, result: bm.BatchCreateTaskCollectionResult, out: _O
 
 def _split(chunk: _Chunk, e: HttpResponseError, out: _Outcome) -> _Outcome:
     if len(chunk.tasks) == 1:
-        out.failures.append((chunk.tasks[0].id, TOO_LARGE, _message(e)))
+        out.failures.append((chunk.tasks[0].id, TOO_LARGE, batch_message(e)))
         return out
     half = len(chunk.tasks) // 2
     out.split = (_Chunk(chunk.tasks[:half], chunk.attempt), _Chunk(chunk.tasks[half:], chunk.attempt))
@@ -281,7 +281,7 @@ def _is_too_large(e: HttpResponseError) -> bool:
     return e.status_code == 413 or (e.error is not None and e.error.code == TOO_LARGE)
 
 
-def _retry_after(e: HttpResponseError) -> float | None:
+def retry_after(e: HttpResponseError) -> float | None:
     """The wait the service asked for (Retry-After, or azure's retry-after-ms headers), in seconds."""
     if e.response is None:
         return None
@@ -307,7 +307,7 @@ def _seconds(value: str) -> float | None:
     return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
-def _message(e: HttpResponseError) -> str:
+def batch_message(e: HttpResponseError) -> str:
     """The service's message (Batch errors carry it as {"lang": ..., "value": ...}), first line."""
     model = e.model
     if isinstance(model, bm.BatchError) and model.message is not None and model.message.value:
@@ -322,7 +322,7 @@ def _first_line(message: str) -> str:
 
 def _describe(e: HttpResponseError) -> str:
     code = e.error.code if e.error is not None and e.error.code else e.reason
-    return f"{e.status_code} {code}: {_message(e)}"
+    return f"{e.status_code} {code}: {batch_message(e)}"
 
 
 def _task_error(error: bm.BatchError | None) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchflow.backends.base import Compute, Storage
-from batchflow.errors import MissingRequirement
+from batchflow.errors import ConfigurationError, MissingRequirement
 from batchflow.model import Plan
 
 
@@ -24,8 +24,9 @@ class Context:
 
     plan: Plan
     workspace: Path  # <workflow folder>/.batchflow unless overridden
-    run_dir: Path
+    run_dir: Path  # its name is the run id
     concurrency: int | None = None
+    notify: Callable[[str], None] | None = None  # stage lines (what a backend is waiting for)
 
 
 StorageFactory = Callable[[Context], Storage]
@@ -54,10 +55,42 @@ def _local_compute(ctx: Context, storage: Storage) -> Compute:
     return LocalCompute(ctx.workspace, storage, ctx.run_dir, concurrency)
 
 
+def _azure_compute(ctx: Context, storage: Storage) -> Compute:
+    """Azure Batch, credentials from the environment (AZURE_BATCH_ENDPOINT, ...)."""
+    _need_azure_sdk("azure.batch")
+    from batchflow.backends.azure_storage import AzureBlobStorage
+
+    if not isinstance(storage, AzureBlobStorage):
+        raise ConfigurationError(
+            "the azure backend needs Azure Blob Storage: Batch nodes cannot read this machine's folders "
+            "(drop --storage local; --storage azure is this backend's default)"
+        )
+    from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
+    from batchflow.backends.azure_batch_client import batch_client
+
+    wf = ctx.plan.workflow
+    poll = wf.monitor.poll_interval
+    timeouts = Timeouts(
+        pool_ready=wf.azure.pool_timeout,
+        pool_poll=poll,
+        delete_poll=min(poll, 5.0),
+        health_interval=12 * poll,
+    )
+    return AzureBatchCompute(
+        batch_client(connections=max(16, wf.azure.submit_concurrency + 4)),
+        storage,
+        ctx.run_dir,
+        ctx.run_dir.name,
+        submit_concurrency=wf.azure.submit_concurrency,
+        timeouts=timeouts,
+        notify=ctx.notify,
+    )
+
+
 STORAGE: dict[str, StorageFactory] = {"local": _local_storage, "azure": _azure_storage}
-COMPUTE: dict[str, ComputeFactory] = {"local": _local_compute}
+COMPUTE: dict[str, ComputeFactory] = {"local": _local_compute, "azure": _azure_compute}
 # The storage each compute backend uses unless --storage says otherwise.
-DEFAULT_STORAGE: dict[str, str] = {"local": "local"}
+DEFAULT_STORAGE: dict[str, str] = {"local": "local", "azure": "azure"}
 
 # SAS URLs given to tasks outlive the monitor timeout by this much: tasks added at the end of the
 # task stage still upload their outputs at the very end of the monitor stage.

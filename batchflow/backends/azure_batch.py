@@ -1,0 +1,718 @@
+"""Azure Batch as batchflow's Compute (azure-batch 15.x). The request bodies come from azure_batch_build,
+task submission from azure_submit; this module decides what to send when, and what the answers mean.
+
+- Pool: created if missing (its metadata names the run); an existing pool is reused if its VM size and
+  image match, else the run stops before anything else. A pool still being deleted by an earlier run
+  is waited for, then created anew. `wait_for_pool` returns as soon as one node can run tasks and
+  stops early, with the start task's stderr, when every node failed its start task or is unusable.
+- Job: created with "no action" when all tasks complete, switched to "terminate job" once every task
+  is added (`seal_job`), so a client that dies leaves no active job holding the account's quota.
+- Monitor: `task_counts` is ONE Get Task Counts request, whatever the number of tasks. A 429 or 503
+  answer (or a lost connection) keeps the last counts and stretches the next wait to the Retry-After
+  the service asked for. Only when nothing has moved for `health_interval` while tasks wait does one
+  more request look at the pool's node counts (all nodes unusable or start-task-failed -> stop).
+- Results: one listing of completed tasks with `$filter` and `$select` (1,000 per page), and for the
+  failed ones their stderr.txt / stdout.txt fetched into the run folder while the job still exists
+  (from the node, else from the log container where they were uploaded on completion).
+- Deletes: the SDK's delete pollers swallow errors during polling, so their final status is checked.
+
+Every `except` names the errors it handles; Azure's messages reach the user redacted, first line only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from azure.batch import BatchClient
+from azure.batch import models as bm
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.polling import LROPoller
+
+from batchflow.backends import azure_batch_build as build
+from batchflow.backends.azure_submit import TRANSIENT_STATUS, batch_message, retry_after, submit_tasks
+from batchflow.backends.base import Storage
+from batchflow.errors import BatchflowError
+from batchflow.model import (
+    JobSpec,
+    PoolSpec,
+    RenderedTask,
+    ResolvedFile,
+    StartTaskSpec,
+    TaskCounts,
+    TaskInput,
+    TaskResult,
+    TaskState,
+)
+from batchflow.redact import redact
+
+log = logging.getLogger("batchflow")
+
+STDERR_TAIL_LINES = 20
+MAX_LOG_FETCHES = 100  # failed tasks whose logs are fetched into the run folder (the summary shows 20)
+_POOL_SELECT = [
+    "id",
+    "state",
+    "allocationState",
+    "vmSize",
+    "virtualMachineConfiguration",
+    "resizeErrors",
+    "enableAutoScale",
+    "currentDedicatedNodes",
+    "currentLowPriorityNodes",
+    "targetDedicatedNodes",
+    "targetLowPriorityNodes",
+    "metadata",
+]
+_TASK_SELECT = ["id", "state", "executionInfo"]
+_USABLE = ("idle", "running")
+_BROKEN = ("start_task_failed", "unusable")
+_NODE_STATES = (
+    "creating",
+    "starting",
+    "waiting_for_start_task",
+    "idle",
+    "running",
+    "start_task_failed",
+    "unusable",
+    "preempted",
+    "rebooting",
+    "reimaging",
+    "offline",
+    "leaving_pool",
+    "unknown",
+)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long batchflow waits for the service, in seconds, and how often it asks."""
+
+    pool_ready: float = 30 * 60.0  # allocation (Batch's own resize timeout is 15 min) + start tasks
+    pool_poll: float = 5.0  # the first interval while waiting for the pool; it grows to 6x
+    delete: float = 15 * 60.0  # a pool or job delete to finish (pools take minutes)
+    delete_poll: float = 5.0
+    health_interval: float = 60.0  # no progress this long, tasks waiting: look at the nodes
+    submit: float = 600.0  # all tasks added, retries included
+    transient_limit: int = 20  # consecutive failed Get Task Counts before the run stops
+
+
+@dataclass(frozen=True)
+class _Health:
+    usable: int
+    broken: int
+    preempted: int
+    total: int
+    by_state: dict[str, int]
+
+
+class AzureBatchCompute:
+    """The Compute protocol on an Azure Batch account. The constructor does no I/O."""
+
+    def __init__(
+        self,
+        client: BatchClient,
+        storage: Storage | None,
+        run_dir: Path,
+        run_id: str,
+        *,
+        submit_concurrency: int = 8,
+        timeouts: Timeouts | None = None,
+        notify: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if submit_concurrency < 1:
+            raise BatchflowError(f"submit concurrency must be at least 1, not {submit_concurrency}")
+        self._client = client
+        self._storage = storage
+        self._run_dir = run_dir
+        self._run_id = run_id
+        self._concurrency = submit_concurrency
+        self.timeouts = timeouts or Timeouts()
+        self._notify = notify or (lambda message: None)
+        self._clock = clock
+        self._sleep = sleep
+        self._pool: PoolSpec | None = None
+        self._jobs: set[str] = set()  # jobs this compute created (or found created by this run)
+        self._container_urls: dict[str, str] = {}
+        self._last_counts: dict[str, TaskCounts] = {}
+        self._progress_at: dict[str, float] = {}
+        self._retry_at = 0.0  # the service asked for no request before this (clock time)
+        self._transient = 0
+        self._health_checked = 0.0
+        self._warned_preempted = False
+        self.requests: dict[str, int] = {}  # per operation, for the benchmark and the logs
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def _poll_interval(self) -> int:
+        # The SDK's pollers sleep this long between GETs; typed int there, but time.sleep takes floats.
+        return self.timeouts.delete_poll  # type: ignore[return-value]
+
+    def _count(self, op: str) -> None:
+        with self._lock:
+            self.requests[op] = self.requests.get(op, 0) + 1
+
+    # ---- pool -----------------------------------------------------------------------------
+
+    def create_pool(
+        self, pool: PoolSpec, start_task: StartTaskSpec | None, start_task_inputs: Sequence[TaskInput] = ()
+    ) -> bool:
+        self._pool = pool
+        existing = self._get_pool(pool.id)
+        if existing is not None and existing.state == bm.BatchPoolState.DELETING:
+            self._notify(
+                f"  pool [{pool.id}] is still being deleted (an earlier run); waiting for it to go..."
+            )
+            self._wait_gone(lambda: self._get_pool(pool.id), f"pool {pool.id!r}")
+            existing = None
+        if existing is not None:
+            return self._reuse(pool, existing)
+        inputs = [self._resolve(i) for i in start_task_inputs]
+        request = build.pool_request(pool, start_task, inputs, self._run_id)
+        try:
+            self._count("create_pool")
+            self._client.create_pool(request)
+        except ResourceExistsError as e:
+            # Created meanwhile: by another client, or by this one when a lost answer was resent.
+            if _code(e) not in ("PoolExists", "PoolBeingDeleted"):
+                raise self._error(f"cannot create pool {pool.id!r}", e) from None
+            found = self._get_pool(pool.id)
+            if found is None or found.state == bm.BatchPoolState.DELETING:
+                raise self._error(f"cannot create pool {pool.id!r}", e) from None
+            if _run_of(found) == self._run_id:
+                return True
+            return self._reuse(pool, found)
+        except HttpResponseError as e:
+            raise self._error(f"cannot create pool {pool.id!r}", e) from None
+        log.info("created pool %s (run %s)", pool.id, self._run_id)
+        return True
+
+    def _reuse(self, pool: PoolSpec, found: bm.BatchPool) -> bool:
+        """An existing pool runs the tasks if its VM size and image are the workflow's."""
+        problems = []
+        if (found.vm_size or "").casefold() != pool.vm_size.casefold():
+            problems.append(f"vm_size is {found.vm_size!r}, the workflow asks for {pool.vm_size!r}")
+        vmc = found.virtual_machine_configuration
+        image = vmc.image_reference if vmc is not None else None
+        want = pool.image
+        have = (
+            (image.publisher or "", image.offer or "", image.sku or "", image.version or "latest")
+            if image is not None
+            else ("", "", "", "")
+        )
+        if tuple(v.casefold() for v in have[:3]) != (
+            want.publisher.casefold(),
+            want.offer.casefold(),
+            want.sku.casefold(),
+        ) or (want.version != "latest" and have[3] != want.version):
+            problems.append(
+                f"image is {'/'.join(have)}, the workflow asks for "
+                f"{want.publisher}/{want.offer}/{want.sku}/{want.version}"
+            )
+        if problems:
+            raise BatchflowError(
+                f"pool {pool.id!r} already exists and does not fit this workflow: {'; '.join(problems)}. "
+                "Change pool.id, or delete the pool"
+            )
+        owner = _run_of(found)
+        self._notify(
+            f"  reusing existing pool [{pool.id}]"
+            + (f" (created by batchflow run {owner})" if owner else " (not created by batchflow)")
+        )
+        return False
+
+    def wait_for_pool(self, pool_id: str) -> None:
+        """Until a node can run tasks (any node idle or running), or a clear reason why none will."""
+        deadline = self._clock() + self.timeouts.pool_ready
+        interval = self.timeouts.pool_poll
+        self._notify(f"Waiting for pool [{pool_id}] to have a node ready...")
+        last_text = ""
+        while True:
+            pool = self._get_pool(pool_id)
+            if pool is None:
+                raise BatchflowError(f"pool {pool_id!r} disappeared while waiting for its nodes")
+            if pool.state == bm.BatchPoolState.DELETING:
+                raise BatchflowError(f"pool {pool_id!r} is being deleted")
+            health = self._health(pool_id)
+            steady = pool.allocation_state == bm.AllocationState.STEADY
+            if health.usable:
+                return
+            if pool.enable_auto_scale and steady and health.total == 0:
+                return  # an autoscale formula may wait for tasks before it adds nodes
+            if steady and health.total and health.broken == health.total:
+                raise BatchflowError(self._broken_pool_message(pool_id, health))
+            if steady and health.total == 0 and pool.resize_errors:
+                errors = "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in pool.resize_errors)
+                raise BatchflowError(f"pool {pool_id!r} could not get any node: {errors}")
+            text = _describe_nodes(health)
+            if text != last_text:
+                self._notify(f"  nodes: {text}")
+                last_text = text
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise BatchflowError(
+                    f"pool {pool_id!r} had no usable node within {self.timeouts.pool_ready:.0f} s ({text})"
+                )
+            self._sleep(min(interval, remaining))
+            interval = min(interval * 1.5, self.timeouts.pool_poll * 6)
+
+    def _health(self, pool_id: str) -> _Health:
+        self._count("list_pool_node_counts")
+        try:
+            found = list(self._client.list_pool_node_counts(filter=f"poolId eq '{pool_id}'"))
+        except HttpResponseError as e:
+            raise self._error(f"cannot read the node counts of pool {pool_id!r}", e) from None
+        by_state = dict.fromkeys(_NODE_STATES, 0)
+        for entry in found:
+            for counts in (entry.dedicated, entry.low_priority):
+                if counts is None:
+                    continue
+                for state in _NODE_STATES:
+                    by_state[state] += getattr(counts, state, 0) or 0
+        total = sum(by_state.values())
+        return _Health(
+            usable=sum(by_state[s] for s in _USABLE),
+            broken=sum(by_state[s] for s in _BROKEN),
+            preempted=by_state["preempted"],
+            total=total,
+            by_state=by_state,
+        )
+
+    def _broken_pool_message(self, pool_id: str, health: _Health) -> str:
+        """Why no node of the pool can run tasks: the start task's exit code and stderr, or node errors."""
+        self._count("list_nodes")
+        try:
+            nodes = list(
+                self._client.list_nodes(
+                    pool_id, select=["id", "state", "startTaskInfo", "errors"], max_results=50
+                )
+            )
+        except HttpResponseError as e:
+            raise self._error(f"cannot list the nodes of pool {pool_id!r}", e) from None
+        failed = [n for n in nodes if n.state == bm.BatchNodeState.START_TASK_FAILED]
+        if failed:
+            node = failed[0]
+            info = node.start_task_info
+            exit_code = info.exit_code if info is not None else None
+            failure = info.failure_info if info is not None else None
+            why = f"exit code {exit_code}" if exit_code is not None else "did not run"
+            if failure is not None and failure.code and failure.code != "FailureExitCode":
+                why += f", {failure.code}: {_first_line(failure.message or '')}"
+            tail = self._node_file_tail(pool_id, node.id or "", "startup/stderr.txt")
+            saved = self._save_start_task_logs(pool_id, node.id or "")
+            lines = [
+                f"the start task failed on all {health.total} node(s) of pool {pool_id!r} "
+                f"(node {node.id}: {why})"
+                + ("; last lines of its stderr:" if tail else "; its stderr is empty"),
+                *tail,
+            ]
+            if saved is not None:
+                lines.append(f"full logs: {saved}")
+            return "\n".join(lines)
+        errors = [
+            f"{n.id}: " + "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in n.errors or [])
+            for n in nodes
+            if n.errors
+        ]
+        return f"no node of pool {pool_id!r} can run tasks ({_describe_nodes(health)})" + (
+            ": " + " | ".join(errors[:5]) if errors else ""
+        )
+
+    def _node_file_tail(self, pool_id: str, node_id: str, path: str) -> list[str]:
+        try:
+            self._count("download_node_file")
+            data = b"".join(self._client.download_node_file(pool_id, node_id, path))
+        except ResourceNotFoundError:
+            return []
+        except HttpResponseError as e:
+            log.warning("cannot read %s of node %s: %s", path, node_id, _describe(e))
+            return []
+        return data.decode("utf-8", errors="replace").splitlines()[-STDERR_TAIL_LINES:]
+
+    def _save_start_task_logs(self, pool_id: str, node_id: str) -> Path | None:
+        folder = self._run_dir / "start-task" / node_id
+        saved = False
+        for name in ("stdout.txt", "stderr.txt"):
+            try:
+                self._count("download_node_file")
+                data = b"".join(self._client.download_node_file(pool_id, node_id, f"startup/{name}"))
+            except (ResourceNotFoundError, HttpResponseError):
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+            saved = True
+        return folder if saved else None
+
+    def _get_pool(self, pool_id: str) -> bm.BatchPool | None:
+        self._count("get_pool")
+        try:
+            return self._client.get_pool(pool_id, select=_POOL_SELECT)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as e:
+            raise self._error(f"cannot read pool {pool_id!r}", e) from None
+
+    # ---- job and tasks ----------------------------------------------------------------------
+
+    def create_job(self, job: JobSpec, pool_id: str, run_id: str) -> None:
+        request = build.job_request(job, pool_id, run_id)
+        for _ in range(2):
+            try:
+                self._count("create_job")
+                self._client.create_job(request)
+            except ResourceExistsError as e:
+                found = self._get_job(job.id)
+                if found is not None and _run_of(found) == run_id:
+                    break  # ours: an earlier answer was lost and the request resent
+                if found is not None and found.state == bm.BatchJobState.DELETING:
+                    self._notify(f"  job [{job.id}] is still being deleted (an earlier run); waiting...")
+                    self._wait_gone(lambda: self._get_job(job.id), f"job {job.id!r}")
+                    continue
+                owner = _run_of(found) if found is not None else None
+                raise BatchflowError(
+                    f"job {job.id!r} already exists"
+                    + (
+                        f" (left by batchflow run {owner}: `batchflow cleanup {owner}` removes it)"
+                        if owner
+                        else ""
+                    )
+                    + f"; Batch job ids are unique in an account: delete it or change job.id ({_code(e)})"
+                ) from None
+            except HttpResponseError as e:
+                raise self._error(f"cannot create job {job.id!r}", e) from None
+            else:
+                break
+        self._jobs.add(job.id)
+        self._progress_at[job.id] = self._clock()
+
+    def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
+        requests = []
+        for task in tasks:
+            names = {o.container for o in task.outputs} | ({task.logs.container} if task.logs else set())
+            urls = {name: self._container_url(name) for name in names}
+            requests.append(
+                build.task_request(
+                    task,
+                    [self._resolve(i) for i in task.inputs],
+                    urls,
+                    urls[task.logs.container] if task.logs else None,
+                    task.logs.prefix if task.logs else "",
+                )
+            )
+        report = submit_tasks(
+            self._client,
+            job_id,
+            requests,
+            concurrency=self._concurrency,
+            deadline=self.timeouts.submit,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        with self._lock:
+            self.requests["create_task_collection"] = (
+                self.requests.get("create_task_collection", 0) + report.requests
+            )
+        log.info(
+            "added %d tasks to job %s (%d already there) in %d requests (%d retried, %d split)",
+            report.submitted,
+            job_id,
+            report.already_existed,
+            report.requests,
+            report.retries,
+            report.split_413,
+        )
+
+    def seal_job(self, job_id: str) -> None:
+        try:
+            self._count("update_job")
+            self._client.update_job(job_id, build.seal_job_request())
+        except HttpResponseError as e:
+            raise self._error(f"cannot set job {job_id!r} to terminate when its tasks complete", e) from None
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        """One Get Task Counts request. Throttled or failed: the last counts, and a longer next wait."""
+        last = self._last_counts.get(job_id, TaskCounts())
+        try:
+            self._count("get_job_task_counts")
+            result = self._client.get_job_task_counts(job_id, retry_total=0)
+        except HttpResponseError as e:
+            if e.status_code not in TRANSIENT_STATUS:
+                raise self._error(f"cannot read the task counts of job {job_id!r}", e) from None
+            return self._transient_failure(job_id, _describe(e), retry_after(e), last)
+        except (ServiceRequestError, ServiceResponseError) as e:
+            return self._transient_failure(job_id, f"{type(e).__name__}: {_first_line(str(e))}", None, last)
+        self._transient = 0
+        c = result.task_counts
+        counts = TaskCounts(active=c.active, running=c.running, succeeded=c.succeeded, failed=c.failed)
+        now = self._clock()
+        if counts != last:
+            self._last_counts[job_id] = counts
+            self._progress_at[job_id] = now
+        elif (
+            counts.active > 0
+            and counts.running == 0
+            and now - self._progress_at.get(job_id, now) >= self.timeouts.health_interval
+            and now - self._health_checked >= self.timeouts.health_interval
+        ):
+            self._health_checked = now
+            self._check_nodes()
+        return counts
+
+    def _transient_failure(self, job_id: str, why: str, delay: float | None, last: TaskCounts) -> TaskCounts:
+        self._transient += 1
+        if self._transient >= self.timeouts.transient_limit:
+            raise BatchflowError(
+                f"cannot read the task counts of job {job_id!r}: "
+                f"{self._transient} failures in a row; last: {why}"
+            )
+        log.info("task counts of %s: %s (retry after %s s)", job_id, why, delay)
+        if delay is not None:
+            self._retry_at = max(self._retry_at, self._clock() + delay)
+        return last
+
+    def _check_nodes(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        health = self._health(pool.id)
+        if health.usable:
+            return
+        if health.total and health.broken == health.total:
+            raise BatchflowError(self._broken_pool_message(pool.id, health))
+        if health.preempted and not self._warned_preempted:
+            self._warned_preempted = True
+            self._notify(
+                f"  all Spot nodes of pool [{pool.id}] are preempted ({_describe_nodes(health)}); "
+                "waiting for Batch to bring nodes back"
+            )
+
+    def wait(self, timeout: float) -> None:
+        """Sleep `timeout` seconds, or until the Retry-After the service asked for, if later."""
+        self._sleep(max(timeout, self._retry_at - self._clock()))
+
+    def task_results(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
+        """Completed tasks, from one paged listing ($filter, $select); failed ones with their logs."""
+        if job_id not in self._jobs:
+            return []
+        wanted = None if task_ids is None else {t.casefold() for t in task_ids}
+        self._count("list_tasks")
+        try:
+            tasks = [
+                t
+                for t in self._client.list_tasks(job_id, filter="state eq 'completed'", select=_TASK_SELECT)
+                if wanted is None or (t.id or "").casefold() in wanted
+            ]
+        except HttpResponseError as e:
+            raise self._error(f"cannot list the tasks of job {job_id!r}", e) from None
+        failed = [t for t in tasks if _failed(t)]
+        logs: dict[str, tuple[Path | None, Path | None]] = {}
+        if failed:
+            with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="batchflow-logs") as ex:
+                fetched = ex.map(
+                    lambda t: (t.id, self._fetch_logs(job_id, t.id or "")), failed[:MAX_LOG_FETCHES]
+                )
+                logs = {tid or "": paths for tid, paths in fetched}
+        return [_result(t, *logs.get(t.id or "", (None, None))) for t in tasks]
+
+    def _fetch_logs(self, job_id: str, task_id: str) -> tuple[Path | None, Path | None]:
+        """stdout.txt and stderr.txt of a task's last attempt into the run folder, from the node."""
+        folder = self._run_dir / "tasks" / task_id
+        paths: list[Path | None] = []
+        for name in ("stdout.txt", "stderr.txt"):
+            try:
+                self._count("download_task_file")
+                data = b"".join(self._client.download_task_file(job_id, task_id, name))
+            except ResourceNotFoundError:
+                paths.append(None)  # never written (a resource file failed) or the node is gone
+                continue
+            except HttpResponseError as e:
+                log.warning("cannot fetch %s of task %s: %s", name, task_id, _describe(e))
+                paths.append(None)
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+            paths.append(folder / name)
+        return paths[0], paths[1]
+
+    def stop(self) -> None:
+        """Ctrl-C or an error: terminate the jobs this run created, which ends their running tasks."""
+        for job_id in sorted(self._jobs):
+            try:
+                self._count("terminate_job")
+                poller = self._client.begin_terminate_job(job_id, polling_interval=self._poll_interval)
+                self._finish(poller, f"terminating job {job_id!r}", wait=60.0)
+            except ResourceNotFoundError:
+                continue
+            except HttpResponseError as e:
+                if _code(e) in ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted"):
+                    continue
+                log.warning("cannot terminate job %s: %s", job_id, _describe(e))
+
+    # ---- deletes --------------------------------------------------------------------------------
+
+    def delete_job(self, job_id: str) -> None:
+        try:
+            self._count("delete_job")
+            poller = self._client.begin_delete_job(job_id, polling_interval=self._poll_interval)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as e:
+            raise self._error(f"cannot delete job {job_id!r}", e) from None
+        self._finish(poller, f"deleting job {job_id!r}", wait=self.timeouts.delete)
+        self._jobs.discard(job_id)
+
+    def delete_pool(self, pool_id: str) -> None:
+        try:
+            self._count("delete_pool")
+            poller = self._client.begin_delete_pool(pool_id, polling_interval=self._poll_interval)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as e:
+            raise self._error(f"cannot delete pool {pool_id!r}", e) from None
+        self._notify(f"  pool [{pool_id}] is being deleted; waiting for Batch to confirm...")
+        self._finish(poller, f"deleting pool {pool_id!r}", wait=self.timeouts.delete)
+
+    def _finish(self, poller: LROPoller[None], what: str, *, wait: float) -> None:
+        """Wait for a delete/terminate poller and check how it ended: pollers swallow errors."""
+        poller.wait(timeout=wait)
+        if not poller.done():
+            raise BatchflowError(f"{what}: still in progress after {wait:.0f} s; Batch goes on with it")
+        status = poller.status()
+        if status != "Succeeded":
+            raise BatchflowError(f"{what} failed (the service's poller ended {status!r})")
+
+    def _wait_gone(self, get: Callable[[], object | None], what: str) -> None:
+        deadline = self._clock() + self.timeouts.delete
+        while get() is not None:
+            if self._clock() >= deadline:
+                raise BatchflowError(f"{what} is still being deleted after {self.timeouts.delete:.0f} s")
+            self._sleep(self.timeouts.delete_poll)
+
+    def _get_job(self, job_id: str) -> bm.BatchJob | None:
+        self._count("get_job")
+        try:
+            return self._client.get_job(job_id, select=["id", "state", "metadata"])
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as e:
+            raise self._error(f"cannot read job {job_id!r}", e) from None
+
+    # ---- storage URLs ----------------------------------------------------------------------------
+
+    def _resolve(self, item: TaskInput) -> ResolvedFile:
+        return ResolvedFile(self._need_storage().resource_url(item.container, item.blob_name), item.file_path)
+
+    def _container_url(self, name: str) -> str:
+        url = self._container_urls.get(name)
+        if url is None:
+            url = self._container_urls[name] = self._need_storage().container_url(name)
+        return url
+
+    def _need_storage(self) -> Storage:
+        if self._storage is None:
+            raise BatchflowError("this Azure Batch compute was made without storage: it cannot make SAS URLs")
+        return self._storage
+
+    def _error(self, what: str, e: AzureError) -> BatchflowError:
+        return BatchflowError(f"{what}: {_describe(e)}")
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _describe(e: AzureError) -> str:
+    if isinstance(e, HttpResponseError):
+        return redact(f"{e.status_code} {_code(e) or e.reason}: {batch_message(e)}")
+    return redact(f"{type(e).__name__}: {_first_line(str(e))}")
+
+
+def _code(e: HttpResponseError) -> str | None:
+    return e.error.code if e.error is not None and e.error.code else None
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _run_of(item: bm.BatchPool | bm.BatchJob | None) -> str | None:
+    """The batchflow run id in a pool's or job's metadata, if batchflow made it."""
+    for m in (item.metadata if item is not None else None) or []:
+        if m.name == build.RUN_ID_KEY:
+            return m.value
+    return None
+
+
+def _describe_nodes(health: _Health) -> str:
+    parts = [f"{n} {state.replace('_', ' ')}" for state, n in health.by_state.items() if n]
+    return ", ".join(parts) if parts else "no nodes yet"
+
+
+def _failed(task: bm.BatchTask) -> bool:
+    info = task.execution_info
+    return info is None or info.result != bm.BatchTaskExecutionResult.SUCCESS
+
+
+def _epoch(when: datetime.datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
+def _result(task: bm.BatchTask, stdout: Path | None, stderr: Path | None) -> TaskResult:
+    info = task.execution_info
+    failure = None
+    if info is not None and info.failure_info is not None:
+        f = info.failure_info
+        if f.code != "FailureExitCode":  # a plain nonzero exit is told by its exit code
+            failure = f"{f.code}: {_first_line(f.message or '')}"
+    ok = not _failed(task)
+    return TaskResult(
+        id=task.id or "",
+        state=TaskState.SUCCEEDED if ok else TaskState.FAILED,
+        exit_code=info.exit_code if info is not None else None,
+        attempts=(info.retry_count or 0) + 1 if info is not None else 0,
+        started_at=_epoch(info.start_time) if info is not None else None,
+        ended_at=_epoch(info.end_time) if info is not None else None,
+        failure=failure,
+        stdout_path=stdout,
+        stderr_path=stderr,
+    )
+
+
+def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], list[str]]:
+    """The pools and jobs (not already being deleted) whose metadata names batchflow run `run_id`."""
+    try:
+        pools = [
+            p.id or ""
+            for p in client.list_pools(select=["id", "state", "metadata"])
+            if _run_of(p) == run_id and p.state != bm.BatchPoolState.DELETING
+        ]
+        jobs = [
+            j.id or ""
+            for j in client.list_jobs(select=["id", "state", "metadata"])
+            if _run_of(j) == run_id and j.state != bm.BatchJobState.DELETING
+        ]
+    except HttpResponseError as e:
+        raise BatchflowError(f"cannot list the account's pools and jobs: {_describe(e)}") from None
+    return pools, jobs
+
+
+def describe_request_counts(requests: dict[str, int]) -> str:
+    return ", ".join(f"{op} {n}" for op, n in sorted(requests.items()))
