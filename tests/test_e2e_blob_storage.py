@@ -9,65 +9,29 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from azure.storage.blob import BlobServiceClient
+from azure_env import rename_containers, unique_containers
 from azurite import AzuriteInfo
 from conftest import WriteWorkflow
 from test_e2e_local import SAMPLE_NAMES, check_mp3s_match_inputs, injected, load_state, run_folders
 
 from batchflow.cli import main
 
-pytest_plugins = ["azurite"]
+pytest_plugins = ["azurite", "azure_env"]
 
 Copy = Callable[[str], Path]
 _SIG = re.compile(r"sig=(?!REDACTED)[^&\s'\"]+", re.IGNORECASE)
-
-
-def rename_containers(workflow: Path, names: dict[str, str]) -> None:
-    """Rewrite every container name of a workflow file (`names`: old -> new)."""
-    doc: dict[str, Any] = yaml.safe_load(workflow.read_text(encoding="utf-8"))
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {
-                k: (names.get(v, v) if k == "container" and isinstance(v, str) else walk(v))
-                for k, v in node.items()
-            }
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    doc = walk(doc)
-    storage = doc.setdefault("storage", {})
-    storage["containers"] = [names.get(c, c) for c in storage.get("containers", [])]
-    workflow.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-@pytest.fixture
-def blob_env(azurite: AzuriteInfo, monkeypatch: pytest.MonkeyPatch) -> AzuriteInfo:
-    """batchflow's environment points at Azurite (a connection string), and nothing else Azure."""
-    for name in ("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in azurite.environ().items():
-        monkeypatch.setenv(name, value)
-    return azurite
 
 
 @pytest.fixture
 def service(azurite: AzuriteInfo) -> Iterator[BlobServiceClient]:
     with BlobServiceClient.from_connection_string(azurite.connection_string) as s:
         yield s
-
-
-def unique(*names: str) -> dict[str, str]:
-    tag = uuid.uuid4().hex[:10]
-    return {n: f"{n}-{tag}" for n in names}
 
 
 def run_of(err: str, workflow: Path) -> Path:
@@ -90,7 +54,7 @@ def test_mp4_to_mp3_on_blob_storage_gives_the_same_mp3s_as_folder_storage(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     wf = copy_workflow("mp4_to_mp3")
-    names = unique("input", "output")
+    names = unique_containers("input", "output")
     rename_containers(wf, names)
     mp4_dir = wf.parent / "samples" / "mp4"
     mp3_dir = wf.parent / "out" / "mp3"
@@ -153,7 +117,7 @@ def test_task_logs_reach_the_account_and_a_failure_is_explained(
             }
         },
     )
-    names = unique("inputs", "outputs")
+    names = unique_containers("inputs", "outputs")
     rename_containers(wf, names)
 
     assert main(["run", str(wf), "--storage", "azure"]) == 1
@@ -187,7 +151,7 @@ def test_cleanup_deletes_the_input_container_after_success_when_asked(
             "cleanup": {"input_containers": "delete"},
         },
     )
-    names = unique("inputs", "outputs")
+    names = unique_containers("inputs", "outputs")
     rename_containers(wf, names)
 
     assert main(["run", str(wf), "--storage", "azure", "--quiet"]) == 0
@@ -207,7 +171,7 @@ def test_no_signature_or_key_in_any_output_or_state_file(
 ) -> None:
     wf = copy_workflow("word_count")
     data = yaml.safe_load(wf.read_text(encoding="utf-8"))
-    names = unique(*data["storage"]["containers"])
+    names = unique_containers(*data["storage"]["containers"])
     rename_containers(wf, names)
     caplog.set_level("DEBUG", logger="batchflow")
 

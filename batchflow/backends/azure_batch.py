@@ -32,6 +32,7 @@ from pathlib import Path
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
+from azure.batch.models._models import BatchJobTerminateOptions  # not exported by azure-batch 15.1.0
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -557,7 +558,12 @@ class AzureBatchCompute:
         for job_id in sorted(self._jobs):
             try:
                 self._count("terminate_job")
-                poller = self._client.begin_terminate_job(job_id, polling_interval=self._poll_interval)
+                # Without options the SDK cannot build the request (no content type): pass a reason.
+                poller = self._client.begin_terminate_job(
+                    job_id,
+                    BatchJobTerminateOptions(termination_reason="batchflow stopped the run"),
+                    polling_interval=self._poll_interval,
+                )
                 self._finish(poller, f"terminating job {job_id!r}", wait=60.0)
             except ResourceNotFoundError:
                 continue
