@@ -15,6 +15,11 @@ task submission from azure_submit; this module decides what to send when, and wh
   failed ones their stderr.txt / stdout.txt fetched into the run folder while the job still exists
   (from the node, else from the log container where they were uploaded on completion).
 - Deletes: the SDK's delete pollers swallow errors during polling, so their final status is checked.
+  A delete already under way (PoolBeingDeleted / JobBeingDeleted, e.g. the SDK resent a DELETE whose
+  answer was lost) is waited for like one this call started.
+- No answer: azure-core resends a request that got no answer only for idempotent methods, so the POSTs
+  and PATCH batchflow must see through (create pool, create job, seal job) are sent once more here; a
+  409 then tells whether the first one was done, and for whom.
 
 Every `except` names the errors it handles; Azure's messages reach the user redacted, first line only.
 """
@@ -55,6 +60,7 @@ from batchflow.model import (
     StartTaskSpec,
     TaskCounts,
     TaskInput,
+    TaskLogs,
     TaskResult,
     TaskState,
 )
@@ -79,6 +85,7 @@ _POOL_SELECT = [
     "metadata",
 ]
 _TASK_SELECT = ["id", "state", "executionInfo"]
+_NO_ANSWER = (ServiceRequestError, ServiceResponseError)  # the connection failed, or the answer was lost
 _USABLE = ("idle", "running")
 _BROKEN = ("start_task_failed", "unusable")
 _NODE_STATES = (
@@ -150,6 +157,7 @@ class AzureBatchCompute:
         self._pool: PoolSpec | None = None
         self._jobs: set[str] = set()  # jobs this compute created (or found created by this run)
         self._container_urls: dict[str, str] = {}
+        self._task_logs: dict[str, TaskLogs] = {}  # by casefolded task id: where the node put its logs
         self._last_counts: dict[str, TaskCounts] = {}
         self._progress_at: dict[str, float] = {}
         self._retry_at = 0.0  # the service asked for no request before this (clock time)
@@ -189,8 +197,7 @@ class AzureBatchCompute:
         inputs = [self._resolve(i) for i in start_task_inputs]
         request = build.pool_request(pool, start_task, inputs, self._run_id)
         try:
-            self._count("create_pool")
-            self._client.create_pool(request)
+            self._send_again_if_unanswered("create_pool", lambda: self._client.create_pool(request))
         except ResourceExistsError as e:
             # Created meanwhile: by another client, or by this one when a lost answer was resent.
             if _code(e) not in ("PoolExists", "PoolBeingDeleted"):
@@ -201,7 +208,7 @@ class AzureBatchCompute:
             if _run_of(found) == self._run_id:
                 return True
             return self._reuse(pool, found)
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot create pool {pool.id!r}", e) from None
         log.info("created pool %s (run %s)", pool.id, self._run_id)
         return True
@@ -279,7 +286,7 @@ class AzureBatchCompute:
         self._count("list_pool_node_counts")
         try:
             found = list(self._client.list_pool_node_counts(filter=f"poolId eq '{pool_id}'"))
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot read the node counts of pool {pool_id!r}", e) from None
         by_state = dict.fromkeys(_NODE_STATES, 0)
         for entry in found:
@@ -306,7 +313,7 @@ class AzureBatchCompute:
                     pool_id, select=["id", "state", "startTaskInfo", "errors"], max_results=50
                 )
             )
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot list the nodes of pool {pool_id!r}", e) from None
         failed = [n for n in nodes if n.state == bm.BatchNodeState.START_TASK_FAILED]
         if failed:
@@ -319,9 +326,14 @@ class AzureBatchCompute:
                 why += f", {failure.code}: {_first_line(failure.message or '')}"
             tail = self._node_file_tail(pool_id, node.id or "", "startup/stderr.txt")
             saved = self._save_start_task_logs(pool_id, node.id or "")
+            start_failed = health.by_state["start_task_failed"]
+            scope = (
+                f"all {health.total} node(s)"
+                if start_failed == health.total
+                else f"{start_failed} of {health.total} node(s) (the others are unusable)"
+            )
             lines = [
-                f"the start task failed on all {health.total} node(s) of pool {pool_id!r} "
-                f"(node {node.id}: {why})"
+                f"the start task failed on {scope} of pool {pool_id!r} (node {node.id}: {why})"
                 + ("; last lines of its stderr:" if tail else "; its stderr is empty"),
                 *tail,
             ]
@@ -343,7 +355,7 @@ class AzureBatchCompute:
             data = b"".join(self._client.download_node_file(pool_id, node_id, path))
         except ResourceNotFoundError:
             return []
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             log.warning("cannot read %s of node %s: %s", path, node_id, _describe(e))
             return []
         return data.decode("utf-8", errors="replace").splitlines()[-STDERR_TAIL_LINES:]
@@ -355,7 +367,7 @@ class AzureBatchCompute:
             try:
                 self._count("download_node_file")
                 data = b"".join(self._client.download_node_file(pool_id, node_id, f"startup/{name}"))
-            except (ResourceNotFoundError, HttpResponseError):
+            except (HttpResponseError, *_NO_ANSWER):  # 404 included: the file was never written
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
@@ -368,7 +380,7 @@ class AzureBatchCompute:
             return self._client.get_pool(pool_id, select=_POOL_SELECT)
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot read pool {pool_id!r}", e) from None
 
     # ---- job and tasks ----------------------------------------------------------------------
@@ -377,8 +389,7 @@ class AzureBatchCompute:
         request = build.job_request(job, pool_id, run_id)
         for _ in range(2):
             try:
-                self._count("create_job")
-                self._client.create_job(request)
+                self._send_again_if_unanswered("create_job", lambda: self._client.create_job(request))
             except ResourceExistsError as e:
                 found = self._get_job(job.id)
                 if found is not None and _run_of(found) == run_id:
@@ -397,16 +408,22 @@ class AzureBatchCompute:
                     )
                     + f"; Batch job ids are unique in an account: delete it or change job.id ({_code(e)})"
                 ) from None
-            except HttpResponseError as e:
+            except (HttpResponseError, *_NO_ANSWER) as e:
                 raise self._error(f"cannot create job {job.id!r}", e) from None
             else:
                 break
+        else:
+            raise BatchflowError(
+                f"cannot create job {job.id!r}: a job of that id keeps reappearing while deleted"
+            )
         self._jobs.add(job.id)
         self._progress_at[job.id] = self._clock()
 
     def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
         requests = []
         for task in tasks:
+            if task.logs is not None:
+                self._task_logs[task.id.casefold()] = task.logs
             names = {o.container for o in task.outputs} | ({task.logs.container} if task.logs else set())
             urls = {name: self._container_url(name) for name in names}
             requests.append(
@@ -443,9 +460,17 @@ class AzureBatchCompute:
 
     def seal_job(self, job_id: str) -> None:
         try:
-            self._count("update_job")
-            self._client.update_job(job_id, build.seal_job_request())
-        except HttpResponseError as e:
+            self._send_again_if_unanswered(
+                "update_job", lambda: self._client.update_job(job_id, build.seal_job_request())
+            )
+        except ResourceExistsError as e:
+            # Completed already: sealed by a request whose answer was lost (a job whose tasks are all
+            # done completes at once), or terminated. Either way nothing is left to seal.
+            if _code(e) != "JobCompleted":
+                raise self._error(
+                    f"cannot set job {job_id!r} to terminate when its tasks complete", e
+                ) from None
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot set job {job_id!r} to terminate when its tasks complete", e) from None
 
     def task_counts(self, job_id: str) -> TaskCounts:
@@ -521,7 +546,7 @@ class AzureBatchCompute:
                 for t in self._client.list_tasks(job_id, filter="state eq 'completed'", select=_TASK_SELECT)
                 if wanted is None or (t.id or "").casefold() in wanted
             ]
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot list the tasks of job {job_id!r}", e) from None
         failed = [t for t in tasks if _failed(t)]
         logs: dict[str, tuple[Path | None, Path | None]] = {}
@@ -544,14 +569,29 @@ class AzureBatchCompute:
             except ResourceNotFoundError:
                 paths.append(None)  # never written (a resource file failed) or the node is gone
                 continue
-            except HttpResponseError as e:
+            except (HttpResponseError, *_NO_ANSWER) as e:
                 log.warning("cannot fetch %s of task %s: %s", name, task_id, _describe(e))
                 paths.append(None)
                 continue
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
             paths.append(folder / name)
+        if paths == [None, None]:
+            return self._stored_logs(task_id, folder)
         return paths[0], paths[1]
+
+    def _stored_logs(self, task_id: str, folder: Path) -> tuple[Path | None, Path | None]:
+        """The copies the node uploaded to the log container on completion (the node may be gone)."""
+        logs = self._task_logs.get(task_id.casefold())
+        if logs is None or self._storage is None:
+            return None, None
+        try:
+            self._storage.download(logs.container, logs.blob(task_id, ""), folder)
+        except BatchflowError as e:
+            log.warning("cannot fetch the stored logs of task %s: %s", task_id, e)
+            return None, None
+        found = [folder / n if (folder / n).is_file() else None for n in ("stdout.txt", "stderr.txt")]
+        return found[0], found[1]
 
     def stop(self) -> None:
         """Ctrl-C or an error: terminate the jobs this run created, which ends their running tasks."""
@@ -565,11 +605,15 @@ class AzureBatchCompute:
                     polling_interval=self._poll_interval,
                 )
                 self._finish(poller, f"terminating job {job_id!r}", wait=60.0)
+            except BatchflowError as e:
+                log.warning("%s", e)
             except ResourceNotFoundError:
                 continue
             except HttpResponseError as e:
                 if _code(e) in ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted"):
                     continue
+                log.warning("cannot terminate job %s: %s", job_id, _describe(e))
+            except _NO_ANSWER as e:
                 log.warning("cannot terminate job %s: %s", job_id, _describe(e))
 
     # ---- deletes --------------------------------------------------------------------------------
@@ -580,9 +624,14 @@ class AzureBatchCompute:
             poller = self._client.begin_delete_job(job_id, polling_interval=self._poll_interval)
         except ResourceNotFoundError:
             return
-        except HttpResponseError as e:
+        except ResourceExistsError as e:
+            if _code(e) != "JobBeingDeleted":
+                raise self._error(f"cannot delete job {job_id!r}", e) from None
+            self._wait_gone(lambda: self._get_job(job_id), f"job {job_id!r}")
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot delete job {job_id!r}", e) from None
-        self._finish(poller, f"deleting job {job_id!r}", wait=self.timeouts.delete)
+        else:
+            self._finish(poller, f"deleting job {job_id!r}", wait=self.timeouts.delete)
         self._jobs.discard(job_id)
 
     def delete_pool(self, pool_id: str) -> None:
@@ -591,16 +640,34 @@ class AzureBatchCompute:
             poller = self._client.begin_delete_pool(pool_id, polling_interval=self._poll_interval)
         except ResourceNotFoundError:
             return
-        except HttpResponseError as e:
+        except ResourceExistsError as e:
+            if _code(e) != "PoolBeingDeleted":
+                raise self._error(f"cannot delete pool {pool_id!r}", e) from None
+            self._notify(f"  pool [{pool_id}] is being deleted; waiting for Batch to confirm...")
+            self._wait_gone(lambda: self._get_pool(pool_id), f"pool {pool_id!r}")
+            return
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot delete pool {pool_id!r}", e) from None
         self._notify(f"  pool [{pool_id}] is being deleted; waiting for Batch to confirm...")
         self._finish(poller, f"deleting pool {pool_id!r}", wait=self.timeouts.delete)
+
+    def _send_again_if_unanswered(self, op: str, send: Callable[[], object]) -> None:
+        """Send a POST/PATCH, and once more if the connection failed or its answer was lost: azure-core
+        resends those only for idempotent methods. A resent create may then get 409: the caller checks
+        whose the resource is."""
+        self._count(op)
+        try:
+            send()
+        except _NO_ANSWER as e:
+            log.info("%s: no answer (%s); sending it again", op, _first_line(str(e)))
+            self._count(op)
+            send()
 
     def _finish(self, poller: LROPoller[None], what: str, *, wait: float) -> None:
         """Wait for a delete/terminate poller and check how it ended: pollers swallow errors."""
         poller.wait(timeout=wait)
         if not poller.done():
-            raise BatchflowError(f"{what}: still in progress after {wait:.0f} s; Batch goes on with it")
+            raise BatchflowError(f"{what}: still in progress after {wait:g} s; Batch goes on with it")
         status = poller.status()
         if status != "Succeeded":
             raise BatchflowError(f"{what} failed (the service's poller ended {status!r})")
@@ -618,7 +685,7 @@ class AzureBatchCompute:
             return self._client.get_job(job_id, select=["id", "state", "metadata"])
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as e:
+        except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot read job {job_id!r}", e) from None
 
     # ---- storage URLs ----------------------------------------------------------------------------
@@ -715,7 +782,7 @@ def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], lis
             for j in client.list_jobs(select=["id", "state", "metadata"])
             if _run_of(j) == run_id and j.state != bm.BatchJobState.DELETING
         ]
-    except HttpResponseError as e:
+    except (HttpResponseError, *_NO_ANSWER) as e:
         raise BatchflowError(f"cannot list the account's pools and jobs: {_describe(e)}") from None
     return pools, jobs
 
