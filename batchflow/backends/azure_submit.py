@@ -207,24 +207,30 @@ class _Sender:
 
 
 def _classify(chunk: _Chunk, result: bm.BatchCreateTaskCollectionResult, out: _Outcome) -> _Outcome:
-    by_id = {r.task_id.casefold(): r for r in result.result_values or []}
+    # The models are dict-backed: reading the wire keys skips decoding every attribute again, a third
+    # of the client's CPU time for 10,000 tasks (bench/azure_scale.py). Errors, rare, get the model.
+    by_id = {str(r["taskId"]).casefold(): r for r in result.get("value") or []}
     resend: list[bm.BatchTaskCreateOptions] = []
     reason = None
     for task in chunk.tasks:
-        r = by_id.get(task.id.casefold())
+        task_id: str = task["id"]
+        r = by_id.get(task_id.casefold())
+        status = r.get("status") if r is not None else None
+        if status == bm.BatchTaskAddStatus.SUCCESS:
+            out.submitted += 1
+            continue
+        error = bm.BatchError(r["error"]) if r is not None and r.get("error") else None
         if r is None:  # no answer for it: as a server error, resend (bounded by the deadline)
             resend.append(task)
-            reason = f"no result for task {task.id!r} in the service's answer"
-        elif r.status == bm.BatchTaskAddStatus.SERVER_ERROR:
+            reason = f"no result for task {task_id!r} in the service's answer"
+        elif status == bm.BatchTaskAddStatus.SERVER_ERROR:
             resend.append(task)
-            code, message = _task_error(r.error)
-            reason = f"servererror for task {task.id!r}: {code}: {message}"
-        elif r.status == bm.BatchTaskAddStatus.SUCCESS:
-            out.submitted += 1
-        elif r.error is not None and r.error.code == TASK_EXISTS:
+            code, message = _task_error(error)
+            reason = f"servererror for task {task_id!r}: {code}: {message}"
+        elif error is not None and error.code == TASK_EXISTS:
             out.existed += 1
         else:
-            out.failures.append((task.id, *_task_error(r.error)))
+            out.failures.append((task_id, *_task_error(error)))
     if resend:
         out.resend = _Chunk(tuple(resend), chunk.attempt + 1, reason)
     return out
@@ -269,12 +275,13 @@ def _chunks(
 def _check_unique_ids(tasks: Sequence[bm.BatchTaskCreateOptions]) -> None:
     seen: dict[str, str] = {}
     for task in tasks:
-        key = task.id.casefold()
+        task_id: str = task["id"]  # the wire value (attribute access decodes it again, each time)
+        key = task_id.casefold()
         if key in seen:
             raise ValueError(
-                f"task ids {seen[key]!r} and {task.id!r} are the same to Batch (ids ignore case)"
+                f"task ids {seen[key]!r} and {task_id!r} are the same to Batch (ids ignore case)"
             )
-        seen[key] = task.id
+        seen[key] = task_id
 
 
 def _is_too_large(e: HttpResponseError) -> bool:
