@@ -95,6 +95,17 @@ def copy_workflow(tmp_path: Path) -> Callable[[str], Path]:
     return copy
 
 
+def in_out_storage(**more: Any) -> dict[str, Any]:
+    """A `storage:` section for write_workflow: inputs/*.txt uploaded to container "inputs", container
+    "outputs" downloaded to out/; `more` adds or replaces keys."""
+    return {
+        "containers": ["inputs", "outputs"],
+        "uploads": [{"source": "inputs", "container": "inputs", "include": ["*.txt"]}],
+        "downloads": [{"container": "outputs", "destination": "out"}],
+        **more,
+    }
+
+
 class WriteWorkflow(Protocol):
     def __call__(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 import time
 import uuid
 from collections import Counter
@@ -25,6 +24,7 @@ from azure.batch import models as bm
 from azure.core.exceptions import ResourceNotFoundError
 from azurite import AzuriteInfo
 from batch_emulator import MESSAGES, BatchEmulator, Timings
+from fakes import FakeClock
 
 from batchflow.backends.azure_auth import batch_auth, blob_auth
 from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
@@ -67,28 +67,6 @@ FAST = Timeouts(
 )
 
 
-class FakeClock:
-    """A monotonic clock that moves only when batchflow sleeps on it; each sleep then lets the emulator's
-    control loop make two passes, so the next poll sees what the service did meanwhile. Thread-safe."""
-
-    def __init__(self, on_sleep: Callable[[], None] | None = None) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self._on_sleep = on_sleep
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
-        if self._on_sleep is not None:
-            self._on_sleep()
-
-
 class RealSleep:
     """time.sleep, recorded: for waits on the service's own timings (a pool or job being deleted)."""
 
@@ -106,7 +84,7 @@ class Bench:
     def __init__(self, emu: BatchEmulator, run_dir: Path, storage_root: Path) -> None:
         self.emu = emu
         self.run_dir = run_dir
-        self.clock = FakeClock(emu.settle)
+        self.clock = FakeClock(1000.0, emu.settle)
         self.notes: list[str] = []
         self.storage: Storage = LocalStorage(storage_root)
         self.client = emu.client(retry_total=0)  # the test's own view of the account

@@ -6,7 +6,6 @@ Waits go through a fake clock: back-offs and Retry-After are recorded and advanc
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from azure.batch import models as bm
 from azure.batch._model_base import SdkJSONEncoder
 from azure.core.exceptions import ResourceNotFoundError
 from batch_emulator import MESSAGES, BatchEmulator
+from fakes import FakeClock
 
 from batchflow.backends.azure_batch_build import job_request, task_request
 from batchflow.backends.azure_submit import SubmitReport, submit_tasks
@@ -25,24 +25,6 @@ from batchflow.model import JobSpec, OutputCondition, RenderedTask, ResolvedFile
 JOB = "SubmitJob"
 COLLECTION = "/jobs/{job}/addtaskcollection"
 OUT_URL = "https://acct.blob.core.windows.net/output?sv=2026&sp=cw&sig=abc"
-
-
-class FakeClock:
-    """A monotonic clock that only moves when someone sleeps on it. Thread-safe."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.now += seconds
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from azure_env import AzureEnv, edit_workflow, rename_containers, unique_containers
-from conftest import REPO, WriteWorkflow
+from conftest import REPO, WriteWorkflow, in_out_storage
 from media import audio_duration
 from test_e2e_local import SAMPLE_NAMES, check_mp3s_match_inputs, injected, load_state
 
@@ -125,11 +125,7 @@ def test_a_failed_task_is_explained_and_its_logs_survive_cleanup(
         " cp {{ input.path }} {{ input.stem }}.out",
         tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}], "max_retries": 1},
         extra={
-            "storage": {
-                "containers": ["inputs", "outputs"],
-                "uploads": [{"source": "inputs", "container": "inputs", "include": ["*.txt"]}],
-                "downloads": [{"container": "outputs", "destination": "out"}],
-            },
+            "storage": in_out_storage(),
             "monitor": {"poll_interval": "100ms"},
         },
     )

@@ -17,7 +17,7 @@ import yaml
 from azure.storage.blob import BlobServiceClient
 from azure_env import rename_containers, unique_containers
 from azurite import AzuriteInfo
-from conftest import WriteWorkflow
+from conftest import WriteWorkflow, in_out_storage
 from test_e2e_local import SAMPLE_NAMES, check_mp3s_match_inputs, injected, load_state, run_folders
 
 from batchflow.cli import main
@@ -110,12 +110,7 @@ def test_task_logs_reach_the_account_and_a_failure_is_explained(
         'if [ "$(cat {{ input.path }})" = "item 2" ]; then echo "bad input" >&2; exit 3; fi;'
         " tr a-z A-Z < {{ input.path }} > {{ input.stem }}.up",
         tasks={"outputs": [{"pattern": "{{ input.stem }}.up", "container": "outputs"}]},
-        extra={
-            "storage": {
-                "containers": ["inputs", "outputs"],
-                "uploads": [{"source": "inputs", "container": "inputs", "include": ["*.txt"]}],
-            }
-        },
+        extra={"storage": in_out_storage()},
     )
     names = unique_containers("inputs", "outputs")
     rename_containers(wf, names)
@@ -143,11 +138,7 @@ def test_cleanup_deletes_the_input_container_after_success_when_asked(
         "cat {{ input.path }} > {{ input.stem }}.out",
         tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}]},
         extra={
-            "storage": {
-                "containers": ["inputs", "outputs"],
-                "uploads": [{"source": "inputs", "container": "inputs", "include": ["*.txt"]}],
-                "downloads": [{"container": "outputs", "destination": "out"}],
-            },
+            "storage": in_out_storage(),
             "cleanup": {"input_containers": "delete"},
         },
     )
@@ -225,13 +216,7 @@ def test_outputs_in_one_shared_folder_are_downloaded_without_the_logs(
         "cat {{ input.path }} > {{ input.stem }}.out",
         tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}]},
         extra={
-            "storage": {
-                "containers": ["inputs", "outputs"],
-                "uploads": [{"source": "inputs", "container": "inputs", "include": ["*.txt"]}],
-                "downloads": [{"container": "outputs", "destination": "out"}],
-                "outputs_per_run": False,
-                "logs": {"container": "outputs", "prefix": "logs/"},
-            }
+            "storage": in_out_storage(outputs_per_run=False, logs={"container": "outputs", "prefix": "logs/"})
         },
     )
 

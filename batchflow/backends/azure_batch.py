@@ -619,37 +619,39 @@ class AzureBatchCompute:
     # ---- deletes --------------------------------------------------------------------------------
 
     def delete_job(self, job_id: str) -> None:
-        try:
-            self._count("delete_job")
-            poller = self._client.begin_delete_job(job_id, polling_interval=self._poll_interval)
-        except ResourceNotFoundError:
-            return
-        except ResourceExistsError as e:
-            if _code(e) != "JobBeingDeleted":
-                raise self._error(f"cannot delete job {job_id!r}", e) from None
-            self._wait_gone(lambda: self._get_job(job_id), f"job {job_id!r}")
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot delete job {job_id!r}", e) from None
-        else:
-            self._finish(poller, f"deleting job {job_id!r}", wait=self.timeouts.delete)
+        self._delete("job", job_id, self._client.begin_delete_job, self._get_job)
         self._jobs.discard(job_id)
 
     def delete_pool(self, pool_id: str) -> None:
+        self._delete("pool", pool_id, self._client.begin_delete_pool, self._get_pool)
+
+    def _delete(
+        self,
+        kind: str,
+        name: str,
+        begin: Callable[..., LROPoller[None]],
+        get: Callable[[str], object | None],
+    ) -> None:
+        """Send the DELETE and wait until Batch confirms it. Gone already: nothing to do. Being deleted
+        already (the SDK resent a DELETE whose answer was lost): waited for the same way."""
+        being_deleted = "JobBeingDeleted" if kind == "job" else "PoolBeingDeleted"
         try:
-            self._count("delete_pool")
-            poller = self._client.begin_delete_pool(pool_id, polling_interval=self._poll_interval)
+            self._count(f"delete_{kind}")
+            poller = begin(name, polling_interval=self._poll_interval)
         except ResourceNotFoundError:
             return
         except ResourceExistsError as e:
-            if _code(e) != "PoolBeingDeleted":
-                raise self._error(f"cannot delete pool {pool_id!r}", e) from None
-            self._notify(f"  pool [{pool_id}] is being deleted; waiting for Batch to confirm...")
-            self._wait_gone(lambda: self._get_pool(pool_id), f"pool {pool_id!r}")
-            return
+            if _code(e) != being_deleted:
+                raise self._error(f"cannot delete {kind} {name!r}", e) from None
+            poller = None
         except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot delete pool {pool_id!r}", e) from None
-        self._notify(f"  pool [{pool_id}] is being deleted; waiting for Batch to confirm...")
-        self._finish(poller, f"deleting pool {pool_id!r}", wait=self.timeouts.delete)
+            raise self._error(f"cannot delete {kind} {name!r}", e) from None
+        if kind == "pool":
+            self._notify(f"  pool [{name}] is being deleted; waiting for Batch to confirm...")
+        if poller is None:
+            self._wait_gone(lambda: get(name), f"{kind} {name!r}")
+        else:
+            self._finish(poller, f"deleting {kind} {name!r}", wait=self.timeouts.delete)
 
     def _send_again_if_unanswered(self, op: str, send: Callable[[], object]) -> None:
         """Send a POST/PATCH, and once more if the connection failed or its answer was lost: azure-core
