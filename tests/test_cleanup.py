@@ -17,10 +17,14 @@ from batchflow.cli import main
 from batchflow.state import RunState
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
-    for _ in range(600):
-        if path.exists() or proc.poll() is not None:
-            return
+def _started(pool: Path) -> list[Path]:
+    """The marker the task writes in its task folder, on whichever node runs it."""
+    return list(pool.glob("nodes/*/workitems/TestJob/job-1/task-item-01/started"))
+
+
+def _wait_for_start(pool: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60  # a safety net for a broken run, not a timing
+    while not _started(pool) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -38,10 +42,9 @@ def test_cleanup_removes_the_node_folders_of_a_killed_local_run(
         start_new_session=True,
     )
     pool = wf.parent / ".batchflow" / "pools" / "TestPool"
-    started = pool / "nodes" / "node-0" / "workitems" / "TestJob" / "job-1" / "task-item-01" / "started"
     try:
-        _wait_for(started, proc)
-        assert started.exists(), proc.stderr.read() if proc.stderr else ""
+        _wait_for_start(pool, proc)
+        assert _started(pool), proc.stderr.read() if proc.stderr else ""
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # batchflow and its task: no cleanup runs
         proc.communicate(timeout=30)
