@@ -787,7 +787,3 @@ def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], lis
     except (HttpResponseError, *_NO_ANSWER) as e:
         raise BatchflowError(f"cannot list the account's pools and jobs: {_describe(e)}") from None
     return pools, jobs
-
-
-def describe_request_counts(requests: dict[str, int]) -> str:
-    return ", ".join(f"{op} {n}" for op, n in sorted(requests.items()))
