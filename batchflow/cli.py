@@ -239,9 +239,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         notify=reporter.stage,
     )
     storage = registry.STORAGE[storage_name](ctx)
+    compute = None
     try:
         compute = registry.COMPUTE[args.backend](ctx, storage)
+        # One cheap request before the run folder, the containers or any upload: a wrong key or
+        # endpoint ends the run in seconds with exit 2, having created nothing.
+        compute.check_access()
     except BaseException:
+        _close(compute)
         storage.close()
         raise
     state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
@@ -263,12 +268,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(json.dumps(as_json(outcome.state), indent=2))
         return outcome.exit_code
     finally:
-        close = getattr(compute, "close", None)
-        if close is not None:
-            close()
+        _close(compute)
         storage.close()
         logging.getLogger("batchflow").removeHandler(handler)
         handler.close()
+
+
+def _close(compute: object) -> None:
+    close = getattr(compute, "close", None)
+    if close is not None:
+        close()
 
 
 def _attach_run_log(path: Path) -> logging.Handler:

@@ -98,6 +98,8 @@ def build_plan(workflow: Workflow, backend: str = "local") -> Plan:
     start_task, where = _start_task(workflow, backend)
     start_inputs = r.resolve_resource_files(start_task.resource_files, where, uploaded) if start_task else []
     r.check_log_prefix()
+    if backend != "local":
+        r.check_pool_gets_nodes()
     if r.problems:
         raise InvalidWorkflow(r.problems)
     items = tuple(UploadItem(f.local_path, f.container, f.blob_name, f.size) for f in files)
@@ -240,6 +242,22 @@ class _Renderer:
             except OSError:  # positions then assume inline values
                 self._lines = []
         return self._lines
+
+    def check_pool_gets_nodes(self) -> None:
+        """On a real pool, no dedicated node, no Spot node and no autoscale formula means tasks wait
+        for nodes that never come (tried as a new user would: 658 s of waiting before a Ctrl-C).
+        The service itself accepts such a pool (a recorded 201 for targetDedicatedNodes 0), so
+        batchflow refuses it, before anything is created. The local backend ignores node counts."""
+        pool = self.wf.pool
+        if pool.autoscale is None and pool.dedicated_nodes == 0 and pool.spot_nodes == 0:
+            self.problem(
+                ("pool", "dedicated_nodes") if self._has(("pool", "dedicated_nodes")) else ("pool",),
+                "the pool would never get a node: set dedicated_nodes or spot_nodes to 1 or more, "
+                "or give an autoscale formula",
+            )
+
+    def _has(self, path: DocPath) -> bool:
+        return self.wf.source is not None and tuple(path) in self.wf.source.positions
 
     # -- templates
 

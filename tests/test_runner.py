@@ -100,6 +100,9 @@ class ScriptedCompute:
         self.interrupt_on_wait: int | None = None
         self.fail_pool: BatchflowError | None = None
 
+    def check_access(self) -> None:
+        self.calls.append("check_access")
+
     def create_pool(
         self, pool: PoolSpec, start_task: StartTaskSpec | None, start_task_inputs: Sequence[TaskInput] = ()
     ) -> bool:

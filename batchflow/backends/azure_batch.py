@@ -49,9 +49,10 @@ from azure.core.exceptions import (
 from azure.core.polling import LROPoller
 
 from batchflow.backends import azure_batch_build as build
+from batchflow.backends.azure_enums import among, is_
 from batchflow.backends.azure_submit import TRANSIENT_STATUS, batch_message, retry_after, submit_tasks
 from batchflow.backends.base import Storage
-from batchflow.errors import BatchflowError
+from batchflow.errors import BatchflowError, ConfigurationError
 from batchflow.model import (
     JobSpec,
     PoolSpec,
@@ -86,23 +87,20 @@ _POOL_SELECT = [
 ]
 _TASK_SELECT = ["id", "state", "executionInfo"]
 _NO_ANSWER = (ServiceRequestError, ServiceResponseError)  # the connection failed, or the answer was lost
-_USABLE = ("idle", "running")
-_BROKEN = ("start_task_failed", "unusable")
-_NODE_STATES = (
-    "creating",
-    "starting",
-    "waiting_for_start_task",
-    "idle",
-    "running",
-    "start_task_failed",
-    "unusable",
-    "preempted",
-    "rebooting",
-    "reimaging",
-    "offline",
-    "leaving_pool",
-    "unknown",
-)
+# Node states, as the keys of a pool's node counts (BatchNodeCounts in the 2025-06-01 REST spec:
+# creating, idle, offline, preempted, rebooting, reimaging, running, starting, startTaskFailed,
+# leavingPool, unknown, unusable, waitingForStartTask, deallocated, deallocating, upgradingOS, total)
+# and of BatchNodeState, casefolded. Only these two sets matter: a node in any other state (including
+# states added after 2025-06-01) counts in the total, so it neither makes a healthy pool look broken
+# (broken == total) nor hides a broken one (usable stays 0).
+_USABLE = frozenset({"idle", "running"})
+_BROKEN = frozenset({"starttaskfailed", "unusable"})
+_STATE_WORDS = {
+    "starttaskfailed": "start task failed",
+    "waitingforstarttask": "waiting for start task",
+    "leavingpool": "leaving pool",
+    "upgradingos": "upgrading OS",
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +136,7 @@ class AzureBatchCompute:
         run_id: str,
         *,
         submit_concurrency: int = 8,
+        endpoint: str = "the Batch account",
         timeouts: Timeouts | None = None,
         notify: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -150,6 +149,7 @@ class AzureBatchCompute:
         self._run_dir = run_dir
         self._run_id = run_id
         self._concurrency = submit_concurrency
+        self._endpoint = endpoint  # for messages only
         self.timeouts = timeouts or Timeouts()
         self._notify = notify or (lambda message: None)
         self._clock = clock
@@ -179,6 +179,31 @@ class AzureBatchCompute:
         with self._lock:
             self.requests[op] = self.requests.get(op, 0) + 1
 
+    def check_access(self) -> None:
+        """List at most one pool: one request that any role able to run batchflow may make. A wrong
+        key (403 AuthenticationFailed), a refused token (401), or an endpoint that is not a Batch
+        account (404, no answer) stops the run here, before the inputs are uploaded."""
+        where = self._endpoint
+        self._count("list_pools")
+        try:
+            next(iter(self._client.list_pools(max_results=1, select=["id"], retry_total=1)), None)
+        except HttpResponseError as e:  # ClientAuthenticationError (401) included
+            if e.status_code in (401, 403):
+                raise ConfigurationError(
+                    f"Azure Batch at {where} refused the credentials: {_describe(e)} (check "
+                    "AZURE_BATCH_ACCOUNT and AZURE_BATCH_ACCESS_KEY, or the identity's role on the account)"
+                ) from None
+            if e.status_code in TRANSIENT_STATUS:
+                raise self._error(f"Azure Batch at {where} is not answering", e) from None
+            raise ConfigurationError(
+                f"{where} does not answer as an Azure Batch account: {_describe(e)} "
+                "(check AZURE_BATCH_ENDPOINT)"
+            ) from None
+        except _NO_ANSWER as e:
+            raise ConfigurationError(
+                f"cannot reach Azure Batch at {where}: {_describe(e)} (check AZURE_BATCH_ENDPOINT)"
+            ) from None
+
     # ---- pool -----------------------------------------------------------------------------
 
     def create_pool(
@@ -186,7 +211,7 @@ class AzureBatchCompute:
     ) -> bool:
         self._pool = pool
         existing = self._get_pool(pool.id)
-        if existing is not None and existing.state == bm.BatchPoolState.DELETING:
+        if existing is not None and is_(existing.state, bm.BatchPoolState.DELETING):
             self._notify(
                 f"  pool [{pool.id}] is still being deleted (an earlier run); waiting for it to go..."
             )
@@ -200,10 +225,10 @@ class AzureBatchCompute:
             self._send_again_if_unanswered("create_pool", lambda: self._client.create_pool(request))
         except ResourceExistsError as e:
             # Created meanwhile: by another client, or by this one when a lost answer was resent.
-            if _code(e) not in ("PoolExists", "PoolBeingDeleted"):
+            if not among(_code(e), ("PoolExists", "PoolBeingDeleted")):
                 raise self._error(f"cannot create pool {pool.id!r}", e) from None
             found = self._get_pool(pool.id)
-            if found is None or found.state == bm.BatchPoolState.DELETING:
+            if found is None or is_(found.state, bm.BatchPoolState.DELETING):
                 raise self._error(f"cannot create pool {pool.id!r}", e) from None
             if _run_of(found) == self._run_id:
                 return True
@@ -216,7 +241,7 @@ class AzureBatchCompute:
     def _reuse(self, pool: PoolSpec, found: bm.BatchPool) -> bool:
         """An existing pool runs the tasks if its VM size and image are the workflow's."""
         problems = []
-        if (found.vm_size or "").casefold() != pool.vm_size.casefold():
+        if not is_(found.vm_size, pool.vm_size):  # the service answers it lowercased (recordings)
             problems.append(f"vm_size is {found.vm_size!r}, the workflow asks for {pool.vm_size!r}")
         vmc = found.virtual_machine_configuration
         image = vmc.image_reference if vmc is not None else None
@@ -226,11 +251,9 @@ class AzureBatchCompute:
             if image is not None
             else ("", "", "", "")
         )
-        if tuple(v.casefold() for v in have[:3]) != (
-            want.publisher.casefold(),
-            want.offer.casefold(),
-            want.sku.casefold(),
-        ) or (want.version != "latest" and have[3] != want.version):
+        # Any version fits "latest" (the service answers "latest" when the request named none).
+        wanted = (want.publisher, want.offer, want.sku, None if want.version == "latest" else want.version)
+        if not all(w is None or is_(h, w) for h, w in zip(have, wanted, strict=True)):
             problems.append(
                 f"image is {'/'.join(have)}, the workflow asks for "
                 f"{want.publisher}/{want.offer}/{want.sku}/{want.version}"
@@ -257,10 +280,10 @@ class AzureBatchCompute:
             pool = self._get_pool(pool_id)
             if pool is None:
                 raise BatchflowError(f"pool {pool_id!r} disappeared while waiting for its nodes")
-            if pool.state == bm.BatchPoolState.DELETING:
+            if is_(pool.state, bm.BatchPoolState.DELETING):
                 raise BatchflowError(f"pool {pool_id!r} is being deleted")
             health = self._health(pool_id)
-            steady = pool.allocation_state == bm.AllocationState.STEADY
+            steady = is_(pool.allocation_state, bm.AllocationState.STEADY)
             if health.usable:
                 return
             if pool.enable_auto_scale and steady and health.total == 0:
@@ -288,19 +311,22 @@ class AzureBatchCompute:
             found = list(self._client.list_pool_node_counts(filter=f"poolId eq '{pool_id}'"))
         except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot read the node counts of pool {pool_id!r}", e) from None
-        by_state = dict.fromkeys(_NODE_STATES, 0)
+        by_state: dict[str, int] = {}
+        reported_total = 0
         for entry in found:
             for counts in (entry.dedicated, entry.low_priority):
                 if counts is None:
                     continue
-                for state in _NODE_STATES:
-                    by_state[state] += getattr(counts, state, 0) or 0
-        total = sum(by_state.values())
+                # Dict-backed model: read every wire key, so no state the service reports is dropped.
+                for key, n in counts.items():
+                    if isinstance(n, int) and key.casefold() != "total":
+                        by_state[key.casefold()] = by_state.get(key.casefold(), 0) + n
+                reported_total += counts.get("total") or 0
         return _Health(
-            usable=sum(by_state[s] for s in _USABLE),
-            broken=sum(by_state[s] for s in _BROKEN),
-            preempted=by_state["preempted"],
-            total=total,
+            usable=sum(n for s, n in by_state.items() if s in _USABLE),
+            broken=sum(n for s, n in by_state.items() if s in _BROKEN),
+            preempted=by_state.get("preempted", 0),
+            total=max(reported_total, sum(by_state.values())),
             by_state=by_state,
         )
 
@@ -315,18 +341,18 @@ class AzureBatchCompute:
             )
         except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot list the nodes of pool {pool_id!r}", e) from None
-        failed = [n for n in nodes if n.state == bm.BatchNodeState.START_TASK_FAILED]
+        failed = [n for n in nodes if is_(n.state, bm.BatchNodeState.START_TASK_FAILED)]
         if failed:
             node = failed[0]
             info = node.start_task_info
             exit_code = info.exit_code if info is not None else None
             failure = info.failure_info if info is not None else None
             why = f"exit code {exit_code}" if exit_code is not None else "did not run"
-            if failure is not None and failure.code and failure.code != "FailureExitCode":
+            if failure is not None and failure.code and not is_(failure.code, "FailureExitCode"):
                 why += f", {failure.code}: {_first_line(failure.message or '')}"
             tail = self._node_file_tail(pool_id, node.id or "", "startup/stderr.txt")
             saved = self._save_start_task_logs(pool_id, node.id or "")
-            start_failed = health.by_state["start_task_failed"]
+            start_failed = health.by_state.get("starttaskfailed", 0)
             scope = (
                 f"all {health.total} node(s)"
                 if start_failed == health.total
@@ -394,7 +420,7 @@ class AzureBatchCompute:
                 found = self._get_job(job.id)
                 if found is not None and _run_of(found) == run_id:
                     break  # ours: an earlier answer was lost and the request resent
-                if found is not None and found.state == bm.BatchJobState.DELETING:
+                if found is not None and is_(found.state, bm.BatchJobState.DELETING):
                     self._notify(f"  job [{job.id}] is still being deleted (an earlier run); waiting...")
                     self._wait_gone(lambda: self._get_job(job.id), f"job {job.id!r}")
                     continue
@@ -466,7 +492,7 @@ class AzureBatchCompute:
         except ResourceExistsError as e:
             # Completed already: sealed by a request whose answer was lost (a job whose tasks are all
             # done completes at once), or terminated. Either way nothing is left to seal.
-            if _code(e) != "JobCompleted":
+            if not is_(_code(e), "JobCompleted"):
                 raise self._error(
                     f"cannot set job {job_id!r} to terminate when its tasks complete", e
                 ) from None
@@ -610,7 +636,7 @@ class AzureBatchCompute:
             except ResourceNotFoundError:
                 continue
             except HttpResponseError as e:
-                if _code(e) in ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted"):
+                if among(_code(e), ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted")):
                     continue
                 log.warning("cannot terminate job %s: %s", job_id, _describe(e))
             except _NO_ANSWER as e:
@@ -641,7 +667,7 @@ class AzureBatchCompute:
         except ResourceNotFoundError:
             return
         except ResourceExistsError as e:
-            if _code(e) != being_deleted:
+            if not is_(_code(e), being_deleted):
                 raise self._error(f"cannot delete {kind} {name!r}", e) from None
             poller = None
         except (HttpResponseError, *_NO_ANSWER) as e:
@@ -671,7 +697,7 @@ class AzureBatchCompute:
         if not poller.done():
             raise BatchflowError(f"{what}: still in progress after {wait:g} s; Batch goes on with it")
         status = poller.status()
-        if status != "Succeeded":
+        if not is_(status, "Succeeded"):
             raise BatchflowError(f"{what} failed (the service's poller ended {status!r})")
 
     def _wait_gone(self, get: Callable[[], object | None], what: str) -> None:
@@ -737,13 +763,13 @@ def _run_of(item: bm.BatchPool | bm.BatchJob | None) -> str | None:
 
 
 def _describe_nodes(health: _Health) -> str:
-    parts = [f"{n} {state.replace('_', ' ')}" for state, n in health.by_state.items() if n]
+    parts = [f"{n} {_STATE_WORDS.get(state, state)}" for state, n in health.by_state.items() if n]
     return ", ".join(parts) if parts else "no nodes yet"
 
 
 def _failed(task: bm.BatchTask) -> bool:
     info = task.execution_info
-    return info is None or info.result != bm.BatchTaskExecutionResult.SUCCESS
+    return info is None or not is_(info.result, bm.BatchTaskExecutionResult.SUCCESS)
 
 
 def _epoch(when: datetime.datetime | None) -> float | None:
@@ -755,7 +781,7 @@ def _result(task: bm.BatchTask, stdout: Path | None, stderr: Path | None) -> Tas
     failure = None
     if info is not None and info.failure_info is not None:
         f = info.failure_info
-        if f.code != "FailureExitCode":  # a plain nonzero exit is told by its exit code
+        if not is_(f.code, "FailureExitCode"):  # a plain nonzero exit is told by its exit code
             failure = f"{f.code}: {_first_line(f.message or '')}"
     ok = not _failed(task)
     return TaskResult(
@@ -777,12 +803,12 @@ def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], lis
         pools = [
             p.id or ""
             for p in client.list_pools(select=["id", "state", "metadata"])
-            if _run_of(p) == run_id and p.state != bm.BatchPoolState.DELETING
+            if _run_of(p) == run_id and not is_(p.state, bm.BatchPoolState.DELETING)
         ]
         jobs = [
             j.id or ""
             for j in client.list_jobs(select=["id", "state", "metadata"])
-            if _run_of(j) == run_id and j.state != bm.BatchJobState.DELETING
+            if _run_of(j) == run_id and not is_(j.state, bm.BatchJobState.DELETING)
         ]
     except (HttpResponseError, *_NO_ANSWER) as e:
         raise BatchflowError(f"cannot list the account's pools and jobs: {_describe(e)}") from None

@@ -44,6 +44,7 @@ from azure.core.exceptions import HttpResponseError, ServiceRequestError, Servic
 from azure.core.rest import HttpResponse
 
 from batchflow.backends.azure_batch_build import wire
+from batchflow.backends.azure_enums import is_
 from batchflow.errors import BatchflowError
 
 MAX_TASKS_PER_REQUEST = 100
@@ -216,18 +217,18 @@ def _classify(chunk: _Chunk, result: bm.BatchCreateTaskCollectionResult, out: _O
         task_id: str = task["id"]
         r = by_id.get(task_id.casefold())
         status = r.get("status") if r is not None else None
-        if status == bm.BatchTaskAddStatus.SUCCESS:
+        if is_(status, bm.BatchTaskAddStatus.SUCCESS):
             out.submitted += 1
             continue
         error = bm.BatchError(r["error"]) if r is not None and r.get("error") else None
         if r is None:  # no answer for it: as a server error, resend (bounded by the deadline)
             resend.append(task)
             reason = f"no result for task {task_id!r} in the service's answer"
-        elif status == bm.BatchTaskAddStatus.SERVER_ERROR:
+        elif is_(status, bm.BatchTaskAddStatus.SERVER_ERROR):
             resend.append(task)
             code, message = _task_error(error)
             reason = f"servererror for task {task_id!r}: {code}: {message}"
-        elif error is not None and error.code == TASK_EXISTS:
+        elif error is not None and is_(error.code, TASK_EXISTS):
             out.existed += 1
         else:
             out.failures.append((task_id, *_task_error(error)))
@@ -285,7 +286,7 @@ def _check_unique_ids(tasks: Sequence[bm.BatchTaskCreateOptions]) -> None:
 
 
 def _is_too_large(e: HttpResponseError) -> bool:
-    return e.status_code == 413 or (e.error is not None and e.error.code == TOO_LARGE)
+    return e.status_code == 413 or (e.error is not None and is_(e.error.code, TOO_LARGE))
 
 
 def retry_after(e: HttpResponseError) -> float | None:

@@ -74,6 +74,11 @@ class Storage(Protocol):
 
 
 class Compute(Protocol):
+    def check_access(self) -> None:
+        """One cheap request that proves the service is reachable and takes the credentials, made
+        before anything is uploaded or created. Raise ConfigurationError (exit 2) if it is not."""
+        ...
+
     def create_pool(
         self, pool: PoolSpec, start_task: StartTaskSpec | None, start_task_inputs: Sequence[TaskInput] = ()
     ) -> bool:

@@ -181,6 +181,9 @@ class LocalCompute:
         self._seen = 0  # the version the caller last looked at
         self._stopped = False
 
+    def check_access(self) -> None:
+        """Nothing to reach: this machine runs the tasks."""
+
     # ---- pool -----------------------------------------------------------------------------
 
     def create_pool(

@@ -65,6 +65,7 @@ def _azure_compute(ctx: Context, storage: Storage) -> Compute:
             "the azure backend needs Azure Blob Storage: Batch nodes cannot read this machine's folders "
             "(drop --storage local; --storage azure is this backend's default)"
         )
+    from batchflow.backends.azure_auth import batch_auth
     from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
     from batchflow.backends.azure_batch_client import batch_client
 
@@ -76,12 +77,14 @@ def _azure_compute(ctx: Context, storage: Storage) -> Compute:
         delete_poll=min(poll, 5.0),
         health_interval=12 * poll,
     )
+    auth = batch_auth()
     return AzureBatchCompute(
-        batch_client(connections=max(16, wf.azure.submit_concurrency + 4)),
+        batch_client(auth, connections=max(16, wf.azure.submit_concurrency + 4)),
         storage,
         ctx.run_dir,
         ctx.run_dir.name,
         submit_concurrency=wf.azure.submit_concurrency,
+        endpoint=auth.endpoint,
         timeouts=timeouts,
         notify=ctx.notify,
     )
