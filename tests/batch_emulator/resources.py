@@ -125,6 +125,7 @@ class Job:
     previous: tuple[str, datetime.datetime] | None = None
     etag: str = field(default_factory=_etag)
     tasks: dict[str, Task] = field(default_factory=dict)  # by casefolded id, in the order added
+    order: list[Task] = field(default_factory=list)  # every task ever added, by seq (deleted ones too)
     queue: deque[Task] = field(default_factory=deque)  # active tasks, next first
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("active", "running", "completed"), 0)

@@ -11,7 +11,7 @@ import base64
 import functools
 import json
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -52,8 +52,12 @@ Handler = Callable[[Call], Response]
 Render = Callable[[], dict[str, Any]]
 
 
-def _rendered(items: Sequence[dict[str, Any]]) -> list[tuple[int, Render]]:
-    return [(i, functools.partial(dict, item)) for i, item in enumerate(items)]
+# A list to page through: the (ordering key, JSON renderer) pairs whose key is above the given one.
+Listing = Callable[[int], Iterable[tuple[int, Render]]]
+
+
+def _rendered(items: Sequence[dict[str, Any]]) -> Listing:
+    return lambda after: ((i, functools.partial(dict, items[i])) for i in range(after + 1, len(items)))
 
 
 class Router:
@@ -206,7 +210,7 @@ class Router:
         return _entity(call, task, TASK_FIELDS, "tasks/@Element")
 
     def list_tasks(self, call: Call) -> Response:
-        tasks = self.service.tasks_keyed(call.params["jobId"])
+        tasks = functools.partial(self.service.tasks_after, call.params["jobId"])  # 404 at the first page
         return _page(call, tasks, TASK_FIELDS, "tasks")
 
     def delete_task(self, call: Call) -> Response:
@@ -261,9 +265,9 @@ def _entity(call: Call, item: Mapping[str, Any], fields: Collection[str], kind: 
     return json_response(200, body, {"ETag": str(item.get("eTag", "")), "Last-Modified": _http_now()})
 
 
-def _page(call: Call, items: Sequence[tuple[int, Render]], fields: Collection[str], kind: str) -> Response:
-    """One page of a list. `items`: (ordering key, JSON renderer), in order; only the items this page
-    looks at are rendered."""
+def _page(call: Call, items: Listing, fields: Collection[str], kind: str) -> Response:
+    """One page of a list. `items(after)`: the (ordering key, JSON renderer) pairs after a key, in
+    order; a page starts where the last one ended and renders only the items it looks at."""
     token = call.query.get("$skiptoken")
     state = _read_token(token) if token else {}
     filter_text = state.get("filter", call.query.get("$filter") or None)
@@ -279,9 +283,7 @@ def _page(call: Call, items: Sequence[tuple[int, Render]], fields: Collection[st
     select = odata.parse_select(select_text, fields) if select_text else None
     page: list[dict[str, Any]] = []
     more = False
-    for key, render in items:
-        if key <= after:
-            continue
+    for key, render in items(after):
         item = render()
         if predicate is not None and not predicate(item):
             continue

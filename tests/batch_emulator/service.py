@@ -6,9 +6,10 @@ by `validate`; collections of tasks get one result per task.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,7 @@ class Service:
             required_slots=body.get("requiredSlots", 1),
         )
         job.tasks[task.id.casefold()] = task
+        job.order.append(task)
         job.counts["active"] += 1
         job.slot_counts["active"] += task.required_slots
         job.queue.append(task)
@@ -273,12 +275,21 @@ class Service:
         with self.store.lock:
             return task_json(self.store.task(job_id, task_id), self.store.endpoint)
 
-    def tasks_keyed(self, job_id: str) -> list[tuple[int, Callable[[], dict[str, Any]]]]:
-        """(creation sequence, JSON renderer) of every task of the job, in the order they were added.
-        A list page renders only the tasks it looks at, each under the lock."""
+    def tasks_after(self, job_id: str, after: int) -> Iterator[tuple[int, Callable[[], dict[str, Any]]]]:
+        """(creation sequence, JSON renderer) of the job's tasks added after sequence `after`, in the
+        order they were added. A list page starts where the last one ended (a binary search, not a
+        rescan of every task) and renders only the tasks it looks at, each under the lock."""
         with self.store.lock:
-            job = self.store.job(job_id)
-            return [(t.seq, functools.partial(self._render_task, t)) for t in job.tasks.values()]
+            order = self.store.job(job_id).order
+            position = bisect.bisect_right(order, after, key=lambda t: t.seq)
+        while True:
+            with self.store.lock:
+                if position >= len(order):
+                    return
+                task = order[position]
+            position += 1
+            if task.state != "deleted":
+                yield task.seq, functools.partial(self._render_task, task)
 
     def _render_task(self, task: Task) -> dict[str, Any]:
         with self.store.lock:
