@@ -34,6 +34,7 @@ from batchflow.backends.base import Storage
 from batchflow.backends.local_storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import (
+    AutoScaleSpec,
     ImageReference,
     JobSpec,
     OutputCondition,
@@ -435,6 +436,133 @@ def test_a_pool_deleted_while_waiting_is_an_error(make_bench: Callable[..., Benc
     stop = bench.emu.faults.fail_next("GET", "/pools/{pool}", status=500, count=None)  # ends the poller
     deleting.wait()
     assert (deleting.status(), stop.hits) == ("Failed", 1)
+
+
+# A pool that cannot get nodes reports resizeErrors once its allocation is steady ("set only if one
+# or more errors occurred during the last Pool resize, and only when the Pool allocationState is
+# Steady": BatchPool.resizeErrors in the 2025-06-01 REST spec; codes from Microsoft's
+# PoolResizeErrorCodes: AccountCoreQuotaReached, AccountSpotCoreQuotaReached, AllocationFailed).
+QUOTA = "AccountCoreQuotaReached: The specified account has reached core quota"
+QUOTA_HINT = (
+    " (the Batch account's core quota: Azure portal > Batch account > Quotas; ask for more, "
+    "or use a smaller vm_size or fewer nodes)"
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "message", "hint"),
+    [
+        (
+            pool_spec(dedicated=2),
+            "AccountCoreQuotaReached",
+            "The specified account has reached core quota",
+            True,
+        ),
+        (
+            pool_spec(dedicated=0, spot=3),
+            "AccountSpotCoreQuotaReached",
+            "The specified account has reached spot core quota",
+            True,
+        ),
+        (
+            PoolSpec(
+                id=POOL,
+                vm_size=VM_SIZE,
+                image=UBUNTU,
+                node_agent_sku_id=NODE_AGENT,
+                autoscale=AutoScaleSpec("$TargetDedicatedNodes = 2;", 300.0),
+            ),
+            "AllocationFailed",
+            "Desired number of nodes could not be allocated",
+            False,
+        ),
+    ],
+    ids=["fixed-size", "spot", "autoscale"],
+)
+def test_a_pool_whose_resize_fails_stops_the_wait_at_once_with_batchs_code_and_message(
+    bench: Bench, spec: PoolSpec, code: str, message: str, hint: bool
+) -> None:
+    bench.emu.fail_allocation(POOL, code, message)
+    compute = bench.compute()
+    compute.create_pool(spec, None)
+
+    with pytest.raises(BatchflowError) as e:
+        compute.wait_for_pool(POOL)
+
+    assert str(e.value) == f"pool 'TestPool' could not get any node: {code}: {message}" + (
+        QUOTA_HINT if hint else ""
+    )
+    assert len(bench.clock.sleeps) <= 2  # a poll or two, not pool_timeout (30 min by default)
+
+
+def test_a_resize_error_for_spot_nodes_only_leaves_the_dedicated_ones_to_run_tasks(bench: Bench) -> None:
+    bench.emu.fail_allocation(POOL, "AccountSpotCoreQuotaReached", "spot quota", dedicated=False)
+    compute = bench.compute()
+    compute.create_pool(pool_spec(dedicated=1, spot=2), None)
+
+    compute.wait_for_pool(POOL)  # no error: a dedicated node is idle
+
+    pool = bench.client.get_pool(POOL)
+    assert pool.current_dedicated_nodes == 1 and pool.current_low_priority_nodes == 0
+    assert [(e.code, e.message) for e in pool.resize_errors or []] == [
+        ("AccountSpotCoreQuotaReached", "spot quota")
+    ]
+
+
+def test_an_autoscale_pool_refused_nodes_after_tasks_arrive_stops_the_monitor(bench: Bench) -> None:
+    """The formula asks for nodes only later (when tasks wait); the quota refuses them: the monitor's
+    health check finds the resize error instead of waiting out the monitor timeout."""
+    autoscale = PoolSpec(
+        id=POOL,
+        vm_size=VM_SIZE,
+        image=UBUNTU,
+        node_agent_sku_id=NODE_AGENT,
+        autoscale=AutoScaleSpec("$TargetDedicatedNodes = 0;", 300.0),
+    )
+    compute = bench.compute()
+    compute.create_pool(autoscale, None)
+    compute.wait_for_pool(POOL)  # steady with no node and no error: the formula waits for tasks
+    compute.create_job(JobSpec(JOB), POOL, RUN)
+    compute.add_tasks(JOB, [task("t1", "true")])
+    bench.emu.fail_allocation(POOL, "AccountCoreQuotaReached", "The specified account has reached core quota")
+    with bench.emu.store.lock:  # the formula's next evaluation asks for a node
+        pool = bench.emu.store.pool(POOL)
+        pool.target_dedicated = 1
+        pool.set_allocation("resizing")
+    bench.emu.settle()
+
+    with pytest.raises(BatchflowError) as e:
+        for _ in range(100):
+            compute.task_counts(JOB)
+            compute.wait(FAST.health_interval)
+    assert str(e.value) == f"pool 'TestPool' could not get any node: {QUOTA}{QUOTA_HINT}"
+
+
+@pytest.mark.parametrize("other", ["upgradingos", "deallocated", "deallocating", "rebooting", "offline"])
+def test_node_states_batchflow_does_not_run_tasks_on_neither_hide_nor_fake_a_broken_pool(
+    bench: Bench, other: str
+) -> None:
+    """Node states from BatchNodeState (REST spec 2025-06-01: idle, rebooting, reimaging, running,
+    unusable, creating, starting, waitingforstarttask, starttaskfailed, unknown, leavingpool, offline,
+    preempted, upgradingos, deallocated, deallocating). One node unusable and one in `other`: not every
+    node is broken, so the wait goes on; once the other is unusable too, the pool is broken."""
+    compute = bench.compute(timeouts=Timeouts(pool_ready=5.0, pool_poll=1.0))
+    compute.create_pool(pool_spec(dedicated=2), None)
+    bench.emu.wait_for(lambda: len(bench.emu.node_ids(POOL)) == 2)
+    first, second = bench.emu.node_ids(POOL)
+    bench.emu.make_node_unusable(POOL, first)
+    with bench.emu.store.lock:
+        bench.emu.store.node(POOL, second).set_state(other)
+
+    with pytest.raises(BatchflowError) as e:
+        compute.wait_for_pool(POOL)
+    assert str(e.value).startswith("pool 'TestPool' had no usable node within 5 s (")
+    assert "1 unusable" in str(e.value)
+
+    bench.emu.make_node_unusable(POOL, second)
+    with pytest.raises(BatchflowError) as e:
+        compute.wait_for_pool(POOL)
+    assert str(e.value).startswith("no node of pool 'TestPool' can run tasks (2 unusable)")
 
 
 # ---- create_job / seal_job -------------------------------------------------------------------------

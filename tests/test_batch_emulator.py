@@ -206,12 +206,6 @@ def test_pool_create_get_conflict_delete(emu: BatchEmulator) -> None:
             {"PropertyName": "autoScaleFormula"},
         ),
         (
-            {"id": "p", "vmSize": "S"},
-            400,
-            "MissingRequiredProperty",
-            {"PropertyName": "targetDedicatedNodes"},
-        ),
-        (
             {"id": "p", "vmSize": "S", "targetDedicatedNodes": 1, "taskSlotsPerNode": 0},
             400,
             "InvalidPropertyValue",

@@ -286,13 +286,13 @@ class AzureBatchCompute:
             steady = is_(pool.allocation_state, bm.AllocationState.STEADY)
             if health.usable:
                 return
-            if pool.enable_auto_scale and steady and health.total == 0:
-                return  # an autoscale formula may wait for tasks before it adds nodes
             if steady and health.total and health.broken == health.total:
                 raise BatchflowError(self._broken_pool_message(pool_id, health))
-            if steady and health.total == 0 and pool.resize_errors:
-                errors = "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in pool.resize_errors)
-                raise BatchflowError(f"pool {pool_id!r} could not get any node: {errors}")
+            failure = _resize_failure(pool, health)
+            if failure is not None:  # fixed-size and autoscale pools alike
+                raise BatchflowError(failure)
+            if pool.enable_auto_scale and steady and health.total == 0:
+                return  # an autoscale formula may wait for tasks before it adds nodes
             text = _describe_nodes(health)
             if text != last_text:
                 self._notify(f"  nodes: {text}")
@@ -549,6 +549,11 @@ class AzureBatchCompute:
             return
         if health.total and health.broken == health.total:
             raise BatchflowError(self._broken_pool_message(pool.id, health))
+        if health.total == 0:  # e.g. an autoscale formula that asked for nodes the quota refused
+            found = self._get_pool(pool.id)
+            failure = _resize_failure(found, health) if found is not None else None
+            if failure is not None:
+                raise BatchflowError(failure)
         if health.preempted and not self._warned_preempted:
             self._warned_preempted = True
             self._notify(
@@ -760,6 +765,22 @@ def _run_of(item: bm.BatchPool | bm.BatchJob | None) -> str | None:
         if m.name == build.RUN_ID_KEY:
             return m.value
     return None
+
+
+def _resize_failure(pool: bm.BatchPool, health: _Health) -> str | None:
+    """Why a pool with no node will get none: its last resize ended with errors (quota, allocation).
+    Batch sets resizeErrors "only if one or more errors occurred during the last Pool resize, and
+    only when the Pool allocationState is Steady" (BatchPool.resizeErrors, REST spec 2025-06-01)."""
+    if health.total or not pool.resize_errors or not is_(pool.allocation_state, bm.AllocationState.STEADY):
+        return None
+    errors = "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in pool.resize_errors)
+    quota = any("quota" in (e.code or "").casefold() for e in pool.resize_errors)
+    return f"pool {pool.id!r} could not get any node: {errors}" + (
+        " (the Batch account's core quota: Azure portal > Batch account > Quotas; ask for more, "
+        "or use a smaller vm_size or fewer nodes)"
+        if quota
+        else ""
+    )
 
 
 def _describe_nodes(health: _Health) -> str:

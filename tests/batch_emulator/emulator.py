@@ -36,7 +36,7 @@ from .faults import FaultKind, Faults, compile_pattern
 from .lifecycle import Lifecycle
 from .routes import Router
 from .service import Service
-from .state import StartTaskFault, Store, Timings, monotonic_after
+from .state import AllocationFault, StartTaskFault, Store, Timings, monotonic_after
 from .transport import ConnectionLost, ConnectionRefused, EmulatorTransport, LoopbackServer
 from .wire import (
     API_VERSION,
@@ -240,6 +240,24 @@ class BatchEmulator:
         Call it before creating the pool to fail the first start of every node."""
         with self.store.lock:
             self.store.start_task_faults[pool_id.casefold()] = StartTaskFault(exit_code, stderr, stdout)
+
+    def fail_allocation(
+        self,
+        pool_id: str,
+        code: str = "AccountCoreQuotaReached",
+        message: str = "The specified account has reached core quota",
+        *,
+        dedicated: bool = True,
+        spot: bool = True,
+    ) -> None:
+        """From now on, the pool's resizes allocate no node of the kinds named (dedicated, Spot) and
+        end steady with a resize error, as when the account's core quota is used up. The codes are
+        Batch's PoolResizeErrorCodes (Microsoft's docs: AccountCoreQuotaReached,
+        AccountLowPriorityCoreQuotaReached, AccountSpotCoreQuotaReached, AllocationFailed,
+        AllocationTimedOut); the default message is that page's description of the code. Call it
+        before creating the pool to fail its first allocation."""
+        with self.store.lock:
+            self.store.allocation_faults[pool_id.casefold()] = AllocationFault(code, message, dedicated, spot)
 
     def override_start_task(self, pool_id: str, command_line: str) -> None:
         """The pool's start task runs `command_line` instead of its own (same folders, environment,

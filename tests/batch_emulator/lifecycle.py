@@ -94,8 +94,18 @@ class Lifecycle:
     def _allocate(self, pool: Pool) -> bool:
         if pool.allocation_state != "resizing":
             return False
+        fault = self.store.allocation_faults.get(pool.id.casefold())
+        pool.resize_errors = []
         for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low_priority)):
             nodes = [n for n in pool.nodes.values() if n.dedicated == dedicated]
+            if fault is not None and fault.fails(dedicated) and target > len(nodes):
+                # The resize ends steady with what it had, and says why (resizeErrors is "set only if
+                # one or more errors occurred during the last Pool resize, and only when the Pool
+                # allocationState is Steady": BatchPool.resizeErrors, REST spec 2025-06-01).
+                error = {"code": fault.code, "message": fault.message, "values": []}
+                if error not in pool.resize_errors:
+                    pool.resize_errors.append(error)
+                continue
             for _ in range(target - len(nodes)):
                 self._add_node(pool, dedicated)
             surplus = sorted(

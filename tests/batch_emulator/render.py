@@ -97,6 +97,8 @@ def pool_json(pool: Pool, base: str) -> dict[str, Any]:
         "taskSlotsPerNode": pool.slots_per_node,
         "taskSchedulingPolicy": {"nodeFillType": pool.fill_type},
     }
+    if pool.resize_errors and pool.allocation_state == "steady":
+        out["resizeErrors"] = pool.resize_errors
     if body.get("enableAutoScale"):
         out["autoScaleFormula"] = body["autoScaleFormula"]
         out["autoScaleEvaluationInterval"] = body.get("autoScaleEvaluationInterval", "PT15M")

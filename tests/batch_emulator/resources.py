@@ -78,6 +78,7 @@ class Pool:
     nodes: dict[str, Node] = field(default_factory=dict)
     etag: str = field(default_factory=_etag)
     auto_scale_run: dict[str, Any] | None = None
+    resize_errors: list[dict[str, Any]] = field(default_factory=list)  # of the last resize
     delete_due: float | None = None
     node_seq: int = 0
 

@@ -275,9 +275,8 @@ def _page(call: Call, items: Listing, fields: Collection[str], kind: str) -> Res
     after = state.get("after", -1)
     size_text = call.query.get("maxresults", str(MAX_RESULTS))
     if not size_text.isdigit() or not 1 <= int(size_text) <= MAX_RESULTS:
-        raise invalid_query(
-            "maxresults", size_text, f"from 1 to {MAX_RESULTS}", "OutOfRangeQueryParameterValue"
-        )
+        # An out-of-range maxresults is InvalidQueryParameterValue (recordings: tests/recordings/README.md).
+        raise invalid_query("maxresults", size_text, f"from 1 to {MAX_RESULTS}")
     size = int(size_text)
     predicate = odata.parse_filter(filter_text, fields) if filter_text else None
     select = odata.parse_select(select_text, fields) if select_text else None

@@ -60,8 +60,8 @@ class Service:
                     "results": f"$TargetDedicatedNodes={dedicated};$TargetLowPriorityNodes={low};"
                     "$NodeDeallocationOption=requeue",
                 }
-            if not dedicated and not low:
-                pool.set_allocation("steady")
+            # Even with no target nodes, a new pool reads allocationState "resizing" until the first
+            # resize completes (recordings; tests/recordings/README.md).
             store.pools[pool.id.casefold()] = pool
             store.wake()
             return pool
@@ -101,6 +101,7 @@ class Service:
             pool.target_dedicated = body.get("targetDedicatedNodes", pool.target_dedicated)
             pool.target_low_priority = body.get("targetLowPriorityNodes", pool.target_low_priority)
             pool.set_allocation("resizing")
+            pool.resize_errors = []
             pool.touch()
             self.store.wake()
 

@@ -37,6 +37,20 @@ class StartTaskFault:
     stdout: str = ""
 
 
+@dataclass(frozen=True)
+class AllocationFault:
+    """An injected allocation failure: nodes of the kinds named are not allocated, and the pool
+    reports a resize error (BatchPool.resizeErrors: code, message, values)."""
+
+    code: str
+    message: str
+    dedicated: bool = True
+    spot: bool = True
+
+    def fails(self, dedicated: bool) -> bool:
+        return self.dedicated if dedicated else self.spot
+
+
 @dataclass
 class Store:
     account: str
@@ -49,6 +63,7 @@ class Store:
     jobs: dict[str, Job] = field(default_factory=dict)
     start_task_faults: dict[str, StartTaskFault] = field(default_factory=dict)  # by casefolded pool id
     start_task_commands: dict[str, str] = field(default_factory=dict)  # overrides, by casefolded pool id
+    allocation_faults: dict[str, AllocationFault] = field(default_factory=dict)  # by casefolded pool id
     task_seq: int = 0
     paused: bool = False
     closed: bool = False

@@ -94,6 +94,11 @@ class Response:
         return STATUS_REASONS.get(self.status, "Unknown")
 
 
+# Details the service attaches to an error code when nothing more specific is given. RequestBodyTooLarge
+# carries values [{key: MaxLimit, value: "1048576"}] (recordings: tests/recordings/README.md).
+DEFAULT_VALUES: dict[str, dict[str, str]] = {"RequestBodyTooLarge": {"MaxLimit": "1048576"}}
+
+
 class ServiceError(Exception):
     """An error answer: HTTP status + Batch error code, message and key/value details."""
 
@@ -108,7 +113,7 @@ class ServiceError(Exception):
         self.status = status
         self.code = code
         self.message = message if message is not None else MESSAGES.get(code, code)
-        self.values = dict(values or {})
+        self.values = dict(values if values is not None else DEFAULT_VALUES.get(code, {}))
         self.headers = dict(headers or {})
         super().__init__(f"{status} {code}: {self.message}")
 
