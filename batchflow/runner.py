@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from batchflow.backends.base import Compute, Storage
 from batchflow.errors import BatchflowError
-from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts, TaskLogs, UploadItem
+from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts, TaskLogs, TaskResult, UploadItem
 from batchflow.report import Reporter
 from batchflow.state import RunState
 
@@ -68,6 +68,7 @@ class Runner:
         self.tasks: tuple[RenderedTask, ...] = plan.tasks  # as submitted (outputs under the run's prefix)
         self._pool_touched = False  # create_pool was called: there may be a pool to clean up
         self._job_touched = False
+        self._results: list[TaskResult] | None = None  # the monitor's last list of completed tasks
 
     # ---- the whole run ------------------------------------------------------------------
 
@@ -186,7 +187,7 @@ class Runner:
             while True:
                 counts = self.compute.task_counts(wf.job.id)
                 self.reporter.progress(counts, total)
-                if counts.completed >= total:
+                if counts.completed >= total and self._all_listed_complete(total):
                     break
                 interval = base if counts != last else min(interval * POLL_BACKOFF, base * MAX_POLL_GROWTH)
                 last = counts
@@ -200,8 +201,25 @@ class Runner:
                 self.compute.wait(min(interval, remaining))
             self.reporter.close_progress()
 
-    def _collect(self) -> None:
+    def _all_listed_complete(self, total: int) -> bool:
+        """Task counts "may not always be up to date. If you need exact task counts, use a list
+        query" (Microsoft: Get Task Counts, REST spec 2025-06-01). Counts that say every task is done
+        are confirmed by the list of completed tasks before the run moves on; short of that, the
+        monitor polls on. The list is kept for `_collect`."""
         results = self.compute.task_results(self.plan.workflow.job.id)
+        if len({r.id.casefold() for r in results}) < total:
+            log.info(
+                "task counts say all %d tasks completed; the list has %d: polling on", total, len(results)
+            )
+            return False
+        self._results = results
+        return True
+
+    def _collect(self) -> None:
+        results = self._results
+        if results is None:
+            results = self.compute.task_results(self.plan.workflow.job.id)
+        self._results = None
         self.state.record_tasks(results)
         self.state.save()
 

@@ -8,6 +8,7 @@ workflow's own local start task; everything else is the workflow as written.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -229,6 +230,91 @@ def test_missing_batch_settings_exit_2_and_create_nothing(
 
     assert main(["run", str(wf), "--backend", "azure", "--storage", "local"]) == 2
     assert "the azure backend needs Azure Blob Storage" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_task_counts_that_lag_still_end_the_run_with_every_tasks_true_result(
+    copy_workflow: Copy, azure_env: AzureEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Get Task Counts "may not always be up to date" (Microsoft, REST spec 2025-06-01): the emulator
+    answers counts a second old; the run still records all 5 tasks, each with its real result."""
+    wf = copy_workflow("mp4_to_mp3")
+    rename_containers(wf, unique_containers("input", "output"))
+    fast(wf)
+    azure_env.emulator.override_start_task(POOL, azure_env.local_start_task(wf))
+    azure_env.emulator.lag_task_counts(1.0)
+
+    assert main(["run", str(wf), "--backend", "azure"]) == 0
+
+    run = run_of(capsys.readouterr().err, wf)
+    state = load_state(run)
+    assert len(state["tasks"]) == 5
+    assert {t["state"] for t in state["tasks"].values()} == {"succeeded"}
+    assert {t["exit_code"] for t in state["tasks"].values()} == {0}
+    assert len(list((wf.parent / "out" / "mp3").iterdir())) == 5
+
+
+@pytest.mark.e2e
+def test_a_wrong_key_or_endpoint_stops_the_run_in_seconds_before_any_upload(
+    copy_workflow: Copy,
+    azure_env: AzureEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Tried as a user would, a wrong key uploaded 216 MB before the service's 403. Now one request
+    (list at most one pool) is made first: 403 AuthenticationFailed -> exit 2, nothing created."""
+    wf = copy_workflow("mp4_to_mp3")
+    names = unique_containers("input", "output")
+    rename_containers(wf, names)
+    wrong = base64.b64encode(b"not the account key").decode()
+    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", wrong)
+
+    assert main(["run", str(wf), "--backend", "azure"]) == 2
+
+    err = capsys.readouterr().err
+    endpoint = os.environ["AZURE_BATCH_ENDPOINT"]
+    assert err.startswith(f"error: Azure Batch at {endpoint} refused the credentials: 403 AuthenticationFailed")
+    assert wrong not in err
+    assert [(r.method, r.path) for r in azure_env.emulator.requests] == [("GET", "/pools")]
+    assert not (wf.parent / ".batchflow").exists()  # no run folder
+    assert not azure_env.blobs.get_container_client(names["input"]).exists()  # no container, no upload
+
+    # An endpoint where nothing answers: exit 2 as well, naming the variable to check.
+    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", azure_env.emulator.key)
+    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    start = time.monotonic()
+    assert main(["run", str(wf), "--backend", "azure"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach Azure Batch at http://127.0.0.1:9: ServiceRequestError")
+    assert err.rstrip().endswith("(check AZURE_BATCH_ENDPOINT)")
+    assert time.monotonic() - start < 60  # in seconds, not after the SDK's long retries
+    assert not (wf.parent / ".batchflow").exists()
+
+
+@pytest.mark.e2e
+def test_a_pool_that_would_never_get_a_node_is_refused_before_anything_is_created(
+    copy_workflow: Copy, azure_env: AzureEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No dedicated node, no Spot node, no autoscale: the service accepts such a pool (a recorded 201
+    for targetDedicatedNodes 0), and a new user's run waited 658 s for nodes. batchflow refuses it."""
+    wf = copy_workflow("mp4_to_mp3")
+    text = wf.read_text(encoding="utf-8")
+    wf.write_text(text.replace("  spot_nodes: 5\n", ""), encoding="utf-8")
+    line = next(i for i, t in enumerate(wf.read_text().splitlines(), 1) if t.startswith("  dedicated_nodes:"))
+
+    assert main(["run", str(wf), "--backend", "azure"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"{wf}:{line}:20: pool.dedicated_nodes: the pool would never get a node: set dedicated_nodes or "
+        "spot_nodes to 1 or more, or give an autoscale formula",
+        "1 problem; nothing was created.",
+    ]
+    assert azure_env.emulator.requests == []
+    assert not (wf.parent / ".batchflow").exists()
+    assert main(["plan", str(wf), "--backend", "azure"]) == 2  # plan says so too
+    assert main(["validate", str(wf)]) == 0  # the local backend ignores node counts
+    capsys.readouterr()
 
 
 @pytest.mark.e2e

@@ -335,3 +335,32 @@ def test_a_batch_never_holds_more_than_256_mb(tmp_path: Path) -> None:
     big = [UploadItem(tmp_path / f"f{i}", "c", f"f{i}", 100_000_000) for i in range(5)]
     assert [len(b) for b in _batches(big)] == [2, 2, 1]
     assert [len(b) for b in _batches([])] == []
+
+
+class CountsAhead(ScriptedCompute):
+    """Task counts that run ahead of the tasks: the first `stale` lists lack the last task."""
+
+    def __init__(self, clock: Clock, counts: list[TaskCounts], stale: int) -> None:
+        super().__init__(clock, counts)
+        self.stale = stale
+        self.listings = 0
+
+    def task_results(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
+        self.listings += 1
+        results = super().task_results(job_id, task_ids)
+        return results[:-1] if self.listings <= self.stale else results
+
+
+def test_counts_that_say_done_are_confirmed_by_the_list_of_completed_tasks(tmp_path: Path) -> None:
+    """Get Task Counts "may not always be up to date. If you need exact task counts, use a list query"
+    (Microsoft, REST spec 2025-06-01): the monitor ends only once the list has every task."""
+    clock = Clock()
+    compute = CountsAhead(clock, [TaskCounts(succeeded=3)], stale=2)
+    runner, _ = run(tmp_path, make_plan(tmp_path, 3), compute, clock)
+
+    outcome = runner.run()
+
+    assert outcome.state.status == "succeeded"
+    assert sorted(outcome.state.tasks) == ["t0", "t1", "t2"]  # none missing
+    assert compute.polls == 3 and compute.listings == 3  # two more polls, then the list is whole
+    assert len(compute.waits) == 2

@@ -241,6 +241,12 @@ class BatchEmulator:
         with self.store.lock:
             self.store.start_task_faults[pool_id.casefold()] = StartTaskFault(exit_code, stderr, stdout)
 
+    def lag_task_counts(self, seconds: float) -> None:
+        """From now on Get Task Counts answers the counts as they were `seconds` ago (as first asked
+        for): Microsoft's docs say they "may not always be up to date"."""
+        with self.store.lock:
+            self.store.counts_lag = seconds
+
     def fail_allocation(
         self,
         pool_id: str,

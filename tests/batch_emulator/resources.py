@@ -140,6 +140,7 @@ class Job:
     terminate_reason: str | None = None
     delete_due: float | None = None
     wall_deadline: float | None = None  # monotonic
+    counts_seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (monotonic, answer)
 
     def set_state(self, state: str) -> None:
         if state != self.state:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import functools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -200,8 +201,22 @@ class Service:
         return job
 
     def task_counts_json(self, job_id: str) -> dict[str, Any]:
+        """The job's task counts; with `counts_lag`, as they were that many seconds ago. Get Task
+        Counts: "Note that the numbers returned may not always be up to date. If you need exact task
+        counts, use a list query." (REST spec 2025-06-01, Job_GetTaskCounts.)"""
         with self.store.lock:
-            return counts_json(self.store.job(job_id))
+            job = self.store.job(job_id)
+            current = counts_json(job)
+            lag = self.store.counts_lag
+            if not lag:
+                return current
+            t = time.monotonic()
+            job.counts_seen.append((t, current))
+            old = [i for i, (seen, _) in enumerate(job.counts_seen) if seen <= t - lag]
+            if not old:
+                return counts_json(Job(job.id, {}, job.pool_id))  # nothing that old: the counts of no task
+            del job.counts_seen[: old[-1]]
+            return job.counts_seen[0][1]
 
     # ---- tasks ------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ class Store:
     start_task_commands: dict[str, str] = field(default_factory=dict)  # overrides, by casefolded pool id
     allocation_faults: dict[str, AllocationFault] = field(default_factory=dict)  # by casefolded pool id
     task_seq: int = 0
+    counts_lag: float = 0.0  # Get Task Counts answers what the counts were this many seconds ago
     paused: bool = False
     closed: bool = False
     wakeup: threading.Condition = field(init=False)
