@@ -273,7 +273,8 @@ def test_a_wrong_key_or_endpoint_stops_the_run_in_seconds_before_any_upload(
 
     err = capsys.readouterr().err
     endpoint = os.environ["AZURE_BATCH_ENDPOINT"]
-    assert err.startswith(f"error: Azure Batch at {endpoint} refused the credentials: 403 AuthenticationFailed")
+    refused = f"error: Azure Batch at {endpoint} refused the credentials: 403 AuthenticationFailed"
+    assert err.startswith(refused)
     assert wrong not in err
     assert [(r.method, r.path) for r in azure_env.emulator.requests] == [("GET", "/pools")]
     assert not (wf.parent / ".batchflow").exists()  # no run folder
