@@ -182,10 +182,15 @@ class Lifecycle:
             and not job.counts["active"]
             and not job.counts["running"]
         ):
+            if job.complete_due is None:
+                job.complete_due = monotonic_after(store.timings.job_complete)
+            if t < job.complete_due:
+                return False
             job.terminate_reason = "AllTasksComplete"
             job.set_state("completed")
             job.end_time = now()
             return True
+        job.complete_due = None
         return False
 
     def end_task(self, job: Job, task: Task, message: str) -> None:

@@ -126,7 +126,7 @@ class Job:
     previous: tuple[str, datetime.datetime] | None = None
     etag: str = field(default_factory=_etag)
     tasks: dict[str, Task] = field(default_factory=dict)  # by casefolded id, in the order added
-    order: list[Task] = field(default_factory=list)  # every task ever added, by seq (deleted ones too)
+    order: list[Task] = field(default_factory=list)  # every task ever added, by id (deleted ones too)
     queue: deque[Task] = field(default_factory=deque)  # active tasks, next first
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("active", "running", "completed"), 0)
@@ -141,6 +141,7 @@ class Job:
     delete_due: float | None = None
     wall_deadline: float | None = None  # monotonic
     counts_seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (monotonic, answer)
+    complete_due: float | None = None  # monotonic: when a job whose tasks are all done completes
 
     def set_state(self, state: str) -> None:
         if state != self.state:

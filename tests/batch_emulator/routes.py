@@ -52,12 +52,17 @@ Handler = Callable[[Call], Response]
 Render = Callable[[], dict[str, Any]]
 
 
-# A list to page through: the (ordering key, JSON renderer) pairs whose key is above the given one.
-Listing = Callable[[int], Iterable[tuple[int, Render]]]
+# A list to page through: the (ordering key, JSON renderer) pairs after the given key (None: from the
+# start). Keys are JSON values (they travel in the $skiptoken).
+Listing = Callable[[Any], Iterable[tuple[Any, Render]]]
 
 
 def _rendered(items: Sequence[dict[str, Any]]) -> Listing:
-    return lambda after: ((i, functools.partial(dict, items[i])) for i in range(after + 1, len(items)))
+    def after(key: int | None) -> Iterable[tuple[int, Render]]:
+        start = 0 if key is None else key + 1
+        return ((i, functools.partial(dict, items[i])) for i in range(start, len(items)))
+
+    return after
 
 
 class Router:
@@ -272,7 +277,7 @@ def _page(call: Call, items: Listing, fields: Collection[str], kind: str) -> Res
     state = _read_token(token) if token else {}
     filter_text = state.get("filter", call.query.get("$filter") or None)
     select_text = state.get("select", call.query.get("$select") or None)
-    after = state.get("after", -1)
+    after = state.get("after")
     size_text = call.query.get("maxresults", str(MAX_RESULTS))
     if not size_text.isdigit() or not 1 <= int(size_text) <= MAX_RESULTS:
         # An out-of-range maxresults is InvalidQueryParameterValue (recordings: tests/recordings/README.md).

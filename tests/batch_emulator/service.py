@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import functools
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -231,7 +232,10 @@ class Service:
             return task
 
     def add_tasks(self, job_id: str, raw: Any, request_id: str) -> list[dict[str, Any]]:
-        """Add Task Collection: one result per task, in the order sent."""
+        """Add Task Collection: one result per task, in no particular order (recordings: sent
+        Task1_0..Task1_9, answered 0,2,3,1,4,7,5,8,6,9), each added task's status "Success" with a
+        capital S (recordings at 2025-06-01 and 2024-07-01.20.0; the REST spec's enum and example
+        and the SDK say "success")."""
         if not isinstance(raw, dict) or not isinstance(raw.get("value"), list):
             raise ServiceError(400, "InvalidRequestBody", 'The body must be {"value": [task, ...]}.')
         items: Sequence[Any] = raw["value"]
@@ -256,7 +260,7 @@ class Service:
                 task = self._new_task(job, body)
                 results.append(
                     {
-                        "status": "success",
+                        "status": "Success",
                         "taskId": task.id,
                         "eTag": task.etag,
                         "lastModified": fmt_time(task.last_modified),
@@ -264,6 +268,7 @@ class Service:
                     }
                 )
             self.store.wake()
+        random.Random(request_id).shuffle(results)  # noqa: S311 (an order, not a secret)
         return results
 
     def _new_task(self, job: Job, body: dict[str, Any]) -> Task:
@@ -281,7 +286,7 @@ class Service:
             required_slots=body.get("requiredSlots", 1),
         )
         job.tasks[task.id.casefold()] = task
-        job.order.append(task)
+        bisect.insort(job.order, task, key=_list_key)
         job.counts["active"] += 1
         job.slot_counts["active"] += task.required_slots
         job.queue.append(task)
@@ -291,13 +296,17 @@ class Service:
         with self.store.lock:
             return task_json(self.store.task(job_id, task_id), self.store.endpoint)
 
-    def tasks_after(self, job_id: str, after: int) -> Iterator[tuple[int, Callable[[], dict[str, Any]]]]:
-        """(creation sequence, JSON renderer) of the job's tasks added after sequence `after`, in the
-        order they were added. A list page starts where the last one ended (a binary search, not a
-        rescan of every task) and renders only the tasks it looks at, each under the lock."""
+    def tasks_after(
+        self, job_id: str, after: str | None
+    ) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+        """(list key, JSON renderer) of the job's tasks after key `after`, in the list's order: by
+        task id, not by creation (recordings: a task added later, "mytask1sync", listed before
+        "mytasksync"; that the order ignores case is an assumption). A page starts where the last
+        one ended (a binary search, not a rescan of every task) and renders only the tasks it looks
+        at, each under the lock."""
         with self.store.lock:
             order = self.store.job(job_id).order
-            position = bisect.bisect_right(order, after, key=lambda t: t.seq)
+            position = 0 if after is None else bisect.bisect_right(order, after, key=_list_key)
         while True:
             with self.store.lock:
                 if position >= len(order):
@@ -305,7 +314,7 @@ class Service:
                 task = order[position]
             position += 1
             if task.state != "deleted":
-                yield task.seq, functools.partial(self._render_task, task)
+                yield _list_key(task), functools.partial(self._render_task, task)
 
     def _render_task(self, task: Task) -> dict[str, Any]:
         with self.store.lock:
@@ -349,3 +358,7 @@ class Service:
                 )
             self.lifecycle.end_task(job, task, "The task was terminated by a user request.")
             self.store.wake()
+
+
+def _list_key(task: Task) -> str:
+    return task.id.casefold()

@@ -26,6 +26,9 @@ class Timings:
     pool_delete: float = 0.0  # a deleted pool stays in state "deleting"
     job_delete: float = 0.0  # a deleted job stays in state "deleting"
     idle_wait: float = 0.05  # the control loop's longest sleep when nothing is due (it is also woken)
+    # A job whose tasks are all complete, with onAllTasksComplete terminatejob, completes this long
+    # after (recordings: a terminatejob job with no tasks still read "active" 21 s after creation).
+    job_complete: float = 0.0
 
 
 @dataclass(frozen=True)
