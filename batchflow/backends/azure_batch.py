@@ -314,6 +314,8 @@ class AzureBatchCompute:
         by_state: dict[str, int] = {}
         reported_total = 0
         for entry in found:
+            if not is_(entry.pool_id, pool_id):  # the $filter narrows the list; this makes sure
+                continue
             for counts in (entry.dedicated, entry.low_priority):
                 if counts is None:
                     continue
@@ -575,7 +577,8 @@ class AzureBatchCompute:
             tasks = [
                 t
                 for t in self._client.list_tasks(job_id, filter="state eq 'completed'", select=_TASK_SELECT)
-                if wanted is None or (t.id or "").casefold() in wanted
+                if is_(t.state, bm.BatchTaskState.COMPLETED)  # the $filter asked for these; make sure
+                and (wanted is None or (t.id or "").casefold() in wanted)
             ]
         except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot list the tasks of job {job_id!r}", e) from None
