@@ -211,7 +211,7 @@ def _download_error(status: int | None, url: str, reason: str) -> StepFailed:
 
 def upload_outputs(outputs: Sequence[Mapping[str, Any]], wd: Path, *, succeeded: bool) -> None:
     for out in outputs:
-        condition = out["uploadOptions"]["uploadCondition"]
+        condition = out["uploadOptions"]["uploadCondition"].casefold()
         if (condition == "tasksuccess" and not succeeded) or (condition == "taskfailure" and succeeded):
             continue
         container = out["destination"]["container"]

@@ -177,8 +177,14 @@ class Lifecycle:
             job.terminate_reason = "MaxWallClockTimeExpiry"
             job.set_state("terminating")
             return True
+        # A terminatejob job completes once its tasks are all complete ("The action the Batch service
+        # should take when all Tasks in the Job are in the completed state": REST spec). With no task
+        # at all it stays active: a recorded zero-task terminatejob job still read "active" 21 s after
+        # creation, until deleted (tests/recordings/jobs.json, job_get_terminatejob_no_tasks_active),
+        # although the spec says a job with no tasks counts as complete.
         if (
             job.body.get("onAllTasksComplete") == "terminatejob"
+            and job.tasks
             and not job.counts["active"]
             and not job.counts["running"]
         ):

@@ -95,7 +95,7 @@ def pool_json(pool: Pool, base: str) -> dict[str, Any]:
         "enableAutoScale": bool(body.get("enableAutoScale")),
         "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication")),
         "taskSlotsPerNode": pool.slots_per_node,
-        "taskSchedulingPolicy": {"nodeFillType": pool.fill_type},
+        "taskSchedulingPolicy": {"nodeFillType": pool.fill_type.capitalize(), "jobDefaultOrder": "none"},
     }
     if pool.resize_errors and pool.allocation_state == "steady":
         out["resizeErrors"] = pool.resize_errors
@@ -231,14 +231,34 @@ def task_json(task: Task, base: str) -> dict[str, Any]:
     for key in (
         "displayName",
         "resourceFiles",
-        "outputFiles",
         "environmentSettings",
         "exitConditions",
         "affinityInfo",
     ):
         if key in body:
             out[key] = body[key]
+    if "outputFiles" in body:
+        out["outputFiles"] = [_echo_output_file(f) for f in body["outputFiles"]]
     return out
+
+
+# Enum values the service echoes in another casing than the one it takes (recordings:
+# tests/recordings/README.md): uploadCondition sent "taskCompletion" reads "TaskCompletion";
+# nodeFillType reads "Spread".
+_UPLOAD_CONDITIONS = {
+    "tasksuccess": "TaskSuccess",
+    "taskfailure": "TaskFailure",
+    "taskcompletion": "TaskCompletion",
+}
+
+
+def _echo_output_file(item: dict[str, Any]) -> dict[str, Any]:
+    options = item.get("uploadOptions") or {}
+    condition = options.get("uploadCondition")
+    if not isinstance(condition, str):
+        return item
+    echoed = _UPLOAD_CONDITIONS.get(condition.casefold(), condition)
+    return {**item, "uploadOptions": {**options, "uploadCondition": echoed}}
 
 
 def counts_json(job: Job) -> dict[str, Any]:

@@ -256,7 +256,13 @@ def output_files(files: Any) -> None:
         if not container.get("containerUrl"):
             raise missing_property("outputFiles.destination.container.containerUrl")
         condition = (f.get("uploadOptions") or {}).get("uploadCondition")
-        if condition not in ("tasksuccess", "taskfailure", "taskcompletion"):
+        # Sent "taskCompletion"/"taskFailure", the service accepted them (recordings:
+        # task_create_output_files); that every casing is accepted is an assumption.
+        if not isinstance(condition, str) or condition.casefold() not in (
+            "tasksuccess",
+            "taskfailure",
+            "taskcompletion",
+        ):
             raise invalid_property(
                 "outputFiles.uploadOptions.uploadCondition",
                 condition,
