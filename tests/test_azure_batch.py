@@ -255,7 +255,12 @@ def test_create_pool_marks_it_with_the_run_id_and_wait_for_pool_returns_once_a_n
 
     pool = bench.client.get_pool(POOL)
     assert metadata(pool) == [("batchflow-run-id", RUN), ("batchflow-created-by", "batchflow")]
-    assert (pool.vm_size, pool.target_dedicated_nodes, pool.target_low_priority_nodes) == (VM_SIZE, 2, 0)
+    # The service reads vmSize back lowercased (recorded: pool_get_right_after_create).
+    assert (pool.vm_size, pool.target_dedicated_nodes, pool.target_low_priority_nodes) == (
+        VM_SIZE.lower(),
+        2,
+        0,
+    )
     assert pool.start_task is not None
     assert (
         pool.start_task.command_line
@@ -306,7 +311,7 @@ JAMMY = ImageReference("canonical", "0001-com-ubuntu-server-jammy", "22_04-lts")
     [
         (
             pool_spec(vm_size="Standard_D4s_v3"),
-            "vm_size is 'Standard_D2s_v3', the workflow asks for 'Standard_D4s_v3'",
+            "vm_size is 'standard_d2s_v3', the workflow asks for 'Standard_D4s_v3'",
         ),
         (
             pool_spec(image=JAMMY),
@@ -320,7 +325,7 @@ JAMMY = ImageReference("canonical", "0001-com-ubuntu-server-jammy", "22_04-lts")
         ),
         (
             pool_spec(vm_size="Standard_E2s_v3", image=JAMMY),
-            "vm_size is 'Standard_D2s_v3', the workflow asks for 'Standard_E2s_v3'; image is "
+            "vm_size is 'standard_d2s_v3', the workflow asks for 'Standard_E2s_v3'; image is "
             "canonical/ubuntu-24_04-lts/server/latest, the workflow asks for "
             "canonical/0001-com-ubuntu-server-jammy/22_04-lts/latest",
         ),
@@ -342,7 +347,7 @@ def test_an_existing_pool_that_does_not_fit_stops_the_run(
     )
     assert statuses(bench.emu, "POST", "/pools") == [201]
     assert bench.notes == []
-    assert bench.client.get_pool(POOL).vm_size == VM_SIZE
+    assert bench.client.get_pool(POOL).vm_size == VM_SIZE.lower()
 
 
 def test_a_pool_still_being_deleted_is_waited_for_then_created(make_bench: Callable[..., Bench]) -> None:

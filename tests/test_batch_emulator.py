@@ -133,7 +133,7 @@ def test_pool_create_get_conflict_delete(emu: BatchEmulator) -> None:
     got = client.get_pool("pool-1")
     assert (got.id, got.vm_size, got.target_dedicated_nodes, got.target_low_priority_nodes) == (
         "Pool-1",
-        "Standard_A1_v2",
+        "standard_a1_v2",  # lowercased, as the service answers (recorded: pool_get_right_after_create)
         2,
         1,
     )

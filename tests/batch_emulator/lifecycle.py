@@ -126,7 +126,12 @@ class Lifecycle:
             (root / sub).mkdir(parents=True, exist_ok=True)
         seq = pool.node_seq
         node = Node(
-            node_id, pool.id, dedicated, root, pool.body["vmSize"], ip=f"10.0.{seq // 250}.{seq % 250 + 4}"
+            node_id,
+            pool.id,
+            dedicated,
+            root,
+            pool.body["vmSize"].lower(),
+            ip=f"10.0.{seq // 250}.{seq % 250 + 4}",
         )
         node.due = monotonic_after(self.store.timings.boot)
         pool.nodes[node_id] = node

@@ -149,7 +149,9 @@ class _Parser:
             self.expect(")")
             if not isinstance(prefix, str):
                 raise self.fail("startswith needs a string")
-            return lambda item: isinstance(lookup(item, path), str) and lookup(item, path).startswith(prefix)
+            return lambda item: (
+                isinstance(lookup(item, path), str) and _normal(lookup(item, path)).startswith(prefix)
+            )
         path = self.path((kind, value))
         op_kind, op = self.take()
         if op_kind != "word" or op not in _OPS:

@@ -86,8 +86,9 @@ def pool_json(pool: Pool, base: str) -> dict[str, Any]:
         "stateTransitionTime": fmt_time(pool.state_time),
         "allocationState": pool.allocation_state,
         "allocationStateTransitionTime": fmt_time(pool.allocation_time),
-        "vmSize": body["vmSize"],
-        "virtualMachineConfiguration": body["virtualMachineConfiguration"],
+        # As recorded: vmSize reads back lowercased, and an image without a version reads "latest".
+        "vmSize": body["vmSize"].lower(),
+        "virtualMachineConfiguration": _echo_vm_configuration(body["virtualMachineConfiguration"]),
         "currentDedicatedNodes": dedicated,
         "currentLowPriorityNodes": len(pool.nodes) - dedicated,
         "targetDedicatedNodes": pool.target_dedicated,
@@ -117,6 +118,13 @@ def pool_json(pool: Pool, base: str) -> dict[str, Any]:
         if key in body:
             out[key] = body[key]
     return out
+
+
+def _echo_vm_configuration(vm: dict[str, Any]) -> dict[str, Any]:
+    image = vm.get("imageReference") or {}
+    if "virtualMachineImageId" in image or "version" in image:
+        return vm
+    return {**vm, "imageReference": {**image, "version": "latest"}}
 
 
 def node_json(
