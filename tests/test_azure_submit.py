@@ -13,8 +13,11 @@ import pytest
 from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.batch._model_base import SdkJSONEncoder
+from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import ResourceNotFoundError
-from batch_emulator import MESSAGES, BatchEmulator
+from batch_emulator import DEFAULT_KEY, MESSAGES, BatchEmulator
+from batch_emulator.transport import EmulatorTransport
+from batch_emulator.wire import Request, Response, json_response
 from fakes import FakeClock
 
 from batchflow.backends.azure_batch_build import job_request, task_request
@@ -338,3 +341,54 @@ def test_ids_that_differ_only_in_case_are_a_bug(client: BatchClient) -> None:
 def test_no_tasks_no_requests(emu: BatchEmulator, client: BatchClient) -> None:
     assert submit_tasks(client, JOB, []) == SubmitReport(0, 0, 0, 0, 0)
     assert emu.count("POST", COLLECTION) == 0
+
+
+class PerTaskStatuses:
+    """A stand-in service answering Add Task Collection with the per-task statuses a test scripts (each
+    task's list is used up in turn, then "Success"), the way the live service shapes its answers
+    (tests/recordings/tasks.json: 200 with one result per task, in any order)."""
+
+    latency = 0.0
+
+    def __init__(self, statuses: dict[str, list[str]]) -> None:
+        self.statuses = statuses
+        self.bodies: list[list[str]] = []
+
+    def record_sleep(self, seconds: float) -> float:
+        return 0.0
+
+    def dispatch(self, request: Request) -> Response:
+        sent = [t["id"] for t in json.loads(request.body)["value"]]
+        self.bodies.append(sent)
+        results = []
+        for task_id in reversed(sent):
+            status = self.statuses.get(task_id, []).pop(0) if self.statuses.get(task_id) else "Success"
+            result: dict[str, object] = {"status": status, "taskId": task_id}
+            if status.casefold() != "success":
+                result["error"] = {"code": "ServerBusy", "message": {"lang": "en-US", "value": "busy"}}
+            results.append(result)
+        return json_response(200, {"value": results})
+
+
+def test_per_task_server_errors_are_resent_and_an_unknown_status_is_not_counted_as_added() -> None:
+    service = PerTaskStatuses({"a": ["servererror"], "b": ["ServerError", "ServerError"], "c": ["Pending"]})
+    client = BatchClient(
+        "https://x.eastus.batch.azure.com",
+        AzureNamedKeyCredential("x", DEFAULT_KEY),
+        transport=EmulatorTransport(service),
+        retry_total=0,
+    )
+
+    with pytest.raises(BatchflowError) as e:
+        submit_tasks(
+            client,
+            JOB,
+            [bm.BatchTaskCreateOptions(id=i, command_line="true") for i in "abcd"],
+            sleep=lambda s: None,
+        )
+
+    assert str(e.value).splitlines() == [
+        f"Azure Batch refused 1 of 4 tasks of job {JOB!r}:",
+        "  c: UnknownStatus: the service answered status 'Pending'",
+    ]
+    assert service.bodies == [["a", "b", "c", "d"], ["a", "b"], ["b"]]  # server errors resent, in any casing

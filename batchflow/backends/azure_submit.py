@@ -8,9 +8,10 @@ answer was lost).
 - Chunks hold at most 100 tasks and a JSON body under `max_body_bytes` (the service's limit is
   1 MB), measured on the exact body the SDK sends. A chunk the service still finds too large
   (413 RequestBodyTooLarge) is halved and both halves are sent.
-- Per task: success -> submitted; TaskExists -> already existed; another client error -> reported
-  at the end (BatchflowError naming each task, code and message); server error -> sent again
-  later, with back-off.
+- Per task (statuses compared without case: the live service answers "Success", the spec
+  "success"): success -> submitted; TaskExists -> already existed; another client error ->
+  reported at the end (BatchflowError naming each task, code and message); server error -> sent
+  again later, with back-off; any other status -> reported, never counted as added.
 - Whole request: 408, 429, 500, 502, 503, 504 and connection errors (the request may or may not
   have been processed) -> the same chunk again after exponential back-off with jitter, or after
   the Retry-After the service asked for. Any other error (404 job not found, 401, 400) is raised
@@ -230,6 +231,9 @@ def _classify(chunk: _Chunk, result: bm.BatchCreateTaskCollectionResult, out: _O
             reason = f"servererror for task {task_id!r}: {code}: {message}"
         elif error is not None and is_(error.code, TASK_EXISTS):
             out.existed += 1
+        elif not is_(status, bm.BatchTaskAddStatus.CLIENT_ERROR):
+            # Neither added nor refused: never counted as added (a resend could not tell either).
+            out.failures.append((task_id, "UnknownStatus", f"the service answered status {status!r}"))
         else:
             out.failures.append((task_id, *_task_error(error)))
     if resend:
