@@ -7,22 +7,32 @@ transport seam (or a loopback HTTP server), and it runs tasks for real on this m
         emu.faults.retry_after_next("GET", "/jobs/{job}/taskcounts", seconds=1)
         emu.faults.lose_response_next("POST", ".../addtaskcollection")
         emu.fail_start_task("pool", exit_code=100, stderr="E: Unable to locate package ffmpeg\\n")
+        emu.fail_allocation("pool", "AccountCoreQuotaReached"); emu.lag_task_counts(1.0)
         emu.override_start_task("pool", "/bin/sh -c '...'")   # a local stand-in for apt-get install
         emu.preempt_node(pool_id, node_id); emu.restore_node(pool_id, node_id)
         emu.make_node_unusable(pool_id, node_id)
         emu.requests, emu.count("POST", "/jobs/{job}/addtaskcollection"), emu.sleeps, emu.latency
         emu.paused(), emu.settle(), emu.wait_for(condition), emu.serve() -> "http://127.0.0.1:PORT"
 
-Behaviour worth knowing (as the service does it, or the emulator's choice where the docs are silent):
+Every service rule emulated here is listed, with its source (a real recorded answer, a REST spec
+definition, a Microsoft docs page) or marked as an assumption, in RULES.md beside this file; the
+replay suite (tests/test_recorded_replay.py) sends recorded requests and compares the answers.
+In short:
 - Command lines run WITHOUT a shell (split into words and executed, as Batch does): use /bin/sh -c.
 - Errors: the service's codes and bodies; message.value ends with "\\nRequestId:...\\nTime:..." lines
   (message_text() gives the first line). A wrong shared-key signature is 403 AuthenticationFailed
-  (HttpResponseError); a bad bearer token 401 (ClientAuthenticationError).
-- Add Task Collection: more than 100 tasks, or a body of 1 MiB or more -> 413 RequestBodyTooLarge for
-  the whole request; per task: success, or clienterror TaskExists (ids ignore case) /
-  InvalidPropertyValue / MissingRequiredProperty.
+  (HttpResponseError, as recorded); a bad bearer token 401 (ClientAuthenticationError).
+- Enum casing as the service answers, not as the spec spells it: Add Task Collection status
+  "Success", uploadCondition "TaskCompletion", nodeFillType "Spread"; vmSize lowercased.
+- Add Task Collection: more than 100 tasks, or a body of 1 MiB or more -> 413 RequestBodyTooLarge
+  (values MaxLimit "1048576") for the whole request; per task, in any order: "Success", or
+  clienterror TaskExists (ids ignore case) / InvalidPropertyValue / MissingRequiredProperty.
+- Pools read "resizing" until their first resize ends, even with no target node; fail_allocation
+  makes a resize end steady with resizeErrors (quota, allocation failure).
 - A job whose pool does not exist is accepted; its tasks stay active until the pool exists. A job
-  with onAllTasksComplete=terminatejob and no active or running task completes (zero tasks too).
+  with onAllTasksComplete=terminatejob completes once its tasks are all complete; with no task at all
+  it stays active, as recorded.
+- Task counts can lag (lag_task_counts); lists are ordered by id and page without rescanning.
 - Task failureInfo codes (category usererror): FailureExitCode (nonzero exit, retried up to
   maxTaskRetryCount), TaskEnded (maxWallClockTime: the process group is killed, exit 137; job
   terminated; task terminated), BlobNotFound / BlobAccessDenied / BlobDownloadMiscError (resource

@@ -1,0 +1,64 @@
+"""The one place enum values from the Batch service are compared (batchflow/backends/azure_enums.py)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from azure.batch import models as bm
+
+from batchflow.backends.azure_enums import among, is_
+
+BACKENDS = Path(__file__).resolve().parent.parent / "batchflow" / "backends"
+
+
+@pytest.mark.parametrize(
+    ("answered", "member", "expected"),
+    [
+        ("Success", bm.BatchTaskAddStatus.SUCCESS, True),  # the live service (recordings)
+        ("success", bm.BatchTaskAddStatus.SUCCESS, True),  # the spec and the SDK
+        ("SUCCESS", bm.BatchTaskAddStatus.SUCCESS, True),
+        ("ServerError", bm.BatchTaskAddStatus.SERVER_ERROR, True),
+        ("StartTaskFailed", bm.BatchNodeState.START_TASK_FAILED, True),
+        ("Steady", bm.AllocationState.STEADY, True),
+        ("clienterror", bm.BatchTaskAddStatus.SUCCESS, False),
+        (None, bm.BatchTaskAddStatus.SUCCESS, False),
+        (3, "3", False),
+    ],
+)
+def test_is_ignores_case_and_never_matches_a_non_string(
+    answered: object, member: str, expected: bool
+) -> None:
+    assert is_(answered, member) is expected
+    assert among(answered, [member, "other"]) is expected
+
+
+def test_a_plain_comparison_with_an_sdk_enum_is_case_sensitive() -> None:
+    """Why the helper exists: `==` with an SDK enum member is plain str equality."""
+    answered: str = "Success"
+    assert answered != bm.BatchTaskAddStatus.SUCCESS
+
+
+def test_no_backend_compares_an_sdk_enum_with_eq() -> None:
+    """Every comparison with an azure.batch enum member (bm.Something.MEMBER) goes through is_ / among:
+    an `==`, `!=` or `in` next to one is the bug the live service's "Success" exposed."""
+    offenders = []
+    for path in sorted(BACKENDS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(_is_sdk_enum(side) for side in sides):
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
+def _is_sdk_enum(node: ast.expr) -> bool:
+    """bm.<Enum>.<MEMBER>: an attribute of an attribute of the azure.batch models module."""
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "bm"
+        and node.attr.isupper()
+    )
