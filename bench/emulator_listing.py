@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.tasks.split(","))
     print(
-        f"Batch emulator in this process; list_tasks, $select id,state, pages of 1,000; median of {args.repeat}"
+        f"Batch emulator in this process; list_tasks, $select id,state, 1,000 a page; median of {args.repeat}"
     )
     per_task = {}
     for n in sizes:
