@@ -20,6 +20,7 @@ from pathlib import Path
 from batchflow.backends.base import Storage
 from batchflow.errors import BatchflowError
 from batchflow.model import CleanupAction, Workflow
+from batchflow.runner import doomed_containers
 from batchflow.state import RunState
 
 log = logging.getLogger("batchflow")
@@ -110,12 +111,8 @@ def _containers(
 ) -> None:
     if workflow is None:
         return
-    policy = workflow.cleanup
-    inputs = sorted({u.container for u in workflow.uploads})
-    outputs = sorted({o.container for o in workflow.tasks.outputs} - set(inputs))
-    doomed = (inputs if policy.input_containers is CleanupAction.DELETE else []) + (
-        outputs if policy.output_containers is CleanupAction.DELETE else []
-    )
+    # Only the containers the run created: another run may be using one it found.
+    doomed = [c for c in doomed_containers(workflow) if c in state.containers_created]
     if not doomed:
         return
     if state.status != "succeeded":

@@ -8,6 +8,7 @@ in a log file); 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -215,10 +216,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from batchflow import runlock
     from batchflow.backends import registry
     from batchflow.render import build_plan
     from batchflow.report import Reporter, as_json
-    from batchflow.runner import Runner
+    from batchflow.runner import Runner, check_destinations
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, new_run_id
 
@@ -238,20 +240,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         notify=reporter.stage,
     )
-    storage = registry.STORAGE[storage_name](ctx)
-    compute = None
-    try:
+    with contextlib.ExitStack() as stack:  # unwinds in reverse: log, lock, compute, storage
+        storage = registry.STORAGE[storage_name](ctx)
+        stack.callback(storage.close)
         compute = registry.COMPUTE[args.backend](ctx, storage)
-        # One cheap request before the run folder, the containers or any upload: a wrong key or
-        # endpoint ends the run in seconds with exit 2, having created nothing.
-        compute.check_access()
-    except BaseException:
-        _close(compute)
-        storage.close()
-        raise
-    state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
-    handler = _attach_run_log(state.log_file)
-    try:
+        stack.callback(_close, compute)
+        # Cheap requests before the run folder, the containers or any upload: a wrong key or
+        # endpoint, or the job of another run, ends the run in seconds with exit 2, having created
+        # nothing. Then the workspace's locks: a second run of the workflow refuses at once.
+        compute.check_access(wf.job.id)
+        stack.enter_context(runlock.exclusive(workspace, [f"job {wf.job.id}", f"pool {wf.pool.id}"], run_id))
+        check_destinations(wf)
+        state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
+        stack.callback(_detach_run_log, _attach_run_log(state.log_file))
         reporter.stage(
             f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}"
         )
@@ -267,17 +268,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.output == "json":
             print(json.dumps(as_json(outcome.state), indent=2))
         return outcome.exit_code
-    finally:
-        _close(compute)
-        storage.close()
-        logging.getLogger("batchflow").removeHandler(handler)
-        handler.close()
 
 
 def _close(compute: object) -> None:
     close = getattr(compute, "close", None)
     if close is not None:
         close()
+
+
+def _detach_run_log(handler: logging.Handler) -> None:
+    logging.getLogger("batchflow").removeHandler(handler)
+    handler.close()
 
 
 def _attach_run_log(path: Path) -> logging.Handler:

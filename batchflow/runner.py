@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from batchflow.backends.base import Compute, Storage
-from batchflow.errors import BatchflowError
-from batchflow.model import CleanupAction, Plan, RenderedTask, TaskCounts, TaskLogs, TaskResult, UploadItem
+from batchflow.errors import BatchflowError, ConfigurationError
+from batchflow.model import (
+    CleanupAction,
+    Plan,
+    RenderedTask,
+    TaskCounts,
+    TaskLogs,
+    TaskResult,
+    UploadItem,
+    Workflow,
+)
 from batchflow.report import Reporter
 from batchflow.state import RunState
 
@@ -67,7 +79,6 @@ class Runner:
         self._outputs: list[str] = []
         self.tasks: tuple[RenderedTask, ...] = plan.tasks  # as submitted (outputs under the run's prefix)
         self._pool_touched = False  # create_pool was called: there may be a pool to clean up
-        self._job_touched = False
         self._results: list[TaskResult] | None = None  # the monitor's last list of completed tasks
 
     # ---- the whole run ------------------------------------------------------------------
@@ -158,16 +169,15 @@ class Runner:
             created = self.compute.create_pool(pool, self.plan.start_task, self.plan.start_task_inputs)
             self.state.pool_created = created
             self.state.save()
-            if not created:
-                self.reporter.stage(f"  reusing existing pool [{pool.id}]")
-            self.compute.wait_for_pool(pool.id)
+            self.compute.wait_for_pool(pool.id)  # (a reused pool: the compute says so, once)
 
     def _job_and_tasks(self) -> None:
         job = self.plan.workflow.job
         with self._stage("job"):
             self.reporter.stage(f"Creating job [{job.id}]...")
-            self._job_touched = True
             self.compute.create_job(job, self.plan.workflow.pool.id, self.state.run_id)
+            self.state.job_created = True  # recorded when created: only then is it this run's to delete
+            self.state.save()
         with self._stage("tasks"):
             self.reporter.stage(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]...")
             self.compute.add_tasks(job.id, self.tasks)
@@ -274,7 +284,7 @@ class Runner:
         policy = wf.cleanup
         succeeded = self.state.status == "succeeded"
         with self._stage("cleanup"):
-            if self._job_touched and policy.job is CleanupAction.DELETE:
+            if self.state.job_created and policy.job is CleanupAction.DELETE:
                 self._try(f"Deleting job [{wf.job.id}]...", lambda: self.compute.delete_job(wf.job.id))
             delete_pool = policy.pool is CleanupAction.DELETE or (
                 policy.pool is CleanupAction.DELETE_IF_CREATED and self.state.pool_created
@@ -283,13 +293,10 @@ class Runner:
                 self._try(f"Deleting pool [{wf.pool.id}]...", lambda: self.compute.delete_pool(wf.pool.id))
             elif self.state.pool_created:
                 self.reporter.warn(f"Pool [{wf.pool.id}] kept (cleanup.pool: {policy.pool.value}).")
-            # Data is deleted only when asked, and only after a run in which everything succeeded.
+            # Data is deleted only when asked, only after a run in which everything succeeded, and
+            # only the containers this run created (another run may be using one it found).
             if succeeded:
-                inputs = sorted({u.container for u in wf.uploads})
-                outputs = sorted({o.container for o in wf.tasks.outputs} - set(inputs))
-                doomed = (inputs if policy.input_containers is CleanupAction.DELETE else []) + (
-                    outputs if policy.output_containers is CleanupAction.DELETE else []
-                )
+                doomed = [c for c in doomed_containers(wf) if c in self.state.containers_created]
                 for c in doomed:
                     delete = functools.partial(self.storage.delete_container, c)
                     self._try(f"Deleting container [{c}]...", delete)
@@ -310,6 +317,43 @@ class Runner:
                 f"Check with: batchflow cleanup {self.state.run_id}"
             )
             log.warning("cleanup interrupted: %s", message)
+
+
+def doomed_containers(wf: Workflow) -> list[str]:
+    """The containers the workflow's cleanup policy deletes after a successful run."""
+    policy = wf.cleanup
+    inputs = sorted({u.container for u in wf.uploads})
+    outputs = sorted({o.container for o in wf.tasks.outputs} - set(inputs))
+    return (inputs if policy.input_containers is CleanupAction.DELETE else []) + (
+        outputs if policy.output_containers is CleanupAction.DELETE else []
+    )
+
+
+def check_destinations(wf: Workflow) -> None:
+    """Every download destination can be written (it, or the folder it would be made in): found
+    before anything is created or any task runs, not after the compute. ConfigurationError (exit 2)."""
+    problems = [p for d in wf.downloads if (p := writable_problem(d.destination)) is not None]
+    if problems:
+        raise ConfigurationError("; ".join(problems) + "; nothing was created")
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (made if missing), or None. Probes with a file
+    that is removed at once: permission bits do not stop root, a read-only file system does."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"download destination {folder} cannot be made: {existing} is not a folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".batchflow-probe-", dir=existing)
+    except OSError as e:
+        return f"download destination {folder} cannot be written ({e.strerror}: {existing})"
+    os.close(fd)
+    Path(probe).unlink()
+    return None
 
 
 def _batches(items: list[UploadItem]) -> Iterator[list[UploadItem]]:

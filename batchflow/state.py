@@ -47,6 +47,7 @@ class RunState:
     pool_id: str | None = None
     pool_created: bool = False
     job_id: str | None = None
+    job_created: bool = False  # this run's create_job succeeded: the job is this run's to delete
     containers_created: list[str] = field(default_factory=list)
     task_count: int = 0
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -280,7 +280,7 @@ def test_recorded_authentication_failure_is_a_configuration_error(harness: MakeH
     h = harness(at(exchange("auth_failed_unknown_account"), "/pools", "GET"))
 
     with pytest.raises(ConfigurationError) as e:
-        h.compute.check_access()
+        h.compute.check_access("job")
 
     assert str(e.value).startswith(
         "Azure Batch at the Batch account refused the credentials: 403 AuthenticationFailed: "

@@ -100,7 +100,7 @@ class ScriptedCompute:
         self.interrupt_on_wait: int | None = None
         self.fail_pool: BatchflowError | None = None
 
-    def check_access(self) -> None:
+    def check_access(self, job_id: str) -> None:
         self.calls.append("check_access")
 
     def create_pool(

@@ -179,10 +179,28 @@ class AzureBatchCompute:
         with self._lock:
             self.requests[op] = self.requests.get(op, 0) + 1
 
-    def check_access(self) -> None:
+    def check_access(self, job_id: str) -> None:
         """List at most one pool: one request that any role able to run batchflow may make. A wrong
         key (403 AuthenticationFailed), a refused token (401), or an endpoint that is not a Batch
-        account (404, no answer) stops the run here, before the inputs are uploaded."""
+        account (404, no answer) stops the run here, before the inputs are uploaded. Then one GET of
+        the job: a job of that id already in the account (another run's, from this machine or
+        another, live or left behind) stops the run too, before anything is created."""
+        self._check_reachable()
+        found = self._get_job(job_id)
+        if found is None or is_(found.state, bm.BatchJobState.DELETING):
+            return  # a job being deleted is waited for by create_job
+        owner = _run_of(found)
+        raise ConfigurationError(
+            f"job {job_id!r} already exists in the Batch account"
+            + (
+                f" (batchflow run {owner}: if that run is over, `batchflow cleanup {owner}` removes it)"
+                if owner
+                else " (not made by batchflow)"
+            )
+            + "; Batch job ids are unique in an account: wait for it, delete it, or change job.id"
+        )
+
+    def _check_reachable(self) -> None:
         where = self._endpoint
         self._count("list_pools")
         try:

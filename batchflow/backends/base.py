@@ -74,9 +74,10 @@ class Storage(Protocol):
 
 
 class Compute(Protocol):
-    def check_access(self) -> None:
-        """One cheap request that proves the service is reachable and takes the credentials, made
-        before anything is uploaded or created. Raise ConfigurationError (exit 2) if it is not."""
+    def check_access(self, job_id: str) -> None:
+        """Cheap requests, made before anything is uploaded or created, that prove the service is
+        reachable, takes the credentials, and has no job `job_id` already (another run's, live or
+        dead: a run deletes only what it created). Raise ConfigurationError (exit 2) if not."""
         ...
 
     def create_pool(

@@ -181,8 +181,8 @@ class LocalCompute:
         self._seen = 0  # the version the caller last looked at
         self._stopped = False
 
-    def check_access(self) -> None:
-        """Nothing to reach: this machine runs the tasks."""
+    def check_access(self, job_id: str) -> None:
+        """Nothing to reach: this machine runs the tasks (the workspace lock keeps runs apart)."""
 
     # ---- pool -----------------------------------------------------------------------------
 
