@@ -23,13 +23,8 @@ from types import FrameType
 from typing import Any
 
 from batchflow import __version__
-from batchflow.errors import BatchflowError, InvalidWorkflow, Problem
+from batchflow.errors import BatchflowError, InvalidWorkflow, Problem, Terminated
 from batchflow.redact import RedactingFilter, redact
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C."""
-
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -169,20 +164,24 @@ def _crash_log(exc: BaseException) -> Path:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a closed terminal, a killed CI job) stops a run the way Ctrl-C does."""
+    """SIGTERM (a killed CI job, a shutdown) and SIGHUP (the terminal closed, the SSH session
+    dropped) stop a run the way Ctrl-C does: tasks stopped, state recorded, job and pool cleaned up.
+    Ignoring SIGHUP left the pool and job billing and the state saying `running`."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated
+        raise Terminated(signal.Signals(signum).name)
 
+    caught = (signal.SIGTERM, signal.SIGHUP)
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {s: signal.signal(s, handler) for s in caught}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 # ---- commands ----------------------------------------------------------------------------

@@ -61,3 +61,11 @@ class ConfigurationError(BatchflowError):
     Exit code 2; nothing was created."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """A signal that stops a run the way Ctrl-C does (SIGTERM, SIGHUP). Its argument names it."""
+
+    @property
+    def signal_name(self) -> str:
+        return str(self.args[0]) if self.args else "SIGTERM"

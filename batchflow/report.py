@@ -121,9 +121,10 @@ class Reporter:
         """The final report: counts, time per stage, where outputs went, and why tasks failed."""
         self.close_progress()
         counts = state.counts()
+        not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
         lines = [
-            f"Run {state.run_id}: {state.status}. "
-            f"{counts['succeeded']} succeeded, {counts['failed']} failed of {state.task_count} tasks."
+            f"Run {state.run_id}: {state.status}. {counts['succeeded']} succeeded, "
+            f"{counts['failed']} failed{not_started} of {state.task_count} tasks."
         ]
         if state.stage_seconds:
             lines.append("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.stage_seconds.items()))

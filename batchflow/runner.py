@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchflow.backends.base import Compute, Storage
-from batchflow.errors import BatchflowError, ConfigurationError
+from batchflow.errors import BatchflowError, ConfigurationError, Terminated
 from batchflow.model import (
     CleanupAction,
     Plan,
@@ -99,11 +99,12 @@ class Runner:
             self.state.status = "succeeded" if self.state.counts()["failed"] == 0 else "failed"
         except KeyboardInterrupt as e:
             self.state.status = "interrupted"
-            how = "Ctrl-C" if type(e) is KeyboardInterrupt else "SIGTERM"
+            how = e.signal_name if isinstance(e, Terminated) else "Ctrl-C"
             self.state.message = f"interrupted ({how})"
             self.reporter.close_progress()
             self.reporter.warn("Interrupted: stopping running tasks...")
             self._stop_and_collect()
+            self.state.mark_not_started(t.id for t in self.plan.tasks)
         except BatchflowError as e:
             self.state.status = "failed"
             self.state.message = str(e)

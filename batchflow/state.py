@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from batchflow.errors import BatchflowError
 from batchflow.model import TaskResult, TaskState
 
 STATE_FILE = "state.json"
+NOT_STARTED = "not_started"  # a task's state in state.json after an interrupt stopped it from starting
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -79,8 +81,16 @@ class RunState:
                 "outputs": list(r.outputs),
             }
 
+    def mark_not_started(self, task_ids: Iterable[str]) -> None:
+        """After an interrupt: each task with no result, or stopped before its command ever ran (no
+        start time), is "not started", whichever backend ran it. They run on a re-run."""
+        for task_id in task_ids:
+            record = self.tasks.get(task_id)
+            if record is None or (record["state"] == TaskState.FAILED.value and record["started_at"] is None):
+                self.tasks[task_id] = {**(record or {}), "state": NOT_STARTED, "failure": None, "attempts": 0}
+
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in TaskState}
+        out = {s.value: 0 for s in TaskState} | {NOT_STARTED: 0}
         for t in self.tasks.values():
             out[t["state"]] = out.get(t["state"], 0) + 1
         return out

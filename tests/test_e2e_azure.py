@@ -383,6 +383,8 @@ def test_ctrl_c_leaves_no_pool_or_job(
     run = run_of(err, wf)
     state = load_state(run)
     assert (state["status"], state["message"]) == ("interrupted", "interrupted (Ctrl-C)")
+    # Counted as the local backend counts them: the running ones failed, the queued one not started.
+    assert f"Run {run.name}: interrupted. 0 succeeded, 2 failed, 1 not started of 3 tasks." in err
 
 
 def _running_tasks(env: AzureEnv) -> int:

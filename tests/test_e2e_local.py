@@ -381,7 +381,9 @@ def communicate(proc: subprocess.Popen[str], what: str) -> tuple[str, str]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_a_signal_stops_the_run_and_its_tasks(
     signum: signal.Signals, write_workflow: WriteWorkflow, tmp_path: Path, reaper: Reaper
 ) -> None:
@@ -422,13 +424,18 @@ def test_a_signal_stops_the_run_and_its_tasks(
     (run,) = run_folders(wf.parent / ".batchflow")
     lines = err.splitlines()
     assert "Interrupted: stopping running tasks..." in lines
-    assert f"Run {run.name}: interrupted. 0 succeeded, 3 failed of 3 tasks." in lines
+    # Two tasks ran and were stopped; the third never started (counted so on both backends).
+    assert f"Run {run.name}: interrupted. 0 succeeded, 2 failed, 1 not started of 3 tasks." in lines
     assert lines[-1] == f"Run folder: {run}"
     assert "Traceback" not in err
     state = load_state(run)
-    expected = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "interrupted (SIGTERM)"
+    expected = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"interrupted ({signum.name})"
     assert (state["status"], state["message"]) == ("interrupted", expected)
-    assert {t["failure"] for t in state["tasks"].values()} == {"cancelled"}
+    assert sorted((t["state"], t["failure"]) for t in state["tasks"].values()) == [
+        ("failed", "cancelled"),
+        ("failed", "cancelled"),
+        ("not_started", None),
+    ]
     assert [pid for pid in pids if alive(pid)] == []
 
 
