@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,19 +31,6 @@ class CleanupReport:
     failed: list[str] = field(default_factory=list)
 
 
-def still_running(state: RunState) -> bool:
-    """The run's process is alive on this machine (it has not ended and its pid still exists)."""
-    if state.ended_at is not None or state.pid is None or state.host != socket.gethostname():
-        return False
-    try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_run(
     state: RunState,
     workflow: Workflow | None,
@@ -64,6 +49,14 @@ def cleanup_run(
 def _local_compute(
     state: RunState, workspace: Path, report: CleanupReport, say: Callable[[str], None]
 ) -> None:
+    from batchflow.backends import local_processes
+
+    # Tasks run in sessions of their own: a killed batchflow leaves them running. Stop them first.
+    groups = local_processes.leftovers(state.folder)
+    if groups:
+        say(f"Stopping {len(groups)} task process group(s) the run left running...")
+        for task in local_processes.stop(groups):
+            report.deleted.append(f"process of task {task}")
     if state.pool_id is None:
         return
     folder = workspace / "pools" / state.pool_id

@@ -27,6 +27,8 @@ from batchflow.errors import BatchflowError, InvalidWorkflow, Problem, Terminate
 from batchflow.redact import RedactingFilter, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# `batchflow status`: a run that succeeded or still runs 0; failed, error or dead 1; interrupted 130.
+STATUS_EXIT = {"succeeded": EXIT_OK, "running": EXIT_OK, "interrupted": EXIT_INTERRUPTED}
 
 
 def _backend_choices() -> list[str]:
@@ -294,16 +296,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     from batchflow.report import as_json, tail
     from batchflow.state import RunState, find_run
 
-    state = RunState.load(find_run(_workspace_of(args), args.run))
+    state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
+    status = state.effective_status
+    code = STATUS_EXIT.get(status, EXIT_FAILED)
     if args.output == "json":
-        print(json.dumps(as_json(state), indent=2))
-        return EXIT_OK
+        print(json.dumps({**as_json(state), "status": status, "exit_code": code}, indent=2))
+        return code
     counts = state.counts()
+    not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
     lines: list[str] = [
-        f"Run {state.run_id} ({state.backend}): {state.status}, stage {state.stage}",
+        f"Run {state.run_id} ({state.backend}): {status}, stage {state.stage}",
         f"Workflow: {state.workflow}",
-        f"Tasks: {state.task_count} total, {counts['succeeded']} succeeded, {counts['failed']} failed",
+        f"Tasks: {state.task_count} total, {counts['succeeded']} succeeded, {counts['failed']} failed"
+        + not_started,
     ]
+    if status == "dead":
+        lines.append(
+            f"Its batchflow process ({state.pid}) is gone without ending the run: "
+            f"`batchflow cleanup {state.run_id}` stops what it left running and removes its job and pool"
+        )
     if state.message:
         lines.append(f"Message: {state.message}")
     for tid, t in sorted(state.tasks.items()):
@@ -313,7 +324,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 lines.extend(f"    | {line}" for line in tail(state.folder / t["stderr"], 5))
     lines.append(f"Run folder: {state.folder}")
     print(redact("\n".join(lines)))
-    return EXIT_OK
+    return code
 
 
 def _workspace_of(args: argparse.Namespace) -> Path:
@@ -328,13 +339,13 @@ def _workspace_of(args: argparse.Namespace) -> Path:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from batchflow.cleanup import cleanup_run, still_running
+    from batchflow.cleanup import cleanup_run
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, find_run
 
     workspace = _workspace_of(args)
-    state = RunState.load(find_run(workspace, args.run))
-    if still_running(state):
+    state = RunState.load(find_run(workspace, args.run, args.workflow))
+    if state.still_running():
         raise BatchflowError(
             f"run {state.run_id} is still running (process {state.pid}): stop it first (Ctrl-C cleans up)"
         )
@@ -354,6 +365,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             return EXIT_OK
     report = cleanup_run(state, workflow, workspace, lambda m: print(redact(m), file=sys.stderr))
     state.cleaned_up.extend(report.deleted)
+    if state.effective_status == "dead":
+        state.status, state.message = "dead", "the batchflow process died; `batchflow cleanup` cleaned up"
     state.save()
     if args.output == "json":
         print(json.dumps({"run_id": state.run_id, **report.__dict__}, indent=2))

@@ -59,6 +59,26 @@ class RunState:
     cleanup_failures: list[str] = field(default_factory=list)  # what the run's own cleanup could not do
     cleaned_up: list[str] = field(default_factory=list)  # what `batchflow cleanup` removed later
 
+    def still_running(self) -> bool:
+        """The run's process is alive on this machine (it has not ended and its pid still exists)."""
+        if self.ended_at is not None or self.pid is None or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    @property
+    def effective_status(self) -> str:
+        """`status`, except that a run whose batchflow process is gone (SIGKILL, a crash, a lost
+        machine) without ending is "dead", not "running" forever. On another host: as recorded."""
+        if self.status == "running" and self.host == socket.gethostname() and not self.still_running():
+            return "dead"
+        return self.status
+
     @property
     def tasks_dir(self) -> Path:
         return self.folder / "tasks"
@@ -140,12 +160,15 @@ class RunState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def find_run(workspace: Path, run_id: str | None) -> Path:
-    """The folder of run `run_id` (a unique prefix is enough), or of the latest run."""
+def find_run(workspace: Path, run_id: str | None, workflow: Path | None = None) -> Path:
+    """The folder of run `run_id` (a unique prefix is enough), or of the latest run; with `workflow`,
+    only runs of that workflow file count (workflows may share a workspace)."""
     runs = workspace / "runs"
     names = sorted(p.name for p in runs.iterdir() if (p / STATE_FILE).is_file()) if runs.is_dir() else []
+    if workflow is not None:
+        names = [n for n in names if _workflow_of(runs / n) == workflow.resolve()]
     if not names:
-        raise BatchflowError(f"no runs in {runs}")
+        raise BatchflowError(f"no runs in {runs}" + (f" of {workflow}" if workflow is not None else ""))
     if run_id is None:
         return runs / names[-1]
     matches = [n for n in names if n.startswith(run_id)]
@@ -154,6 +177,14 @@ def find_run(workspace: Path, run_id: str | None) -> Path:
     if not matches:
         raise BatchflowError(f"no run {run_id!r} in {runs} (latest: {names[-1]})")
     raise BatchflowError(f"run id {run_id!r} is ambiguous: {', '.join(matches[:5])}")
+
+
+def _workflow_of(folder: Path) -> Path | None:
+    try:
+        data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        return Path(data["workflow"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _rel(path: Path | None, base: Path) -> str | None:

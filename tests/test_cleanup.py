@@ -29,10 +29,13 @@ def _wait_for_start(pool: Path, proc: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.e2e
-def test_cleanup_removes_the_node_folders_of_a_killed_local_run(
+def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_run(
     write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    wf = write_workflow("touch ../started; sleep 60", inputs=1)
+    """SIGKILL of batchflow: its tasks, in sessions of their own, live on, and `status` said
+    "running" forever. Now status says dead (exit 1) and cleanup stops the tasks, then removes the
+    node folders."""
+    wf = write_workflow("echo $$ > ../pid; touch ../started; sleep 60", inputs=1)
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchflow", "run", str(wf), "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -46,17 +49,36 @@ def test_cleanup_removes_the_node_folders_of_a_killed_local_run(
         _wait_for_start(pool, proc)
         assert _started(pool), proc.stderr.read() if proc.stderr else ""
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # batchflow and its task: no cleanup runs
+        os.killpg(proc.pid, signal.SIGKILL)  # batchflow (its session): no cleanup runs
         proc.communicate(timeout=30)
     assert pool.is_dir()
+    task_pid = int((_started(pool)[0].parent / "pid").read_text())
+    assert _alive(task_pid)  # the task outlived batchflow
+
+    assert main(["status", "--workflow", str(wf)]) == 1
+    out = capsys.readouterr().out
+    assert ": dead, stage monitor" in out
+    assert "batchflow cleanup" in out
 
     assert main(["cleanup", "--workflow", str(wf), "--output", "json"]) == 0
 
     report = json.loads(capsys.readouterr().out)
-    assert report["deleted"] == ["pool TestPool"]
+    assert report["deleted"] == ["process of task task-item-01", "pool TestPool"]
+    assert not _alive(task_pid)
     assert not pool.exists()
     state = RunState.load(wf.parent / ".batchflow" / "runs" / report["run_id"])
-    assert state.cleaned_up == ["pool TestPool"]
+    assert state.cleaned_up == ["process of task task-item-01", "pool TestPool"]
+    assert state.status == "dead"
+    assert main(["status", "--workflow", str(wf)]) == 1
+    capsys.readouterr()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"  # a zombie is not alive
 
 
 def test_cleanup_refuses_a_run_that_is_still_running(
