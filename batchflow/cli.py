@@ -28,6 +28,7 @@ from batchflow.redact import RedactingFilter, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # `batchflow status`: a run that succeeded or still runs 0; failed, error or dead 1; interrupted 130.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command whose reader went away
 STATUS_EXIT = {"succeeded": EXIT_OK, "running": EXIT_OK, "interrupted": EXIT_INTERRUPTED}
 
 
@@ -130,9 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(e.code) if isinstance(e.code, int) else EXIT_INVALID
+    json_errors = getattr(args, "output", "text") == "json"
     try:
         with _sigterm_as_interrupt():
             return int(COMMANDS[args.command](args))
+    except BrokenPipeError:
+        # The reader went away (`batchflow plan ... | head`): no traceback, no "unexpected error".
+        # Point stdout at /dev/null so the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except InvalidWorkflow as e:
         if getattr(args, "output", "text") == "json":
             print(json.dumps({"valid": False, "problems": [p.as_dict() for p in e.problems]}, indent=2))
@@ -142,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{n} problem{'s' if n != 1 else ''}; nothing was created.", file=sys.stderr)
         return EXIT_INVALID
     except BatchflowError as e:
+        if json_errors:  # machine-readable on stdout, as the success output would have been
+            print(json.dumps({"error": redact(str(e)), "exit_code": e.exit_code}, indent=2))
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -149,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as e:
         log_file = _crash_log(e)
+        if json_errors:
+            print(json.dumps({"error": f"unexpected error, see {log_file}", "exit_code": EXIT_UNEXPECTED}))
         print(f"batchflow: unexpected error: {redact(type(e).__name__ + ': ' + str(e))}", file=sys.stderr)
         print(f"The traceback is in {log_file}. Please report it.", file=sys.stderr)
         return EXIT_UNEXPECTED

@@ -13,10 +13,18 @@ from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 from batchflow.model import TaskCounts
 from batchflow.redact import redact
 from batchflow.state import RunState
+
+_CUT_LAST = Column(no_wrap=True, overflow="ellipsis")  # cut, not wrapped, when the line is full
+
+
+def _fixed(width: int) -> Column:
+    return Column(min_width=width, no_wrap=True)
+
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between plain progress lines when nothing finished
 
@@ -56,32 +64,36 @@ class Reporter:
     def progress(self, counts: TaskCounts, total: int) -> None:
         if self.quiet:
             return
-        text = (
-            f"queued {counts.active}  running {counts.running}  "
-            f"succeeded {counts.succeeded}  failed {counts.failed}"
-        )
         if self.live:
             if self._progress is None:
+                # Done/total, elapsed and ETA first and never squeezed; then the bar, the counts
+                # (succeeded is done minus failed) and the rate, cut, not wrapped, on a narrow
+                # terminal: at 80 columns only the rate at the end may go.
                 self._progress = Progress(
-                    TextColumn("[bold]Tasks"),
-                    BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[counts]}"),
-                    TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(),
-                    TextColumn("ETA"),
-                    TimeRemainingColumn(),
+                    TextColumn("[bold]Tasks", table_column=_fixed(5)),
+                    TextColumn("{task.completed}/{task.total}", table_column=_fixed(9)),
+                    TimeElapsedColumn(table_column=_fixed(7)),
+                    TextColumn("ETA", table_column=_fixed(3)),
+                    TimeRemainingColumn(table_column=_fixed(7)),
+                    BarColumn(bar_width=10, table_column=_fixed(10)),
+                    TextColumn("{task.fields[counts]}", table_column=_CUT_LAST),
                     console=self._console,
                     transient=False,
                 )
                 self._progress.start()
-                self._bar = self._progress.add_task("tasks", total=total, counts=text, rate="")
+                self._bar = self._progress.add_task("tasks", total=total, counts="")
+            live_text = f"running {counts.running}  queued {counts.active}  failed {counts.failed}"
             if self._bar is None:  # pragma: no cover - set together with _progress
                 return
             elapsed = max(self.clock() - self._started, 1e-9)
-            rate = f"{counts.completed / elapsed:.1f} tasks/s" if counts.completed else ""
-            self._progress.update(self._bar, completed=counts.completed, total=total, counts=text, rate=rate)
+            if counts.completed:  # last, so that a narrow terminal cuts it first
+                live_text += f"  {counts.completed / elapsed:.1f} tasks/s"
+            self._progress.update(self._bar, completed=counts.completed, total=total, counts=live_text)
             return
+        text = (
+            f"queued {counts.active}  running {counts.running}  "
+            f"succeeded {counts.succeeded}  failed {counts.failed}"
+        )
         now = self.clock()
         last = self._last_plain
         changed = last is None or last[0].completed != counts.completed or last[0].failed != counts.failed
@@ -89,7 +101,11 @@ class Reporter:
         finished = counts.completed == total
         # Plain mode: a line when something finished (at most every few seconds), and the last one.
         if (changed and due) or (finished and (last is None or last[0] != counts)):
-            self._console.print(f"Tasks {counts.completed}/{total}: {text}", markup=False)
+            times = f"elapsed {_clock_text(now - self._started)}"
+            if counts.completed and not finished:
+                eta = (now - self._started) / counts.completed * (total - counts.completed)
+                times += f", ETA {_clock_text(eta)}"
+            self._console.print(f"Tasks {counts.completed}/{total}: {text} ({times})", markup=False)
             self._last_plain = (counts, now)
 
     def transfer(self, verb: str, files: int, total_files: int, sent: int, total_bytes: int) -> None:
@@ -143,6 +159,12 @@ class Reporter:
         lines.append(f"Run folder: {state.folder}")
         for line in lines:
             self._console.print(redact(line), markup=False)
+
+
+def _clock_text(seconds: float) -> str:
+    """H:MM:SS, as rich's progress columns show times."""
+    whole = max(0, round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def tail(path: Path, n: int) -> list[str]:

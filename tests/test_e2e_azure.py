@@ -203,6 +203,7 @@ def test_an_existing_pool_is_reused_and_kept(
 
     err = capsys.readouterr().err
     assert "  reusing existing pool [TestPool] (not created by batchflow)" in err.splitlines()
+    assert err.count("reusing existing pool") == 1  # said once (the runner said it again before)
     assert "Deleting pool [TestPool]..." not in err
     assert leftovers(azure_env) == (["TestPool"], [])  # the job is gone, the pool the user made stays
 

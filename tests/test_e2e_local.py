@@ -104,7 +104,7 @@ def test_mp4_to_mp3_end_to_end(
     assert summary["run_id"] == second.name
     assert summary["run_folder"] == str(second)
     assert (summary["status"], summary["workflow"], summary["backend"]) == ("succeeded", str(wf), "local")
-    assert summary["counts"] == {"active": 0, "running": 0, "succeeded": 5, "failed": 0}
+    assert summary["counts"] == {"active": 0, "running": 0, "succeeded": 5, "failed": 0, "not_started": 0}
     assert set(summary["tasks"]) == set(state["tasks"])
     check_mp3s_match_inputs(mp3_dir, mp4_dir)
 
@@ -206,7 +206,7 @@ def test_word_count_end_to_end(copy_workflow: Copy, capsys: pytest.CaptureFixtur
 # ---- failures -----------------------------------------------------------------------------------
 
 FAILING = (
-    "if [ {{ input.path }} = item-02.txt ]; then "
+    "if [ {{ input.path }} = ./item-02.txt ]; then "
     'for i in $(seq 1 12); do echo "stderr line $i" >&2; done; exit 3; fi; cat {{ input.path }}'
 )
 

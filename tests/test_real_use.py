@@ -146,3 +146,138 @@ def test_a_second_azure_run_from_another_workspace_refuses_and_deletes_nothing_o
     assert first.returncode == 0, err
     state = state_of(first_run)
     assert (state["status"], len(state["tasks"])) == ("succeeded", 3)
+
+
+# ---- 7. the command line -------------------------------------------------------------------------
+
+
+def _state(workspace: Path, run_id: str, workflow: Path, status: str, *, pid: int | None = None) -> None:
+    from batchflow.state import RunState
+
+    state = RunState.create(workspace, workflow, "local", run_id)
+    state.status = status
+    state.pid = pid if pid is not None else state.pid
+    state.ended_at = None if status == "running" else time.time()
+    state.save()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid  # reaped: no such process now
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "shown"),
+    [
+        ("succeeded", 0, "succeeded"),
+        ("running", 0, "running"),  # this test's own process: alive
+        ("failed", 1, "failed"),
+        ("error", 1, "error"),
+        ("interrupted", 130, "interrupted"),
+        ("dead", 1, "dead"),  # recorded as running, but its process is gone
+    ],
+)
+def test_status_exit_codes_say_how_the_run_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], status: str, code: int, shown: str
+) -> None:
+    workspace = tmp_path / "ws"
+    recorded = "running" if status == "dead" else status
+    _state(
+        workspace,
+        "20261201-000000-000-aaaaaa",
+        tmp_path / "wf.yaml",
+        recorded,
+        pid=_dead_pid() if status == "dead" else None,
+    )
+
+    assert main(["status", "--workspace", str(workspace)]) == code
+    assert capsys.readouterr().out.startswith(f"Run 20261201-000000-000-aaaaaa (local): {shown}, ")
+    assert main(["status", "--workspace", str(workspace), "--output", "json"]) == code
+    data = json.loads(capsys.readouterr().out)
+    assert (data["status"], data["exit_code"]) == (shown, code)
+
+
+def test_status_and_cleanup_of_a_workflow_pick_its_runs_not_another_workflows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two workflows in one folder share its workspace (.batchflow): --workflow X means X's runs."""
+    workspace = tmp_path / ".batchflow"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    _state(workspace, "20261201-000000-000-aaaaaa", first, "failed")
+    _state(workspace, "20261201-000001-000-bbbbbb", second, "succeeded")  # the latest of the folder
+    for wf in (first, second):
+        wf.write_text("version: 1\n", encoding="utf-8")  # (only its path matters here)
+
+    assert main(["status", "--workspace", str(workspace)]) == 0  # no --workflow: the latest run
+    assert "20261201-000001-000-bbbbbb" in capsys.readouterr().out
+    assert main(["status", "--workspace", str(workspace), "--workflow", str(first)]) == 1
+    assert capsys.readouterr().out.startswith("Run 20261201-000000-000-aaaaaa (local): failed")
+
+
+def test_an_error_with_json_output_is_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--workspace", str(tmp_path), "--output", "json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": f"no runs in {tmp_path / 'runs'}", "exit_code": 1}
+    assert err == f"error: no runs in {tmp_path / 'runs'}\n"
+
+
+def test_piping_a_long_plan_to_head_gives_no_traceback(write_workflow: WriteWorkflow, tmp_path: Path) -> None:
+    wf = write_workflow("echo {{ input.name }}", inputs=3000)
+    script = (
+        f"{sys.executable} -m batchflow plan {wf} --all --output json | head -c 100 >/dev/null; "
+        "echo ${PIPESTATUS[0]} >&2"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert "Traceback" not in result.stderr
+    assert "unexpected error" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "141"  # as a shell reports a closed pipe
+    assert not (tmp_path / "cache" / "batchflow" / "batchflow.log").exists()
+
+
+def test_the_progress_line_keeps_elapsed_time_and_eta_at_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import re
+
+    from batchflow.model import TaskCounts
+    from batchflow.report import Reporter
+
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = io.StringIO()
+    reporter = Reporter(stream, live=True)
+    reporter.progress(TaskCounts(active=800, running=2, succeeded=190, failed=8), 1000)
+    reporter.close_progress()
+
+    [line] = [line for line in stream.getvalue().splitlines() if line.startswith("Tasks")]
+    assert len(line) <= 80
+    assert re.search(r"198/1000 +\d:\d\d:\d\d ETA +(\d:\d\d:\d\d|-:--:--) ", line), line
+    assert "failed 8" in line
+
+
+def test_plain_progress_lines_show_elapsed_time_and_eta() -> None:
+    import io
+
+    from batchflow.model import TaskCounts
+    from batchflow.report import Reporter
+
+    now = [0.0]
+    stream = io.StringIO()
+    reporter = Reporter(stream, live=False, clock=lambda: now[0])
+    reporter.progress(TaskCounts(active=10), 10)
+    now[0] = 6.0
+    reporter.progress(TaskCounts(active=6, succeeded=4), 10)
+    now[0] = 15.0
+    reporter.progress(TaskCounts(succeeded=10), 10)
+
+    assert stream.getvalue().splitlines() == [
+        "Tasks 0/10: queued 10  running 0  succeeded 0  failed 0 (elapsed 0:00:00)",
+        "Tasks 4/10: queued 6  running 0  succeeded 4  failed 0 (elapsed 0:00:06, ETA 0:00:09)",
+        "Tasks 10/10: queued 0  running 0  succeeded 10  failed 0 (elapsed 0:00:15)",
+    ]
