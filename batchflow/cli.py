@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="check a workflow file and report every problem")
     workflow_args(sp)
     output_arg(sp)
+    sp.add_argument(
+        "--backend", choices=_backend_choices(), default="local", help="check it for this backend"
+    )
 
     sp = sub.add_parser("plan", help="show what a run would do, creating nothing")
     workflow_args(sp)
@@ -99,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
     sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
     sp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
+    output_arg(sp)
+
+    sp = sub.add_parser("download", help="fetch the outputs of a run (finished, failed or interrupted)")
+    sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough; default: the latest)")
+    sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
+    sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
     output_arg(sp)
 
     sub.add_parser("schema", help="print the workflow JSON Schema")
@@ -157,6 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:  # the world said no (disk full, permission denied, read-only): not a bug
+        from batchflow.runner import describe_os_error
+
+        message = redact(describe_os_error(e))
+        if json_errors:
+            print(json.dumps({"error": message, "exit_code": EXIT_FAILED}, indent=2))
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         log_file = _crash_log(e)
         if json_errors:
@@ -206,7 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from batchflow.spec import load_workflow
 
     wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
-    plan = build_plan(wf, "local")
+    plan = build_plan(wf, args.backend)
     if args.output == "json":
         print(json.dumps({"valid": True, "problems": [], "tasks": len(plan.tasks)}, indent=2))
     else:
@@ -269,10 +286,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter.stage(
             f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}"
         )
+        runner = Runner(plan, storage, compute, state, reporter)
         try:
-            outcome = Runner(plan, storage, compute, state, reporter).run()
+            outcome = runner.run()
         except BatchflowError:
-            reporter.summary(state, outputs=[])
+            reporter.summary(state, outputs=runner.outputs)
             raise
         except Exception:
             reporter.warn(f"Run folder: {state.folder}")
@@ -391,6 +409,32 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """The outputs a run's tasks stored, into the workflow's download destinations: for a run that
+    failed, was interrupted, or whose download stage could not finish (a full disk)."""
+    from batchflow.backends import registry
+    from batchflow.model import Plan
+    from batchflow.runner import check_destinations, download_outputs
+    from batchflow.spec import load_workflow
+    from batchflow.state import RunState, find_run
+
+    workspace = _workspace_of(args)
+    state = RunState.load(find_run(workspace, args.run, args.workflow))
+    wf = load_workflow(Path(state.workflow))
+    check_destinations(wf)
+    ctx = registry.Context(plan=Plan(wf, (), (), None), workspace=workspace, run_dir=state.folder)
+    storage = registry.STORAGE[state.storage](ctx)
+    try:
+        lines = download_outputs(wf, storage, state.run_id, lambda m: print(redact(m), file=sys.stderr))
+    finally:
+        storage.close()
+    if args.output == "json":
+        print(json.dumps({"run_id": state.run_id, "outputs": lines}, indent=2))
+    for line in lines:
+        print(redact(f"Outputs: {line}"), file=sys.stderr)
+    return EXIT_OK
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
@@ -408,6 +452,7 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "status": cmd_status,
     "cleanup": cmd_cleanup,
+    "download": cmd_download,
     "schema": cmd_schema,
 }
 

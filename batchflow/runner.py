@@ -105,12 +105,19 @@ class Runner:
             self.reporter.warn("Interrupted: stopping running tasks...")
             self._stop_and_collect()
             self.state.mark_not_started(t.id for t in self.plan.tasks)
+            done = self.state.counts()["succeeded"]
+            if done and self.plan.workflow.downloads:
+                self.reporter.warn(
+                    f"  the outputs of the {done} task(s) that finished stay in storage: "
+                    f"`batchflow download {self.state.run_id}` fetches them"
+                )
         except BatchflowError as e:
-            self.state.status = "failed"
-            self.state.message = str(e)
-            self.reporter.close_progress()
-            self._stop_and_collect()
+            self._fail(str(e))
             raise
+        except OSError as e:  # the world said no (disk full, permission denied): not a bug
+            message = describe_os_error(e)
+            self._fail(message)
+            raise BatchflowError(message) from None
         except BaseException as e:
             self.state.status = "error"
             self.state.message = f"{type(e).__name__}: {e}"
@@ -123,6 +130,11 @@ class Runner:
                 self.state.ended_at = time.time()
                 self.state.save()
         return RunOutcome(self.state, self._outputs)
+
+    @property
+    def outputs(self) -> list[str]:
+        """What the download stage fetched, one line per destination (also after a failure)."""
+        return self._outputs
 
     # ---- stages ---------------------------------------------------------------------------
 
@@ -234,12 +246,26 @@ class Runner:
         self.state.record_tasks(results)
         self.state.save()
 
+    def _fail(self, message: str) -> None:
+        """After an error: stop what runs, record what finished, and fetch the outputs of the tasks
+        that finished (best effort: the error may be the storage's own)."""
+        self.state.status = "failed"
+        self.state.message = message
+        self.reporter.close_progress()
+        self._stop_and_collect()
+        if self.state.counts()["succeeded"] and self.state.stage not in ("upload", "pool", "job", "tasks"):
+            try:
+                self._download()
+            except (BatchflowError, OSError) as e:
+                log.warning("could not download the finished tasks' outputs: %s", e)
+                self.reporter.warn(f"  could not download the finished tasks' outputs: {e}")
+
     def _stop_and_collect(self) -> None:
         """After an error or Ctrl-C: stop what runs, record what finished."""
         try:
             self.compute.stop()
             self._collect()
-        except BatchflowError as e:
+        except (BatchflowError, OSError) as e:
             log.warning("could not record task results: %s", e)
 
     def _per_run_outputs(self, tasks: tuple[RenderedTask, ...]) -> tuple[RenderedTask, ...]:
@@ -268,17 +294,10 @@ class Runner:
         return f"runs/{self.state.run_id}/" if self.plan.workflow.outputs_per_run else ""
 
     def _download(self) -> None:
-        output_containers = {o.container for o in self.plan.workflow.tasks.outputs}
         with self._stage("download"):
-            for d in self.plan.workflow.downloads:
-                prefix = (self.run_prefix if d.container in output_containers else "") + d.prefix
-                logs = self.plan.workflow.logs
-                skip = (logs.prefix,) if logs is not None and logs.container == d.container else ()
-                self.reporter.stage(f"Downloading container [{d.container}] to {d.destination}...")
-                result = self.storage.download(d.container, prefix, d.destination, skip=skip)
-                self._outputs.append(
-                    f"{d.destination} ({result.transferred} downloaded, {result.skipped} unchanged)"
-                )
+            self._outputs = download_outputs(
+                self.plan.workflow, self.storage, self.state.run_id, self.reporter.stage
+            )
 
     def _cleanup(self) -> None:
         wf = self.plan.workflow
@@ -311,6 +330,9 @@ class Runner:
             self.state.cleanup_failures.append(f"{message.rstrip('.')}: {e}")
             self.reporter.warn(f"  cleanup failed: {e}")
             log.warning("cleanup failed: %s", e)
+        except OSError as e:
+            self.state.cleanup_failures.append(f"{message.rstrip('.')}: {describe_os_error(e)}")
+            self.reporter.warn(f"  cleanup failed: {describe_os_error(e)}")
         except KeyboardInterrupt:
             self.state.cleanup_failures.append(f"{message.rstrip('.')}: interrupted")
             self.reporter.warn(
@@ -318,6 +340,27 @@ class Runner:
                 f"Check with: batchflow cleanup {self.state.run_id}"
             )
             log.warning("cleanup interrupted: %s", message)
+
+
+def download_outputs(wf: Workflow, storage: Storage, run_id: str, say: Callable[[str], None]) -> list[str]:
+    """Fetch each `storage.downloads` entry of run `run_id` (its outputs under runs/<run id>/ when
+    outputs_per_run, never its logs). Returns one line per destination for the summary."""
+    output_containers = {o.container for o in wf.tasks.outputs}
+    run_prefix = f"runs/{run_id}/" if wf.outputs_per_run else ""
+    lines = []
+    for d in wf.downloads:
+        prefix = (run_prefix if d.container in output_containers else "") + d.prefix
+        skip = (wf.logs.prefix,) if wf.logs is not None and wf.logs.container == d.container else ()
+        say(f"Downloading container [{d.container}] to {d.destination}...")
+        result = storage.download(d.container, prefix, d.destination, skip=skip)
+        lines.append(f"{d.destination} ({result.transferred} downloaded, {result.skipped} unchanged)")
+    return lines
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an error from the file system: what happened, and where."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or type(e).__name__}{where}" if e.strerror else str(e)
 
 
 def doomed_containers(wf: Workflow) -> list[str]:

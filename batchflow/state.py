@@ -9,6 +9,7 @@ Layout: <workspace>/runs/<run id>/
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -20,6 +21,8 @@ from typing import Any
 
 from batchflow.errors import BatchflowError
 from batchflow.model import TaskResult, TaskState
+
+log = logging.getLogger("batchflow")
 
 STATE_FILE = "state.json"
 NOT_STARTED = "not_started"  # a task's state in state.json after an interrupt stopped it from starting
@@ -116,11 +119,17 @@ class RunState:
         return out
 
     def save(self) -> None:
+        """Write state.json atomically. On a full disk the last good copy stays and the run goes on
+        (it still cleans up); the failure is logged, and the next save tries again."""
         data = asdict(self)
         data["folder"] = str(self.folder)
         tmp = self.folder / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(self.folder / STATE_FILE)
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+            tmp.replace(self.folder / STATE_FILE)
+        except OSError as e:
+            log.warning("cannot save the run state in %s: %s", self.folder, e)
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def create(

@@ -315,6 +315,7 @@ def test_a_pool_that_would_never_get_a_node_is_refused_before_anything_is_create
     assert azure_env.emulator.requests == []
     assert not (wf.parent / ".batchflow").exists()
     assert main(["plan", str(wf), "--backend", "azure"]) == 2  # plan says so too
+    assert main(["validate", str(wf), "--backend", "azure"]) == 2  # and validate for Batch
     assert main(["validate", str(wf)]) == 0  # the local backend ignores node counts
     capsys.readouterr()
 

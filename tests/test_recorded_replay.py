@@ -263,30 +263,6 @@ def test_a_body_over_1_mib_is_refused_as_recorded(emu: BatchEmulator) -> None:
         _agree(recorded.response.body, body, path, "request_body_too_large")
 
 
-def test_every_recorded_exchange_batchflow_relies_on_is_replayed() -> None:
-    replayed = {s.name for steps in FLOWS.values() for s in steps} | {
-        "auth_failed_unknown_account",
-        "request_body_too_large",
-    }
-    needed = {
-        "pool_create_zero_target",
-        "pool_get_right_after_create",
-        "pool_get_while_deleting",
-        "pool_get_after_delete_not_found",
-        "job_create",
-        "job_get_after_create",
-        "job_get_terminatejob_no_tasks_active",
-        "add_task_collection_success",
-        "task_counts_new_job",
-        "pool_node_counts_single_pool_zero",
-        "invalid_query_parameter_maxresults",
-        "pool_exists",
-        "job_exists",
-        "pool_not_found",
-    }
-    assert needed <= replayed
-
-
 # ---- helpers ---------------------------------------------------------------------------------------
 
 

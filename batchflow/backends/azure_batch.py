@@ -40,6 +40,7 @@ from azure.batch import models as bm
 from azure.batch.models._models import BatchJobTerminateOptions  # not exported by azure-batch 15.1.0
 from azure.core.exceptions import (
     AzureError,
+    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
@@ -158,6 +159,7 @@ class AzureBatchCompute:
         self._jobs: set[str] = set()  # jobs this compute created (or found created by this run)
         self._container_urls: dict[str, str] = {}
         self._task_logs: dict[str, TaskLogs] = {}  # by casefolded task id: where the node put its logs
+        self._logs_fetched: dict[str, tuple[Path | None, Path | None]] = {}  # by casefolded task id
         self._last_counts: dict[str, TaskCounts] = {}
         self._progress_at: dict[str, float] = {}
         self._retry_at = 0.0  # the service asked for no request before this (clock time)
@@ -205,7 +207,13 @@ class AzureBatchCompute:
         self._count("list_pools")
         try:
             next(iter(self._client.list_pools(max_results=1, select=["id"], retry_total=1)), None)
-        except HttpResponseError as e:  # ClientAuthenticationError (401) included
+        except ClientAuthenticationError as e:  # 401, or no token at all (Entra ID sign-in failed)
+            raise ConfigurationError(
+                f"Azure Batch at {where} refused the credentials, or none could be had: {_describe(e)} "
+                "(shared key: set AZURE_BATCH_ACCOUNT and AZURE_BATCH_ACCESS_KEY; Entra ID: sign in, "
+                "e.g. `az login`, and check the identity's role on the account)"
+            ) from None
+        except HttpResponseError as e:
             if e.status_code in (401, 403):
                 raise ConfigurationError(
                     f"Azure Batch at {where} refused the credentials: {_describe(e)} (check "
@@ -386,11 +394,7 @@ class AzureBatchCompute:
             if saved is not None:
                 lines.append(f"full logs: {saved}")
             return "\n".join(lines)
-        errors = [
-            f"{n.id}: " + "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in n.errors or [])
-            for n in nodes
-            if n.errors
-        ]
+        errors = [f"{n.id}: " + _errors_text(n.errors) for n in nodes if n.errors]
         return f"no node of pool {pool_id!r} can run tasks ({_describe_nodes(health)})" + (
             ": " + " | ".join(errors[:5]) if errors else ""
         )
@@ -600,15 +604,15 @@ class AzureBatchCompute:
             ]
         except (HttpResponseError, *_NO_ANSWER) as e:
             raise self._error(f"cannot list the tasks of job {job_id!r}", e) from None
-        failed = [t for t in tasks if _failed(t)]
-        logs: dict[str, tuple[Path | None, Path | None]] = {}
-        if failed:
+        # A task's logs are fetched once: the runner may list again while the counts run ahead.
+        logs = self._logs_fetched
+        failed = [t for t in tasks if _failed(t) and (t.id or "").casefold() not in logs]
+        room = max(0, MAX_LOG_FETCHES - len(logs))
+        if failed and room:
             with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="batchflow-logs") as ex:
-                fetched = ex.map(
-                    lambda t: (t.id, self._fetch_logs(job_id, t.id or "")), failed[:MAX_LOG_FETCHES]
-                )
-                logs = {tid or "": paths for tid, paths in fetched}
-        return [_result(t, *logs.get(t.id or "", (None, None))) for t in tasks]
+                fetched = ex.map(lambda t: (t.id or "", self._fetch_logs(job_id, t.id or "")), failed[:room])
+                logs.update((tid.casefold(), paths) for tid, paths in fetched)
+        return [_result(t, *logs.get((t.id or "").casefold(), (None, None))) for t in tasks]
 
     def _fetch_logs(self, job_id: str, task_id: str) -> tuple[Path | None, Path | None]:
         """stdout.txt and stderr.txt of a task's last attempt into the run folder, from the node."""
@@ -766,9 +770,9 @@ class AzureBatchCompute:
 
 
 def _describe(e: AzureError) -> str:
-    if isinstance(e, HttpResponseError):
+    if isinstance(e, HttpResponseError) and e.status_code is not None:
         return redact(f"{e.status_code} {_code(e) or e.reason}: {batch_message(e)}")
-    return redact(f"{type(e).__name__}: {_first_line(str(e))}")
+    return redact(f"{type(e).__name__}: {_first_line(str(e))}")  # no answer, or no token to send
 
 
 def _code(e: HttpResponseError) -> str | None:
@@ -794,14 +798,19 @@ def _resize_failure(pool: bm.BatchPool, health: _Health) -> str | None:
     only when the Pool allocationState is Steady" (BatchPool.resizeErrors, REST spec 2025-06-01)."""
     if health.total or not pool.resize_errors or not is_(pool.allocation_state, bm.AllocationState.STEADY):
         return None
-    errors = "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in pool.resize_errors)
+    errors = _errors_text(pool.resize_errors)
     quota = any("quota" in (e.code or "").casefold() for e in pool.resize_errors)
-    return f"pool {pool.id!r} could not get any node: {errors}" + (
+    return redact(f"pool {pool.id!r} could not get any node: {errors}") + (
         " (the Batch account's core quota: Azure portal > Batch account > Quotas; ask for more, "
         "or use a smaller vm_size or fewer nodes)"
         if quota
         else ""
     )
+
+
+def _errors_text(errors: Iterable[bm.ResizeError | bm.BatchNodeError]) -> str:
+    """Batch's errors as "Code: first line of the message; ..."."""
+    return "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in errors)
 
 
 def _describe_nodes(health: _Health) -> str:

@@ -42,6 +42,7 @@ from azure.storage.blob import (
 )
 
 from batchflow.backends.azure_auth import BlobAuth, blob_auth
+from batchflow.backends.azure_enums import is_
 from batchflow.backends.blob_listing import MTIME_KEY, BlobLister, RemoteBlob
 from batchflow.backends.blob_urls import (
     RetrySettings,
@@ -207,7 +208,7 @@ class AzureBlobStorage:
         try:
             self._service.create_container(name)
         except ResourceExistsError as e:
-            if azure_error_code(e) == "ContainerAlreadyExists":
+            if is_(azure_error_code(e), "ContainerAlreadyExists"):
                 return False
             raise self._error(f"cannot create container {name!r}", e) from None
         except AzureError as e:
@@ -220,7 +221,7 @@ class AzureBlobStorage:
         try:
             self._service.delete_container(name)
         except ResourceNotFoundError as e:
-            if azure_error_code(e) == "ContainerNotFound":
+            if is_(azure_error_code(e), "ContainerNotFound"):
                 return False
             raise self._error(f"cannot delete container {name!r}", e) from None
         except AzureError as e:

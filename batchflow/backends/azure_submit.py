@@ -324,7 +324,7 @@ def batch_message(e: HttpResponseError) -> str:
     model = e.model
     if isinstance(model, bm.BatchError) and model.message is not None and model.message.value:
         return _first_line(model.message.value)
-    return e.reason or str(e)
+    return e.reason or _first_line(str(e))
 
 
 def _first_line(message: str) -> str:

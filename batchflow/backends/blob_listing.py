@@ -24,6 +24,7 @@ from azure.core.exceptions import AzureError
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest
 
+from batchflow.backends.azure_enums import is_
 from batchflow.backends.blob_urls import RetrySettings, describe_azure_error
 from batchflow.errors import BatchflowError
 from batchflow.redact import redact
@@ -94,7 +95,7 @@ class BlobLister:
             except ET.ParseError as e:
                 raise self._failed(container, f"unreadable listing ({e})") from None
         code = response.headers.get("x-ms-error-code", "")
-        if code == "ContainerNotFound":
+        if is_(code, "ContainerNotFound"):
             raise BatchflowError(f"container {container!r} does not exist in {self._account_url}")
         why = " ".join(p for p in (f"HTTP {response.status_code}", code) if p)
         message = _error_message(body)
