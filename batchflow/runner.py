@@ -116,6 +116,11 @@ class Runner:
             raise
         except OSError as e:  # the world said no (disk full, permission denied): not a bug
             message = describe_os_error(e)
+            if self.state.stage == "download":
+                message += (
+                    f"; the outputs are safe in storage: `batchflow download {self.state.run_id}` "
+                    "fetches them once the destination can take them"
+                )
             self._fail(message)
             raise BatchflowError(message) from None
         except BaseException as e:
@@ -253,7 +258,7 @@ class Runner:
         self.state.message = message
         self.reporter.close_progress()
         self._stop_and_collect()
-        if self.state.counts()["succeeded"] and self.state.stage not in ("upload", "pool", "job", "tasks"):
+        if self.state.counts()["succeeded"] and self.state.stage == "monitor":  # e.g. a monitor timeout
             try:
                 self._download()
             except (BatchflowError, OSError) as e:
@@ -360,7 +365,9 @@ def download_outputs(wf: Workflow, storage: Storage, run_id: str, say: Callable[
 def describe_os_error(e: OSError) -> str:
     """One line for an error from the file system: what happened, and where."""
     where = f": {e.filename}" if e.filename else ""
-    return f"{e.strerror or type(e).__name__}{where}" if e.strerror else str(e)
+    if e.filename2:
+        where += f" -> {e.filename2}"
+    return f"{e.strerror}{where}" if e.strerror else str(e)
 
 
 def doomed_containers(wf: Workflow) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from azure_env import AzureEnv, rename_containers, unique_containers
-from conftest import REPO, WriteWorkflow
+from conftest import REPO, WriteWorkflow, in_out_storage
 
 from batchflow.cli import main
 
@@ -281,3 +281,120 @@ def test_plain_progress_lines_show_elapsed_time_and_eta() -> None:
         "Tasks 4/10: queued 6  running 0  succeeded 4  failed 0 (elapsed 0:00:06, ETA 0:00:09)",
         "Tasks 10/10: queued 0  running 0  succeeded 10  failed 0 (elapsed 0:00:15)",
     ]
+
+
+# ---- 3. errors from the world: full disks, read-only destinations -------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """A real small file system: `tmpfs("out", "1m")`, or read-only with `ro=True`. Needs root, as
+    CI and the development machines are (a tmpfs is the one way to get a really full disk)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str, *, ro: bool = False) -> Path:
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        options = f"size={size}" + (",ro" if ro else "")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _big_outputs(write_workflow: WriteWorkflow, destination: Path, size: int) -> Path:
+    return write_workflow(
+        f"head -c {size} /dev/zero > big.bin",
+        inputs=3,
+        tasks={
+            "outputs": [{"pattern": "big.bin", "container": "outputs", "destination": "{{ input.stem }}.bin"}]
+        },
+        extra={
+            "storage": in_out_storage(downloads=[{"container": "outputs", "destination": str(destination)}]),
+            "monitor": {"poll_interval": "100ms"},
+        },
+    )
+
+
+@pytest.mark.e2e
+def test_a_full_download_disk_stops_with_one_line_cleans_up_and_batchflow_download_fetches_later(
+    write_workflow: WriteWorkflow,
+    tmpfs: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: exit 3 "unexpected error ... please report it", cleanup skipped, state `running`."""
+    out = tmpfs("out", "1m")
+    wf = _big_outputs(write_workflow, out, 700_000)  # 3 x 0.7 MB into 1 MB
+
+    assert main(["run", str(wf)]) == 1
+
+    err = capsys.readouterr().err
+    [run] = runs(wf.parent / ".batchflow")
+    last = err.splitlines()[-1]
+    assert last.startswith("error: No space left on device: ")
+    assert last.endswith(f"`batchflow download {run.name}` fetches them once the destination can take them")
+    assert "Traceback" not in err and "unexpected error" not in err
+    state = state_of(run)
+    assert (state["status"], state["stage"]) == ("failed", "cleanup")
+    assert {t["state"] for t in state["tasks"].values()} == {"succeeded"}  # the compute was done
+    assert "Deleting pool [TestPool]..." in err  # cleaned up
+    assert not (wf.parent / ".batchflow" / "pools" / "TestPool").exists()
+
+    # Room again (a bigger disk at the same place): the outputs were never lost.
+    subprocess.run(["mount", "-o", "remount,size=4m", str(out)], check=True)
+    assert main(["download", run.name, "--workflow", str(wf)]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "item-01.bin",
+        "item-02.bin",
+        "item-03.bin",
+    ]
+    assert all((out / f"item-0{i}.bin").stat().st_size == 700_000 for i in (1, 2, 3))
+
+
+@pytest.mark.e2e
+def test_a_full_workspace_disk_fails_the_tasks_not_batchflow(
+    write_workflow: WriteWorkflow,
+    tmpfs: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The workspace (storage, task folders, run folder) on a 3 MB disk, outputs of 1.2 MB each."""
+    workspace = tmpfs("ws", "3m")
+    wf = _big_outputs(write_workflow, tmp_path / "out", 1_200_000)
+
+    code = main(["run", str(wf), "--workspace", str(workspace)])
+
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and "unexpected error" not in err
+    [run] = runs(workspace)
+    state = state_of(run)
+    assert state["status"] == "failed"
+    assert state["stage"] == "cleanup"
+    assert "Deleting pool [TestPool]..." in err
+    assert not (workspace / "pools" / "TestPool" / "nodes").exists()  # the task folders are gone
+
+
+@pytest.mark.e2e
+def test_an_unwritable_download_destination_is_found_before_anything_is_created(
+    write_workflow: WriteWorkflow, tmpfs: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: all compute done, then exit 3, outputs stranded with no command to fetch them."""
+    read_only = tmpfs("ro", "1m", ro=True)
+    wf = _big_outputs(write_workflow, read_only / "mp3", 10)
+
+    assert main(["run", str(wf)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: download destination {read_only / 'mp3'} cannot be written "
+        f"(Read-only file system: {read_only}); nothing was created"
+    ]
+    assert runs(wf.parent / ".batchflow") == []
+    assert not (wf.parent / ".batchflow" / "storage").exists()
