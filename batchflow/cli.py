@@ -224,8 +224,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
     plan = build_plan(wf, args.backend)
+    _warn(plan.warnings)
     if args.output == "json":
-        print(json.dumps({"valid": True, "problems": [], "tasks": len(plan.tasks)}, indent=2))
+        result = {"valid": True, "problems": [], "warnings": list(plan.warnings), "tasks": len(plan.tasks)}
+        print(json.dumps(result, indent=2))
     else:
         print(f"{args.workflow}: valid ({len(plan.tasks)} tasks)", file=sys.stderr)
     return EXIT_OK
@@ -238,11 +240,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
     plan = build_plan(wf, args.backend)
+    _warn(plan.warnings)
     if args.output == "json":
-        print(json.dumps(plan_as_json(plan), indent=2))
+        print(json.dumps({**plan_as_json(plan), "warnings": list(plan.warnings)}, indent=2))
     else:
         print_plan(plan, limit=None if args.all else 20)
     return EXIT_OK
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    """What input discovery skipped, and why: warnings on stderr, never a failure."""
+    for warning in warnings:
+        print(redact(f"warning: {warning}"), file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -255,8 +264,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from batchflow.state import RunState, new_run_id
 
     wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
-    plan = build_plan(wf, args.backend)
     workspace = (args.workspace or wf.local.workspace or wf.base_dir / ".batchflow").resolve()
+    plan = build_plan(wf, args.backend, exclude=[workspace])  # the workspace is never an input
+    _warn(plan.warnings)
     storage_name = args.storage or registry.DEFAULT_STORAGE[args.backend]
     reporter = Reporter(quiet=args.quiet)
 

@@ -10,8 +10,12 @@ A pattern is matched against the WHOLE relative path, never just the base name:
 - `[abc]`, `[a-z]`, `[!a-z]` (or `[^a-z]`) match one character of (not of) a class; never '/'.
   A `]` first in a class is literal (`[]]`). A `[` without a closing `]` is a literal `[`.
 - Backslash has no special meaning. To match a metacharacter literally, bracket it:
-  `[*]`, `[?]`, `[[]` (what `glob_escape` does). These are the rules of Azure Batch output
-  file patterns too, so a pattern means the same thing on every backend.
+  `[*]`, `[?]`, `[[]` (what `glob_escape` does).
+- A name segment starting with '.' is matched only by a pattern segment starting with a
+  literal '.', as in the shell: `*` and `**` never match `.env` or enter `.git/`; `.*` and
+  `.env` do.
+These are the rules of Azure Batch output file patterns too, so a pattern means the same
+thing on every backend.
 """
 
 from __future__ import annotations
@@ -48,9 +52,11 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
         if segment == "**":
-            out.append(r"(?:[^/]+/)*[^/]+" if last else r"(?:[^/]+/)*")
+            out.append(r"(?:(?!\.)[^/]+/)*(?!\.)[^/]+" if last else r"(?:(?!\.)[^/]+/)*")
         else:
-            out.append("".join(_translate_segment(segment)) + ("" if last else "/"))
+            hidden = next(iter(_tokens(segment)), None) in (("char", "."), ("class", "."))
+            out.append(("" if hidden else r"(?!\.)") + "".join(_translate_segment(segment)))
+            out.append("" if last else "/")
     return re.compile("".join(out), re.DOTALL)
 
 
@@ -74,7 +80,8 @@ def iter_files(root: Path, include: Iterable[str], exclude: Iterable[str] = ()) 
     Returns (relative posix path, absolute path) pairs sorted by relative path. Only
     regular files (a symlink to a regular file counts); symlinked folders are not entered,
     so the walk never leaves `root` or loops. Raises NotADirectoryError if `root` is not
-    a folder.
+    a folder. Used for a task's output files; upload folders go through batchflow.inputs,
+    which is stricter about links.
     """
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")

@@ -207,6 +207,7 @@ class LocalSpec:
     workspace: Path | None = None  # None -> <workflow folder>/.batchflow
     start_task: StartTaskSpec | None = None  # replaces pool.start_task locally
     requires: tuple[str, ...] = ()  # executables that must be on PATH before anything runs
+    pass_env: tuple[str, ...] = ()  # your environment variables local tasks also get, by name
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,9 @@ class Plan:
     tasks: tuple[RenderedTask, ...]
     start_task: StartTaskSpec | None  # the start task the chosen backend will run
     start_task_inputs: tuple[TaskInput, ...] = ()  # its resource files, resolved
+    # What input discovery skipped and says so (links leaving the source folder, broken links,
+    # folders an include pattern names), each as `file:line:col: field: message`.
+    warnings: tuple[str, ...] = ()
 
 
 # ---- Results reported by backends --------------------------------------------------------
@@ -363,6 +367,9 @@ class TaskResult:
     stdout_path: Path | None = None  # local copy of the last attempt's logs
     stderr_path: Path | None = None
     outputs: tuple[str, ...] = ()  # "container/blob" of each uploaded output file
+    # Output glob patterns (rendered) that matched no file, when their condition applied: not a
+    # failure (Batch uploads nothing for them either), but a summary should say so.
+    unmatched_outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,19 @@
-"""Secrets never reach a terminal, a log or a state file: every output path goes through `redact`."""
+"""Secrets never reach a terminal, a log or a state file: every output path goes through `redact`.
+
+Three kinds are replaced: signatures and keys recognised by their shape (`sig=...`, `AccountKey=...`),
+values registered at run time (`register_secret`), and the value of every environment variable
+whose name looks like a credential (credentials.is_credential_variable), read from the environment
+as it is at each call, whether batchflow uses the variable or not.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
+
+from batchflow.credentials import is_credential_variable
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # SAS signature in a URL or token string: sig=<base64, possibly URL-encoded>
@@ -22,19 +32,38 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 # Secret values known at run time (account keys read from the environment): replaced wherever they
 # appear, whatever the text around them.
 _SECRETS: set[str] = set()
-_MIN_SECRET = 8  # shorter values would redact ordinary words
+_MIN_SECRET = 6  # shorter values would redact ordinary words and numbers
+# Settings, not secrets, even under a credential-like name (HF_HUB_DISABLE_TOKEN=1, USE_KEYRING=true).
+_NOT_SECRETS = frozenset({"true", "false", "yes", "no", "on", "off", "none", "null", "enabled", "disabled"})
+
+
+def _is_secret_value(value: str) -> bool:
+    return len(value) >= _MIN_SECRET and value.strip().lower() not in _NOT_SECRETS
 
 
 def register_secret(value: str | None) -> None:
     """Redact `value` verbatim from now on (e.g. an account key read from the environment)."""
-    if value and len(value) >= _MIN_SECRET:
+    if value and _is_secret_value(value):
         _SECRETS.add(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _credential_variables(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in names if is_credential_variable(n))
+
+
+def environment_secrets() -> set[str]:
+    """The values of the credential-like variables in the environment now, long enough to be secrets."""
+    # Called for every line batchflow prints or logs: names are checked once per set of names.
+    values = (os.environ.get(n) for n in _credential_variables(tuple(os.environ)))
+    return {v for v in values if v and _is_secret_value(v)}
 
 
 def redact(text: str) -> str:
     for pattern, repl in _PATTERNS:
         text = pattern.sub(repl, text)
-    for secret in _SECRETS:
+    # Longest first, so a secret containing another is replaced whole.
+    for secret in sorted(_SECRETS | environment_secrets(), key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, "REDACTED")
     return text

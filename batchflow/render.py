@@ -12,8 +12,9 @@ and, everywhere but in `tasks.id`, `task` (id).
 What a `{{ ... }}` inserts depends on where it is:
 - `tasks.command`: the value, shell-quoted as ONE argument (as GNU parallel does), so any file
   name is safe: `{{ input.stem ~ '.mp3' }}` is one argument. `{{ value | unquoted }}` inserts
-  it raw, for values meant to be several words. `input.path` of a file whose relative path
-  starts with '-' is `./-name`, so a command never reads it as an option.
+  it raw, for values meant to be several words. `input.path` always starts with `./`
+  (`./-name`, `./a:b.mp4`), so no program reads it as an option or as a URL (ffmpeg's
+  `a:` protocol, scp's `host:`).
 - `tasks.outputs[].pattern`: the value, glob-escaped (`a[1]` -> `a[[]1]`), so it matches only
   that name; `| unquoted` inserts a glob.
 - `tasks.id`, `tasks.environment`, `tasks.outputs[].destination`, `tasks.resource_files[].blob`:
@@ -31,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -43,7 +44,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from batchflow.backends.local_storage import blob_name_problem
 from batchflow.errors import InvalidWorkflow, Problem
-from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match, iter_files
+from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match
+from batchflow.inputs import NeverInput, discover, inside_never_input
 from batchflow.model import (
     DocPath,
     InputFile,
@@ -87,10 +89,15 @@ def derive_task_id(blob_name: str) -> str:
     return f"{slug}-{digest}" if slug else digest
 
 
-def build_plan(workflow: Workflow, backend: str = "local") -> Plan:
-    """Everything a run will do. Raises InvalidWorkflow with every problem found."""
+def build_plan(workflow: Workflow, backend: str = "local", *, exclude: Sequence[Path] = ()) -> Plan:
+    """Everything a run will do. Raises InvalidWorkflow with every problem found.
+
+    Files in the workspace (`local.workspace`, default `.batchflow/` beside the workflow), in every
+    download destination and in each `exclude` folder (a workspace given on the command line) are
+    never inputs. What discovery skipped for another reason (links, folders) is in `Plan.warnings`.
+    """
     r = _Renderer(workflow)
-    files = r.collect_uploads()
+    files = r.collect_uploads(_never_inputs(workflow, exclude))
     uploaded = {(f.container, f.blob_name): f for f in files}
     templates = r.compile_templates()
     inputs = r.foreach_inputs(files)
@@ -103,7 +110,19 @@ def build_plan(workflow: Workflow, backend: str = "local") -> Plan:
     if r.problems:
         raise InvalidWorkflow(r.problems)
     items = tuple(UploadItem(f.local_path, f.container, f.blob_name, f.size) for f in files)
-    return Plan(workflow, items, tuple(tasks), start_task, tuple(start_inputs))
+    return Plan(workflow, items, tuple(tasks), start_task, tuple(start_inputs), tuple(r.warnings))
+
+
+def _never_inputs(workflow: Workflow, exclude: Sequence[Path]) -> list[NeverInput]:
+    workspace = workflow.local.workspace or workflow.base_dir / ".batchflow"
+    return [
+        NeverInput(workspace, "the workspace"),
+        *(
+            NeverInput(d.destination, f"the destination of storage.downloads[{i}]")
+            for i, d in enumerate(workflow.downloads)
+        ),
+        *(NeverInput(Path(folder).absolute(), "a folder excluded from inputs") for folder in exclude),
+    ]
 
 
 # ---- template context ----------------------------------------------------------------------
@@ -167,7 +186,7 @@ class _Undefined(StrictUndefined):
 
 def _input_context(f: InputFile) -> _InputContext:
     name = PurePosixPath(f.name)
-    path = "./" + f.relative_path if f.relative_path.startswith("-") else f.relative_path
+    path = "./" + f.relative_path  # never an option (-x), a URL or a protocol (a:b), a remote (host:x)
     return _InputContext(
         f.name, name.stem, name.suffix, f.relative_path, f.blob_name, f.container, path, f.size
     )
@@ -202,6 +221,7 @@ class _Renderer:
     def __init__(self, workflow: Workflow) -> None:
         self.wf = workflow
         self.problems: list[Problem] = []
+        self.warnings: list[str] = []  # `file:line:col: field: message`, as problems are printed
         self._seen: set[tuple[str, int | None, str]] = set()
         self._lines: list[str] | None = None
         self._shell = _environment(shell_quote)
@@ -219,6 +239,13 @@ class _Renderer:
         self._seen.add((where, line, message))
         source = self.wf.source
         self.problems.append(Problem(source.file if source else self.wf.path, line, column, where, message))
+
+    def warn(self, path: DocPath, message: str) -> None:
+        """Record a warning: something skipped that the run can do without, said at its position."""
+        line, column = self._position(path, None)
+        source = self.wf.source
+        file = source.file if source else self.wf.path
+        self.warnings.append(str(Problem(file, line, column, _dotted(path), message)))
 
     def _position(self, path: DocPath, template_line: int | None) -> tuple[int | None, int | None]:
         source = self.wf.source
@@ -332,16 +359,31 @@ class _Renderer:
             if problem is not None:
                 self.problem(("storage", "logs", "prefix"), f"not a safe blob name prefix: {problem}")
 
-    def collect_uploads(self) -> list[InputFile]:
+    def collect_uploads(self, never: Sequence[NeverInput]) -> list[InputFile]:
         files: list[InputFile] = []
         origin: dict[tuple[str, str], tuple[InputFile, int]] = {}
         for i, up in enumerate(self.wf.uploads):
+            where: DocPath = ("storage", "uploads", i, "source")
             if not up.source.is_dir():
                 state = "is not a folder" if up.source.exists() else "does not exist"
-                self.problem(("storage", "uploads", i, "source"), f"{up.source} {state}")
+                self.problem(where, f"{up.source} {state}")
+                continue
+            holder = inside_never_input(up.source, never)
+            if holder is not None:
+                self.problem(
+                    where,
+                    f"{up.source} is inside {holder.what} ({holder.path}), whose files are never inputs:"
+                    " upload from a folder of its own",
+                )
                 continue
             prefix = up.prefix if not up.prefix or up.prefix.endswith("/") else up.prefix + "/"
-            for rel, path in iter_files(up.source, up.include, up.exclude):
+            unsafe = blob_name_problem(prefix + "x") if prefix else None
+            if unsafe is not None:  # its files are still found, so foreach says nothing misleading
+                self.problem(("storage", "uploads", i, "prefix"), f"not a safe blob name prefix: {unsafe}")
+            found = discover(up.source, up.include, up.exclude, never)
+            for message in found.warnings:
+                self.warn(where, message)
+            for rel, path in found.files:
                 if not _is_utf8(rel):
                     self.problem(
                         ("storage", "uploads", i, "source"), f"file name is not valid UTF-8: {rel!r}"
@@ -430,6 +472,7 @@ class _Renderer:
         max_retries = t.max_retries if t.max_retries is not None else wf.job.max_task_retries
         ids: dict[str, tuple[str, str]] = {}  # id.lower() -> (id, input blob)
         writers: dict[tuple[str, str], tuple[str, str, int]] = {}  # (container, blob) -> (id, input, output)
+        spread: dict[tuple[str, str], list[tuple[str, str, int]]] = {}  # glob outputs' (container, prefix)
         tasks: list[RenderedTask] = []
         for index, f in enumerate(inputs):
             context: dict[str, Any] = {"input": _input_context(f), "index": index, **shared}
@@ -465,6 +508,9 @@ class _Renderer:
             ]
             self._check_input_paths(task_id, f, task_inputs)
             self._check_output_collisions(task_id, f, rendered_outputs, writers)
+            for i, out in enumerate(rendered_outputs):
+                if glob_literal(out.pattern) is None:
+                    spread.setdefault((out.container, out.destination), []).append((task_id, f.blob_name, i))
             tasks.append(
                 RenderedTask(
                     id=task_id,
@@ -478,6 +524,7 @@ class _Renderer:
                     source_blob=f.blob_name,
                 )
             )
+        self._check_glob_collisions(spread)
         return tasks
 
     def _task_id(
@@ -541,6 +588,11 @@ class _Renderer:
             destination = destination + name if destination.endswith("/") or not destination else destination
         elif destination and not destination.endswith("/"):
             destination += "/"
+        unsafe = blob_name_problem(destination if literal is not None else destination + "x")
+        if unsafe is not None:
+            kind = "blob name" if literal is not None else "blob name prefix"
+            self.problem((*path, "destination"), f"{destination!r} is not a safe {kind}: {unsafe}")
+            return None
         return TaskOutput(pattern, spec.container, destination, spec.condition)
 
     def _check_input_paths(self, task_id: str, f: InputFile, inputs: list[TaskInput]) -> None:
@@ -576,6 +628,36 @@ class _Renderer:
                 message = f"tasks {other_id!r} (input {other_blob}) and {task_id!r} (input {f.blob_name})"
                 message += f" both write {out.container}/{out.destination}"
             self.problem(("tasks", "outputs", i), message)
+
+    def _check_glob_collisions(self, spread: Mapping[tuple[str, str], list[tuple[str, str, int]]]) -> None:
+        """A glob output puts each match at destination + its path below the pattern's folders, so
+        when two tasks share the destination, two files of the same name overwrite each other in
+        silence (three tasks writing `*.mp3` under one prefix lost one output): refused."""
+        for (container, destination), writers in spread.items():
+            tasks = {task_id for task_id, _, _ in writers}
+            if len(tasks) < 2:
+                continue
+            first_id, first_blob, i = writers[0]
+            second_id, second_blob, _ = next(w for w in writers if w[0] != first_id)
+            pattern = self.wf.tasks.outputs[i].pattern
+            place = f"under {destination!r}" if destination else "at the top"
+            suffix = PurePosixPath(pattern).suffix
+            own = "{{ input.stem }}" + (
+                suffix if suffix and "{" not in suffix and glob_literal(suffix) else ""
+            )
+            self.problem(
+                (
+                    "tasks",
+                    "outputs",
+                    i,
+                    "destination" if self._has(("tasks", "outputs", i, "destination")) else "pattern",
+                ),
+                f"the files {pattern!r} matches land {place} in container {container!r} for {len(tasks)}"
+                f" tasks (e.g. {first_id!r}, input {first_blob}, and {second_id!r}, input {second_blob}), so"
+                " two tasks' files of the same name would overwrite each other; make the destination"
+                " depend on the task (destination: '{{ input.stem }}/') or name the task's own file in"
+                f" the pattern ({own!r})",
+            )
 
 
 def _start_task(workflow: Workflow, backend: str) -> tuple[StartTaskSpec | None, DocPath]:

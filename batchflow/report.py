@@ -145,6 +145,13 @@ class Reporter:
         if state.stage_seconds:
             lines.append("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.stage_seconds.items()))
         lines.extend(f"Outputs: {o}" for o in outputs)
+        unmatched = sorted(
+            (tid, pattern) for tid, t in state.tasks.items() for pattern in t.get("unmatched_outputs") or ()
+        )
+        for tid, pattern in unmatched[:20]:
+            lines.append(f"Task {tid}: output pattern {pattern!r} matched no file")
+        if len(unmatched) > 20:
+            lines.append(f"... and {len(unmatched) - 20} more output patterns that matched nothing")
         failed = [(tid, t) for tid, t in sorted(state.tasks.items()) if t["state"] == "failed"]
         for tid, t in failed[:20]:
             why = t.get("failure") or f"exit code {t.get('exit_code')}"

@@ -18,7 +18,13 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from batchflow.credentials import ADVICE, looks_like_credential_name, secret_in_value
+from batchflow.credentials import (
+    ADVICE,
+    VAR_FROM_CREDENTIAL,
+    is_credential_variable,
+    looks_like_credential_name,
+    secret_in_value,
+)
 from batchflow.durations import parse_duration
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.model import DocPath, SourceMap, Workflow
@@ -161,6 +167,11 @@ def _credential_problems(doc: YamlDoc, source: SourceMap, file: Path) -> list[Pr
         why = secret_in_value(value)
         if why is not None:
             problems.append(_problem(source, file, path, f"{why}; {ADVICE}"))
+    declared = _get(doc.data, ("vars",))
+    for name, spec in declared.items() if isinstance(declared, dict) else ():
+        env = spec.get("env") if isinstance(spec, dict) else None
+        if isinstance(env, str) and is_credential_variable(env):
+            problems.append(_problem(source, file, ("vars", name, "env"), f"{env} {VAR_FROM_CREDENTIAL}"))
     return problems
 
 

@@ -76,6 +76,7 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
             workspace=b.path(local["workspace"]) if "workspace" in local else None,
             start_task=_start_task(local["start_task"]) if "start_task" in local else None,
             requires=tuple(local.get("requires", ())),
+            pass_env=tuple(local.get("pass_env", ())),
         ),
         azure=AzureSpec(
             submit_concurrency=int(data.get("azure", {}).get("submit_concurrency", 8)),

@@ -102,6 +102,7 @@ class RunState:
                 "stdout": _rel(r.stdout_path, self.folder),
                 "stderr": _rel(r.stderr_path, self.folder),
                 "outputs": list(r.outputs),
+                "unmatched_outputs": list(r.unmatched_outputs),
             }
 
     def mark_not_started(self, task_ids: Iterable[str]) -> None:

@@ -68,7 +68,7 @@ def test_validate_json_of_a_valid_workflow(
     assert main(["validate", str(wf), "--output", "json"]) == 0
 
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"valid": True, "problems": [], "tasks": 4}
+    assert json.loads(out) == {"valid": True, "problems": [], "warnings": [], "tasks": 4}
     assert err == ""
 
 
@@ -245,14 +245,16 @@ def test_plan_json_lists_every_task_with_its_command(
     assert plan["pool"]["id"] == "LinuxFFmpegPool"
     by_input = {t["inputs"][0]["file_path"]: t["command"] for t in plan["tasks"]}
     assert by_input == {
-        "café.mp4": MP4_TASK_COMMAND.format(input="'café.mp4'", bitrate="192k", stem="'café'"),
+        "café.mp4": MP4_TASK_COMMAND.format(input="'./café.mp4'", bitrate="192k", stem="'café'"),
         "it's $(touch INJECTED).mp4": MP4_TASK_COMMAND.format(
-            input="'it'\"'\"'s $(touch INJECTED).mp4'", bitrate="192k", stem="'it'\"'\"'s $(touch INJECTED)'"
+            input="'./it'\"'\"'s $(touch INJECTED).mp4'",
+            bitrate="192k",
+            stem="'it'\"'\"'s $(touch INJECTED)'",
         ),
-        "plain.mp4": MP4_TASK_COMMAND.format(input="plain.mp4", bitrate="192k", stem="plain"),
-        "sample 1.mp4": MP4_TASK_COMMAND.format(input="'sample 1.mp4'", bitrate="192k", stem="'sample 1'"),
+        "plain.mp4": MP4_TASK_COMMAND.format(input="./plain.mp4", bitrate="192k", stem="plain"),
+        "sample 1.mp4": MP4_TASK_COMMAND.format(input="'./sample 1.mp4'", bitrate="192k", stem="'sample 1'"),
         "semi;colon & amp.mp4": MP4_TASK_COMMAND.format(
-            input="'semi;colon & amp.mp4'", bitrate="192k", stem="'semi;colon & amp'"
+            input="'./semi;colon & amp.mp4'", bitrate="192k", stem="'semi;colon & amp'"
         ),
     }
     assert len({t["id"] for t in plan["tasks"]}) == 5

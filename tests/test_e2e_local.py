@@ -239,7 +239,7 @@ def test_a_failing_task(write_workflow: WriteWorkflow, capsys: pytest.CaptureFix
     assert tasks["task-item-02"]["attempts"] == 3  # 1 + max_retries
     assert (run / tasks["task-item-01"]["stdout"]).read_text(encoding="utf-8") == "item 1\n"
 
-    assert main(["status", "--workflow", str(wf)]) == 0
+    assert main(["status", "--workflow", str(wf)]) == 1  # status of a failed run exits 1
     assert capsys.readouterr().out.splitlines() == [
         f"Run {run.name} (local): failed, stage cleanup",
         f"Workflow: {wf}",

@@ -80,12 +80,8 @@ def test_iter_files(tmp_path: Path) -> None:
     (root / "broken.mp4").symlink_to(tmp_path / "missing")
     os.mkfifo(root / "fifo.mp4")
 
-    assert [rel for rel, _ in iter_files(root, ["*.mp4"])] == [
-        ".hidden.mp4",
-        "a.mp4",
-        "b.mp4",
-        "filelink.mp4",
-    ]
+    assert [rel for rel, _ in iter_files(root, ["*.mp4"])] == ["a.mp4", "b.mp4", "filelink.mp4"]
+    assert [rel for rel, _ in iter_files(root, [".*"])] == [".hidden.mp4"]  # a leading dot is explicit
     found = iter_files(root, ["**/*.mp4"], ["sub/deep/**", ".*"])
     assert found == [
         ("a.mp4", root / "a.mp4"),

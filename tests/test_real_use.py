@@ -398,3 +398,50 @@ def test_an_unwritable_download_destination_is_found_before_anything_is_created(
     ]
     assert runs(wf.parent / ".batchflow") == []
     assert not (wf.parent / ".batchflow" / "storage").exists()
+
+
+# ---- 5 and 6, as the command line shows them ------------------------------------------------------
+
+
+def test_validate_and_plan_print_what_input_discovery_skipped(
+    write_workflow: WriteWorkflow, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wf = write_workflow("cat {{ input.path }}", inputs=1)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not for storage\n", encoding="utf-8")
+    (wf.parent / "inputs" / "link.txt").symlink_to(secret)
+
+    assert main(["validate", str(wf), "--output", "json"]) == 0
+
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert result["tasks"] == 1  # the link is not an input
+    [warning] = result["warnings"]
+    assert "link.txt" in warning
+    assert err.splitlines() == [f"warning: {warning}"]
+    assert main(["plan", str(wf)]) == 0
+    assert f"warning: {warning}" in capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.e2e
+def test_an_output_pattern_that_matched_nothing_is_named_in_the_summary(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wf = write_workflow(
+        "touch {{ input.stem }}.txt",
+        inputs=1,
+        tasks={
+            "outputs": [
+                {"pattern": "*.txt", "container": "outputs", "destination": "{{ input.stem }}/"},
+                {"pattern": "*.mp3", "container": "outputs", "destination": "{{ input.stem }}/"},
+            ]
+        },
+        extra={"storage": in_out_storage()},
+    )
+
+    assert main(["run", str(wf)]) == 0
+
+    err = capsys.readouterr().err
+    assert "Task task-item-01: output pattern '*.mp3' matched no file" in err.splitlines()
+    [run] = runs(wf.parent / ".batchflow")
+    assert state_of(run)["tasks"]["task-item-01"]["unmatched_outputs"] == ["*.mp3"]

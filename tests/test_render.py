@@ -133,13 +133,13 @@ def test_plan_tasks(tmp_path: Path) -> None:
     )
     assert [t.id for t in plan.tasks] == ["mp3-a", "mp3-b_c"]
     a, bc = plan.tasks
-    assert bc.command == "ffmpeg -i 'b c.mp4' -b:a 128k 'b c.mp3'"
+    assert bc.command == "ffmpeg -i './b c.mp4' -b:a 128k 'b c.mp3'"
     assert bc.index == 1
     assert bc.inputs == (TaskInput("input", "videos/b c.mp4", "b c.mp4"),)
     assert bc.outputs == (TaskOutput("b c.mp3", "output", "b c.mp3", OutputCondition.SUCCESS),)
     assert bc.environment == {"TASK": "mp3-b_c #1 in job1 on pool1"}
     assert (bc.max_retries, bc.max_wall_clock, bc.source_blob) == (3, 600.0, "videos/b c.mp4")
-    assert a.command == "ffmpeg -i a.mp4 -b:a 128k a.mp3"
+    assert a.command == "ffmpeg -i ./a.mp4 -b:a 128k a.mp3"
 
 
 def test_input_context(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_input_context(tmp_path: Path) -> None:
     (task,) = build_plan(wf).tasks
     assert (
         task.environment["ALL"]
-        == "clip.tar.gz|clip.tar|.gz|x/clip.tar.gz|x/clip.tar.gz|input|x/clip.tar.gz|24|2"
+        == "clip.tar.gz|clip.tar|.gz|x/clip.tar.gz|x/clip.tar.gz|input|./x/clip.tar.gz|24|2"
     )
     assert task.max_retries == 0
 
@@ -191,16 +191,15 @@ def test_hostile_names_reach_the_command_as_one_argument(tmp_path: Path, name: s
 
     run_sh(task.command, wd)
 
-    expected = "./" + name if name.startswith("-") else name
     assert (wd / "count.txt").read_text() == "1"
-    assert (wd / "out.txt").read_text() == expected
+    assert (wd / "out.txt").read_text() == "./" + name  # input.path always starts with ./
     assert sorted(p.name for p in wd.iterdir()) == sorted([name, "count.txt", "out.txt", *DECOYS])
     assert (tmp_path / "home").is_dir()
 
 
 def test_quoting_text(tmp_path: Path) -> None:
     wf = make_workflow(tmp_path, tasks(command="cat {{ input.path }}"), ["it's $(rm -rf ~).mp4"])
-    assert build_plan(wf).tasks[0].command == "cat 'it'\"'\"'s $(rm -rf ~).mp4'"
+    assert build_plan(wf).tasks[0].command == "cat './it'\"'\"'s $(rm -rf ~).mp4'"
 
 
 def test_leading_dash_path_is_not_an_option(tmp_path: Path) -> None:
@@ -555,5 +554,5 @@ def test_ten_thousand_tasks(tmp_path: Path) -> None:
     )
     plan = build_plan(make_workflow(tmp_path, template, names))
     assert len(plan.tasks) == 10_000
-    assert plan.tasks[-1].command == "ffmpeg -i 'clip 09999.mp4' 'clip 09999.mp3'"
+    assert plan.tasks[-1].command == "ffmpeg -i './clip 09999.mp4' 'clip 09999.mp3'"
     assert len({t.id for t in plan.tasks}) == 10_000

@@ -1,7 +1,8 @@
 """One file through one URL: how compute backends use Storage.resource_url and Storage.container_url.
 
 `fetch_url` GETs a task input, `put_to_container_url` stores a task output. A file:// URL (LocalStorage)
-is served by a hard link (a copy across filesystems) without importing Azure; an http(s) URL with a SAS
+is served without importing Azure (an input is the task's own copy, a reflink where the filesystem has
+them; an output is hard-linked into the container, a copy across filesystems); an http(s) URL with a SAS
 (AzureBlobStorage) goes through azure-storage-blob, imported only then. Also here, because both the
 storage and the compute backends talk to Blob Storage: the retry settings of every client, and the
 one way an Azure error becomes text (redacted: no signature or key ever reaches a message).
@@ -18,7 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from batchflow.backends.local_storage import TMP_PREFIX, check_blob_name, replace_with_link
+from batchflow.backends.local_storage import (
+    TMP_PREFIX,
+    check_blob_name,
+    replace_with_clone,
+    replace_with_link,
+)
 from batchflow.errors import BatchflowError
 from batchflow.redact import redact
 
@@ -176,7 +182,9 @@ def file_url_path(url: str) -> Path:
 def fetch_url(url: str, dest: Path, *, retry: RetrySettings | None = None) -> int:
     """Place the file at `url` at `dest` (replacing it atomically); return its size in bytes.
 
-    file:// -> a hard link to the stored file (a copy across filesystems); http(s):// -> a GET through
+    file:// -> a file of its own, as a node downloads one (a reflink where the filesystem supports it,
+    else a copy: never a hard link, so a task that edits its input never changes the stored blob, and
+    `gzip -k` accepts it); http(s):// -> a GET through
     azure-storage-blob (a blob URL with a read SAS), written under a temporary name, then renamed.
     """
     scheme = urlsplit(url).scheme.lower()
@@ -184,7 +192,7 @@ def fetch_url(url: str, dest: Path, *, retry: RetrySettings | None = None) -> in
         src = file_url_path(url)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            replace_with_link(src, dest)
+            replace_with_clone(src, dest)
         except FileNotFoundError:
             raise BatchflowError(f"cannot fetch {src}: file not found") from None
         return dest.stat().st_size

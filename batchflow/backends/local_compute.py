@@ -10,7 +10,8 @@ A pool is a folder of nodes, each with Batch's layout, so a task sees the same w
 One worker thread per slot of concurrency takes tasks in submission order. Storage is reached only
 the way a Batch node reaches it, through the URLs the Storage gives (`resource_url` for each input,
 `container_url` for outputs and logs), resolved when the task is added: file:// URLs for folder
-storage (inputs hard-linked, copied across filesystems), SAS URLs for Azure Blob Storage. Each
+storage (each input the task's own file: a reflink where possible, else a copy), SAS URLs for
+Azure Blob Storage. Each
 attempt gets a fresh wd/ with its inputs, then runs `/bin/sh -c <command>` in its own process group;
 a deadline thread kills whole groups at max_wall_clock. After the task, outputs go to their
 containers per condition, and stdout.txt / stderr.txt to the task's log location. Nothing polls:
@@ -18,8 +19,7 @@ workers block in waitpid, callers in a Condition.
 
 Differences from Batch, by design: the start task always runs as you (`elevated` is never
 honoured: no sudo), and `wait_for_pool` always waits for it (a failure only raises when
-wait_for_success). Inputs are hard links to the stored blobs: replace them, do not edit them
-in place. Processes a task leaves behind in its process group are killed when it exits.
+wait_for_success). Processes a task leaves behind in its process group are killed when it exits.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ from pathlib import Path
 
 from batchflow.backends.base import Storage
 from batchflow.backends.blob_urls import fetch_url, put_to_container_url
+from batchflow.backends.local_processes import ProcessLedger
 from batchflow.backends.local_storage import blob_name_problem, replace_with_link
 from batchflow.errors import BatchflowError
 from batchflow.globs import glob_literal, has_magic, iter_files
@@ -113,6 +114,7 @@ class _Task:
     ended_at: float | None = None
     failure: str | None = None
     outputs: list[str] = field(default_factory=list)
+    unmatched_outputs: list[str] = field(default_factory=list)  # glob patterns that matched nothing
     stdout_path: Path | None = None
     stderr_path: Path | None = None
 
@@ -149,20 +151,18 @@ class LocalCompute:
         *,
         account_name: str = "local",
         clock: Callable[[], float] = time.monotonic,
+        pass_env: Iterable[str] = (),
     ) -> None:
         if concurrency is not None and concurrency < 1:
             raise BatchflowError(f"local concurrency must be at least 1, not {concurrency}")
         self._workspace = workspace.absolute()
         self._storage = storage
         self._run_dir = run_dir.absolute()
+        self._ledger = ProcessLedger(self._run_dir)
         self._concurrency = concurrency
         self._account = account_name
         self._clock = clock
-        # Tools installed beside batchflow (python3, pip-installed executables) come first.
-        self._env = dict(os.environ)
-        self._env["PATH"] = os.pathsep.join(
-            [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
-        )
+        self._env = node_environment(os.environ, pass_env)
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # workers: a task was queued, or stop
@@ -529,7 +529,7 @@ class LocalCompute:
             wd.mkdir()
         placed: set[str] = set()
         for item in inputs:
-            problem = blob_name_problem(item.file_path)
+            problem = blob_name_problem(item.file_path, drive=False)  # wd/ is on Linux: a:b.mp4 is a name
             if problem is not None:
                 return f"unsafe input file path {item.file_path!r}: {problem}"
             if item.file_path in placed:
@@ -554,6 +554,7 @@ class LocalCompute:
                 stderr=err,
                 start_new_session=True,
             )
+        self._ledger.started(proc.pid, task_dir.name)  # `batchflow cleanup` stops it if batchflow dies
         with self._lock:
             slot.proc = proc
             if slot.kill_reason is not None:  # killed between the check and Popen
@@ -563,6 +564,8 @@ class LocalCompute:
             if kill_leftovers:
                 _killpg(proc.pid)
             slot.proc = None
+        if kill_leftovers:
+            self._ledger.ended(proc.pid)
         return 128 - code if code < 0 else code  # killed by signal N -> 128 + N, as sh reports it
 
     def _upload_outputs(self, task: _Task, wd: Path) -> None:
@@ -576,6 +579,8 @@ class LocalCompute:
                     if ok:
                         task.failure = f"output file {out.pattern!r} not found"
                     continue
+                if not files:
+                    task.unmatched_outputs.append(out.pattern)
                 url = task.container_urls[out.container]
                 for src, blob in files:
                     task.outputs.append(put_to_container_url(url, blob, src))
@@ -611,6 +616,22 @@ class LocalCompute:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+# What a task on a Batch node has besides AZ_BATCH_* and its own environment: who and where it runs
+# (a user with a home), the machine's locale and time zone, and a PATH. Nothing else of yours, so no
+# credential exported in your shell reaches a task unless local.pass_env names it (README "The task
+# contract").
+BASE_ENV = ("HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def node_environment(environ: Mapping[str, str], pass_env: Iterable[str] = ()) -> dict[str, str]:
+    """The base every local task and start task starts from: BASE_ENV and LC_* as set in `environ`,
+    the variables `pass_env` names (those that are set), and PATH with batchflow's own tools first."""
+    wanted = set(BASE_ENV) | set(pass_env)
+    env = {k: v for k, v in environ.items() if k in wanted or k.startswith("LC_")}
+    # Tools installed beside batchflow (python3, pip-installed executables) come first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH", os.defpath)])
+    return env
 
 
 def _check_id(kind: str, value: str) -> None:
@@ -720,4 +741,5 @@ def _result(t: _Task) -> TaskResult:
         stdout_path=t.stdout_path,
         stderr_path=t.stderr_path,
         outputs=tuple(t.outputs),
+        unmatched_outputs=tuple(t.unmatched_outputs),
     )

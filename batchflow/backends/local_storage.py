@@ -12,6 +12,7 @@ or a download folder.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
 import re
@@ -28,6 +29,8 @@ _tmp_counter = itertools.count()
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Hard links are not always possible: another filesystem, a filesystem without them, too many links.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+_FICLONE = 0x40049409  # Linux's ioctl to share a file's blocks with a new file (fcntl.FICLONE in 3.12+)
+_NO_REFLINK: set[tuple[int, int]] = set()  # (source, target) filesystems without FICLONE between them
 
 
 def check_blob_name(name: str) -> None:
@@ -37,8 +40,11 @@ def check_blob_name(name: str) -> None:
         raise BatchflowError(f"unsafe blob name {name!r}: {reason}")
 
 
-def blob_name_problem(name: str) -> str | None:
-    """Why `name` is not a safe relative '/'-separated path, or None if it is."""
+def blob_name_problem(name: str, *, drive: bool = True) -> str | None:
+    """Why `name` is not a safe relative '/'-separated path, or None if it is.
+
+    `drive=False` accepts a name starting like a drive letter (`a:b.mp4`), for paths that only
+    ever live on a POSIX machine (a file in a local task's wd/), never in a download folder."""
     if not name:
         return "empty name"
     if "\0" in name:
@@ -47,7 +53,7 @@ def blob_name_problem(name: str) -> str | None:
         return "contains a backslash"
     if name.startswith("/"):
         return "absolute path"
-    if _DRIVE.match(name):
+    if drive and _DRIVE.match(name):
         return "starts with a drive letter"
     segments = name.split("/")
     if ".." in segments:
@@ -82,6 +88,38 @@ def replace_with_copy(src: Path, dst: Path) -> None:
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_with_clone(src: Path, dst: Path) -> None:
+    """Make `dst` a file of its own with `src`'s content and mode, atomically: a reflink (the
+    filesystem shares the blocks until either file is written: btrfs, XFS, bcachefs) where the
+    filesystem supports it, else a copy. Never a hard link: what a task does to its input files
+    (append, `gzip -k`, which refuses linked files) must not reach the stored blob."""
+    tmp = dst.with_name(f"{TMP_PREFIX}{os.getpid()}-{next(_tmp_counter)}")
+    try:
+        if not _reflink(src, tmp):
+            shutil.copyfile(src, tmp)
+        shutil.copymode(src, tmp)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _reflink(src: Path, dst: Path) -> bool:
+    """Create `dst` as a reflink of `src` (Linux FICLONE). False where the filesystem has none
+    (EOPNOTSUPP, EXDEV, EINVAL, ENOTTY...): `dst` is then absent or empty, for the caller's copy to
+    overwrite, and a real problem (no space, no permission) surfaces from that copy. A pair of
+    filesystems that refused once is not asked again (one open and ioctl less per input)."""
+    devices = (src.stat().st_dev, dst.parent.stat().st_dev)
+    if devices in _NO_REFLINK:
+        return False
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        try:
+            fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
+        except OSError:
+            _NO_REFLINK.add(devices)
+            return False
+    return True
 
 
 def replace_with_link(src: Path, dst: Path) -> None:

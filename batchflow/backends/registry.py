@@ -52,7 +52,9 @@ def _local_compute(ctx: Context, storage: Storage) -> Compute:
 
     check_requirements(ctx.plan.workflow.local.requires, local_task_path())
     concurrency = ctx.concurrency or ctx.plan.workflow.local.concurrency
-    return LocalCompute(ctx.workspace, storage, ctx.run_dir, concurrency)
+    return LocalCompute(
+        ctx.workspace, storage, ctx.run_dir, concurrency, pass_env=ctx.plan.workflow.local.pass_env
+    )
 
 
 def _azure_compute(ctx: Context, storage: Storage) -> Compute:
