@@ -351,10 +351,12 @@ def test_no_signature_or_key_in_any_output_or_state_file(
 
 
 @pytest.mark.e2e
-def test_ctrl_c_leaves_no_pool_or_job(
-    azure_env: AzureEnv, tmp_path: Path, write_workflow: WriteWorkflow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_ctrl_c_or_a_closed_terminal_leaves_no_pool_or_job(
+    azure_env: AzureEnv, tmp_path: Path, write_workflow: WriteWorkflow, signum: signal.Signals
 ) -> None:
-    """SIGINT to a real `batchflow run --backend azure` process while its tasks run."""
+    """SIGINT (Ctrl-C) or SIGHUP (terminal closed, SSH dropped: ignored before, the pool and job kept
+    billing) to a real `batchflow run --backend azure` process while its tasks run."""
     wf = write_workflow(
         "echo started > /dev/null; sleep 60",
         inputs=3,
@@ -373,7 +375,7 @@ def test_ctrl_c_leaves_no_pool_or_job(
     emu = azure_env.emulator
     try:
         emu.wait_for(lambda: _running_tasks(azure_env) >= 2, timeout=60, what="tasks running")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -384,7 +386,8 @@ def test_ctrl_c_leaves_no_pool_or_job(
     assert leftovers(azure_env) == ([], [])
     run = run_of(err, wf)
     state = load_state(run)
-    assert (state["status"], state["message"]) == ("interrupted", "interrupted (Ctrl-C)")
+    how = "Ctrl-C" if signum == signal.SIGINT else "SIGHUP"
+    assert (state["status"], state["message"]) == ("interrupted", f"interrupted ({how})")
     # Counted as the local backend counts them: the running ones failed, the queued one not started.
     assert f"Run {run.name}: interrupted. 0 succeeded, 2 failed, 1 not started of 3 tasks." in err
 

@@ -1,7 +1,10 @@
-"""The environment a command gets on a node: the host's (for PATH and the like) plus Batch's variables.
+"""The environment a command gets on a node: Batch's variables, never the host's.
 
 As on a Linux node: AZ_BATCH_* (the list in Microsoft's compute node environment variables page),
-HOME = the working directory, and PATH extended with the node's shared directory and wd/.
+HOME = the working directory, and PATH extended with the node's shared directory and wd/. Of this
+machine's environment only PATH (so host tools such as ffmpeg stand in for what a start task would
+install) and the locale pass: a node's task sees none of the variables of the shell that started the
+emulator, credentials above all (the locale is an assumption: no Microsoft page lists a node's).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def node_env(
 ) -> dict[str, str]:
     """`settings`: lists of {name, value} (job common settings, then the task's own), later ones winning."""
     wd = task_dir / "wd"
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k in ("LANG", "LANGUAGE", "TZ") or k.startswith("LC_")}
     for group in settings:
         for item in group:
             env[str(item["name"])] = str(item.get("value", ""))
