@@ -25,7 +25,7 @@ import importlib
 import json
 import threading
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,8 @@ from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.batch._model_base import SdkJSONEncoder
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.transport import HttpTransport
-from azure.core.rest import HttpRequest, HttpResponse
-from azure.core.utils import CaseInsensitiveDict
+from batch_emulator.transport import EmulatorTransport
+from batch_emulator.wire import Request, Response, json_response
 from spec_check import SPEC_FILE, check_request, is_duration, is_uri, operation_schema, problems, spec
 
 from batchflow.backends.azure_auth import blob_auth
@@ -113,129 +111,31 @@ class Sent:
 _ID_NAMES = {"pools": "{poolId}", "jobs": "{jobId}"}
 
 
-class _Answer(HttpResponse):
-    """An azure.core.rest.HttpResponse already in memory."""
-
-    def __init__(self, request: HttpRequest, status: int, body: Any) -> None:
-        self._request = request
-        self._status = status
-        self._content = b"" if body is None else json.dumps(body).encode()
-        content_type = {"Content-Type": "application/json;odata=minimalmetadata"} if body is not None else {}
-        self._headers: CaseInsensitiveDict = CaseInsensitiveDict(content_type)
-        self._encoding: str | None = None
-        self._closed = False
-        self._consumed = False
-
-    @property
-    def request(self) -> HttpRequest:
-        return self._request
-
-    @property
-    def status_code(self) -> int:
-        return self._status
-
-    @property
-    def headers(self) -> CaseInsensitiveDict:
-        return self._headers
-
-    @property
-    def reason(self) -> str:
-        return "OK" if self._status < 400 else "Error"
-
-    @property
-    def content_type(self) -> str | None:
-        return self._headers.get("Content-Type")
-
-    @property
-    def is_closed(self) -> bool:
-        return self._closed
-
-    @property
-    def is_stream_consumed(self) -> bool:
-        return self._consumed
-
-    @property
-    def encoding(self) -> str | None:
-        return self._encoding
-
-    @encoding.setter
-    def encoding(self, value: str | None) -> None:
-        self._encoding = value
-
-    @property
-    def url(self) -> str:
-        return self._request.url
-
-    @property
-    def content(self) -> bytes:
-        return self._content
-
-    def text(self, encoding: str | None = None) -> str:
-        return self._content.decode(encoding or self._encoding or "utf-8")
-
-    def json(self) -> Any:
-        return json.loads(self.text())
-
-    def raise_for_status(self) -> None:
-        if self._status >= 400:
-            raise HttpResponseError(response=self)
-
-    def __enter__(self) -> _Answer:
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._closed = True
-
-    def read(self) -> bytes:
-        self._consumed = True
-        return self._content
-
-    def iter_raw(self, **kwargs: Any) -> Iterator[bytes]:
-        self._consumed = True
-        yield self._content
-
-    def iter_bytes(self, **kwargs: Any) -> Iterator[bytes]:
-        return self.iter_raw(**kwargs)
-
-
 def _error(code: str) -> dict[str, Any]:
     return {"code": code, "message": {"lang": "en-US", "value": f"{code} (recording transport)"}}
 
 
-class RecordingTransport(HttpTransport[HttpRequest, HttpResponse]):
-    """Records every request the SDK sends; answers as an empty Batch account would: no pool or
-    job yet (404 on GET), creations succeed, every task of a collection is added."""
+class EmptyAccount:
+    """A Batch account with nothing in it, behind the emulator's azure-core transport
+    (`RecordingTransport()`): records every request the SDK sends; answers 404 to a GET of a pool or
+    job, success to creations, "Success" to every task of a collection (as the live service spells it)."""
+
+    latency = 0.0
 
     def __init__(self) -> None:
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
 
-    def __enter__(self) -> RecordingTransport:
-        return self
+    def record_sleep(self, seconds: float) -> float:
+        raise AssertionError(f"the SDK tried to wait {seconds} s: no request here should be retried")
 
-    def __exit__(self, *args: object) -> None:
-        return None
-
-    def open(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-    def sleep(self, duration: float) -> None:
-        raise AssertionError(f"the SDK tried to wait {duration} s: no request here should be retried")
-
-    def send(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        content = request.content
-        raw = content.decode() if isinstance(content, bytes) else content
-        sent = Sent(request.method, unquote(urlsplit(request.url).path), json.loads(raw) if raw else None)
+    def dispatch(self, request: Request) -> Response:
+        body = json.loads(request.body) if request.body else None
+        sent = Sent(request.method, unquote(urlsplit(request.url).path), body)
         with self._lock:
             self.sent.append(sent)
-        status, body = self._answer(sent)
-        return _Answer(request, status, body)
+        status, answer = self._answer(sent)
+        return Response(status) if answer is None else json_response(status, answer)
 
     def _answer(self, sent: Sent) -> tuple[int, Any]:
         match sent.operation:
@@ -248,7 +148,7 @@ class RecordingTransport(HttpTransport[HttpRequest, HttpResponse]):
             case "PATCH /jobs/{jobId}":
                 return 200, None
             case "POST /jobs/{jobId}/addtaskcollection":
-                return 200, {"value": [{"status": "success", "taskId": t["id"]} for t in sent.body["value"]]}
+                return 200, {"value": [{"status": "Success", "taskId": t["id"]} for t in sent.body["value"]]}
         return 400, _error(f"UnexpectedRequest {sent.operation}")
 
 
@@ -274,9 +174,12 @@ def sent_for_workflow(workflow_file: Path, run_dir: Path) -> list[Sent]:
         )
         for t in plan.tasks
     ]
-    transport = RecordingTransport()
+    account = EmptyAccount()
     client = BatchClient(
-        ENDPOINT, AzureNamedKeyCredential("acct", FAKE_KEY), transport=transport, retry_total=0
+        ENDPOINT,
+        AzureNamedKeyCredential("acct", FAKE_KEY),
+        transport=EmulatorTransport(account),
+        retry_total=0,
     )
     with storage() as blobs:
         compute = AzureBatchCompute(client, blobs, run_dir, RUN)
@@ -287,7 +190,7 @@ def sent_for_workflow(workflow_file: Path, run_dir: Path) -> list[Sent]:
             compute.seal_job(workflow.job.id)
         finally:
             compute.close()
-    return transport.sent
+    return account.sent
 
 
 def bodies(sent: list[Sent]) -> list[Any]:
