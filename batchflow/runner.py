@@ -79,6 +79,7 @@ class Runner:
         self._outputs: list[str] = []
         self.tasks: tuple[RenderedTask, ...] = plan.tasks  # as submitted (outputs under the run's prefix)
         self._pool_touched = False  # create_pool was called: there may be a pool to clean up
+        self._job_attempted = False  # create_job was called (it may have been interrupted)
         self._results: list[TaskResult] | None = None  # the monitor's last list of completed tasks
 
     # ---- the whole run ------------------------------------------------------------------
@@ -193,6 +194,7 @@ class Runner:
         job = self.plan.workflow.job
         with self._stage("job"):
             self.reporter.stage(f"Creating job [{job.id}]...")
+            self._job_attempted = True
             self.compute.create_job(job, self.plan.workflow.pool.id, self.state.run_id)
             self.state.job_created = True  # recorded when created: only then is it this run's to delete
             self.state.save()
@@ -309,7 +311,9 @@ class Runner:
         policy = wf.cleanup
         succeeded = self.state.status == "succeeded"
         with self._stage("cleanup"):
-            if self.state.job_created and policy.job is CleanupAction.DELETE:
+            # An interrupt during create_job may leave a job made for this run: the compute deletes
+            # a job only if it is this run's (on Batch: its metadata names the run).
+            if (self.state.job_created or self._job_attempted) and policy.job is CleanupAction.DELETE:
                 self._try(f"Deleting job [{wf.job.id}]...", lambda: self.compute.delete_job(wf.job.id))
             delete_pool = policy.pool is CleanupAction.DELETE or (
                 policy.pool is CleanupAction.DELETE_IF_CREATED and self.state.pool_created

@@ -1020,9 +1020,26 @@ def test_delete_job_and_delete_pool_wait_for_the_service_and_tolerate_what_is_go
     assert bench.notes == ["  pool [TestPool] is being deleted; waiting for Batch to confirm..."]
     compute.delete_job(JOB)
     compute.delete_pool(POOL)
-    assert statuses(bench.emu, "DELETE", f"/jobs/{JOB}") == [202, 404]
+    assert statuses(bench.emu, "DELETE", f"/jobs/{JOB}") == [202]  # the second found it gone (a GET)
     assert statuses(bench.emu, "DELETE", f"/pools/{POOL}") == [202, 404]
     assert compute.task_results(JOB) == []
+
+
+def test_delete_job_never_deletes_another_runs_job(bench: Bench) -> None:
+    """The second of two runs: its create_job met JobExists (the first run's live job). Its cleanup
+    asks to delete the job: the job's metadata names the other run, so it is kept."""
+    first = bench.compute(OTHER_RUN)
+    first.create_job(JobSpec(id=JOB), POOL, OTHER_RUN)
+    second = bench.compute(RUN)
+    with pytest.raises(BatchflowError):
+        second.create_job(JobSpec(id=JOB), POOL, RUN)
+
+    second.delete_job(JOB)
+
+    assert statuses(bench.emu, "DELETE", f"/jobs/{JOB}") == []
+    assert metadata(bench.client.get_job(JOB))[0] == ("batchflow-run-id", OTHER_RUN)
+    first.delete_job(JOB)  # its own: deleted
+    assert statuses(bench.emu, "DELETE", f"/jobs/{JOB}") == [202]
 
 
 def test_a_delete_still_in_progress_after_the_timeout_is_an_error(make_bench: Callable[..., Bench]) -> None:

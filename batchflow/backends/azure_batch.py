@@ -675,6 +675,16 @@ class AzureBatchCompute:
     # ---- deletes --------------------------------------------------------------------------------
 
     def delete_job(self, job_id: str) -> None:
+        """Delete a job this run created: one this compute created, or one whose metadata names this
+        run (an interrupt during create_job; `batchflow cleanup`). Any other job is left alone: a
+        second run must never delete the first run's live job."""
+        if job_id not in self._jobs:
+            found = self._get_job(job_id)
+            if found is None:
+                return
+            if _run_of(found) != self._run_id:
+                log.info("job %s is not run %s's (run %s): kept", job_id, self._run_id, _run_of(found))
+                return
         self._delete("job", job_id, self._client.begin_delete_job, self._get_job)
         self._jobs.discard(job_id)
 
