@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -200,6 +201,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     Ignoring SIGHUP left the pool and job billing and the state saying `running`."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            _drop_terminal_output()
         raise Terminated(signal.Signals(signum).name)
 
     caught = (signal.SIGTERM, signal.SIGHUP)
@@ -315,6 +318,22 @@ def _close(compute: object) -> None:
     close = getattr(compute, "close", None)
     if close is not None:
         close()
+
+
+def _drop_terminal_output() -> None:
+    """The terminal hung up: every write to it now fails (EIO). Send stdout and stderr to /dev/null
+    where they are that terminal (a character device), so the run stops its tasks and cleans up in
+    peace; pipes and files (nohup, CI logs) keep what follows."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        null = os.fstat(devnull)
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                st = os.fstat(fd)
+                if stat.S_ISCHR(st.st_mode) and (st.st_dev, st.st_ino) != (null.st_dev, null.st_ino):
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _detach_run_log(handler: logging.Handler) -> None:

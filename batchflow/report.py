@@ -49,21 +49,40 @@ class Reporter:
         self._bar: TaskID | None = None
         self._last_plain: tuple[TaskCounts, float] | None = None
         self._started = clock()
+        self._gone = False  # the stream can no longer be written (a closed terminal)
+
+    def _print(self, text: str, **options: Any) -> None:
+        """Print to the console; once the terminal is gone (SIGHUP: writes fail with EIO) or the
+        pipe is closed, go quiet instead of failing: the run must still stop its tasks and clean up."""
+        if self._gone:
+            return
+        try:
+            self._console.print(text, **options)
+        except OSError:
+            self._gone = True
+            self.live = False
 
     def stage(self, message: str) -> None:
         if not self.quiet:
-            self._console.print(redact(message), markup=False)
+            self._print(redact(message), markup=False)
 
     def info(self, message: str) -> None:
         self.stage(message)
 
     def warn(self, message: str) -> None:
         """Shown even with --quiet."""
-        self._console.print(redact(message), markup=False, style="yellow")
+        self._print(redact(message), markup=False, style="yellow")
 
     def progress(self, counts: TaskCounts, total: int) -> None:
-        if self.quiet:
+        if self.quiet or self._gone:
             return
+        try:
+            self._show_progress(counts, total)
+        except OSError:
+            self._gone = True
+            self.live = False
+
+    def _show_progress(self, counts: TaskCounts, total: int) -> None:
         if self.live:
             if self._progress is None:
                 # Done/total, elapsed and ETA first and never squeezed; then the bar, the counts
@@ -105,12 +124,12 @@ class Reporter:
             if counts.completed and not finished:
                 eta = (now - self._started) / counts.completed * (total - counts.completed)
                 times += f", ETA {_clock_text(eta)}"
-            self._console.print(f"Tasks {counts.completed}/{total}: {text} ({times})", markup=False)
+            self._print(f"Tasks {counts.completed}/{total}: {text} ({times})", markup=False)
             self._last_plain = (counts, now)
 
     def transfer(self, verb: str, files: int, total_files: int, sent: int, total_bytes: int) -> None:
         """Files handled so far of a transfer, and bytes actually sent (unchanged files send none)."""
-        if self.quiet or not self.live or total_files <= 1:
+        if self.quiet or self._gone or not self.live or total_files <= 1:
             return
         if self._progress is None:
             self._progress = Progress(
@@ -129,9 +148,12 @@ class Reporter:
 
     def close_progress(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-            self._bar = None
+            progress, self._progress, self._bar = self._progress, None, None
+            try:
+                progress.stop()
+            except OSError:
+                self._gone = True
+                self.live = False
 
     def summary(self, state: RunState, *, outputs: list[str], tail_lines: int = 10) -> None:
         """The final report: counts, time per stage, where outputs went, and why tasks failed."""
@@ -165,7 +187,7 @@ class Reporter:
             lines.append(f"... and {len(failed) - 20} more failed tasks: batchflow status {state.run_id}")
         lines.append(f"Run folder: {state.folder}")
         for line in lines:
-            self._console.print(redact(line), markup=False)
+            self._print(redact(line), markup=False)
 
 
 def _clock_text(seconds: float) -> str:

@@ -4,6 +4,7 @@ unwritable destinations, and the command line in pipes. Real processes, real sig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -445,3 +446,75 @@ def test_an_output_pattern_that_matched_nothing_is_named_in_the_summary(
     assert "Task task-item-01: output pattern '*.mp3' matched no file" in err.splitlines()
     [run] = runs(wf.parent / ".batchflow")
     assert state_of(run)["tasks"]["task-item-01"]["unmatched_outputs"] == ["*.mp3"]
+
+
+# ---- 2. a terminal that really closes ------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_closing_the_terminal_stops_the_tasks_and_cleans_up(write_workflow: WriteWorkflow) -> None:
+    """batchflow on a real pseudo-terminal as its controlling terminal; closing the terminal's other
+    side makes the kernel send SIGHUP, and from then on every write to the terminal fails (EIO).
+    Before: the handler's own first line failed, so neither the tasks' stop nor the cleanup ran."""
+    import fcntl
+    import termios
+
+    wf = write_workflow("echo $$ > ../pid; sleep 60", inputs=2, extra={"monitor": {"poll_interval": "100ms"}})
+    workspace = wf.parent / ".batchflow"
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchflow", "run", str(wf), "--concurrency", "2"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm", "COLUMNS": "80"},
+        start_new_session=True,
+        preexec_fn=controlling_terminal,  # the one way to give a child a controlling terminal
+    )
+    os.close(slave)
+    pool = workspace / "pools" / "TestPool"
+    try:
+
+        def pids() -> list[int]:
+            found = pool.glob("nodes/*/workitems/*/job-1/*/pid")
+            return [int(text) for p in found if (text := p.read_text()).endswith("\n")]
+
+        drained = bytearray()
+
+        def two_running() -> bool:
+            with contextlib.suppress(OSError):  # keep reading, so the terminal never blocks its writer
+                os.set_blocking(master, False)
+                with contextlib.suppress(BlockingIOError):
+                    drained.extend(os.read(master, 65536))
+            return len(pids()) == 2
+
+        wait_for(two_running, "two tasks running")
+        tasks = pids()
+        os.close(master)  # the terminal closes: SIGHUP
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    assert proc.returncode == 130
+    [run] = runs(workspace)
+    state = state_of(run)
+    assert (state["status"], state["message"]) == ("interrupted", "interrupted (SIGHUP)")
+    assert state["cleanup_failures"] == []
+    assert not (pool / "nodes").exists()  # cleaned up
+    wait_for(lambda: not any(_alive(pid) for pid in tasks), "the tasks gone", timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat_line = Path(f"/proc/{pid}/stat").read_text()
+    return stat_line[stat_line.rfind(")") + 2] != "Z"

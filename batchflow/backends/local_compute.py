@@ -554,19 +554,26 @@ class LocalCompute:
                 stderr=err,
                 start_new_session=True,
             )
-        self._ledger.started(proc.pid, task_dir.name)  # `batchflow cleanup` stops it if batchflow dies
         with self._lock:
-            slot.proc = proc
+            slot.proc = proc  # first: whatever happens next, stop() can kill it
             if slot.kill_reason is not None:  # killed between the check and Popen
                 _killpg(proc.pid)
+        label = task_dir.name if kill_leftovers else f"start task on {task_dir.parent.name}"
+        self._record(self._ledger.started, proc.pid, label)  # `batchflow cleanup` stops it if we die
         code = proc.wait()
         with self._lock:
             if kill_leftovers:
                 _killpg(proc.pid)
             slot.proc = None
-        if kill_leftovers:
-            self._ledger.ended(proc.pid)
+        self._record(self._ledger.ended, proc.pid)
         return 128 - code if code < 0 else code  # killed by signal N -> 128 + N, as sh reports it
+
+    def _record(self, write: Callable[..., None], *args: object) -> None:
+        """A ledger line; a full disk costs only `batchflow cleanup`'s knowledge of this process."""
+        try:
+            write(*args)
+        except OSError as e:
+            log.warning("cannot record process %s in %s: %s", args[0], self._ledger.path, e)
 
     def _upload_outputs(self, task: _Task, wd: Path) -> None:
         ok = task.failure is None and task.exit_code == 0
