@@ -21,11 +21,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchflow import __version__
 from batchflow.errors import BatchflowError, InvalidWorkflow, Problem, Terminated
 from batchflow.redact import RedactingFilter, redact
+
+if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
+    from batchflow.model import Workflow
+    from batchflow.state import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # `batchflow status`: a run that succeeded or still runs 0; failed, error or dead 1; interrupted 130.
@@ -310,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         reporter.summary(outcome.state, outputs=outcome.outputs)
         if args.output == "json":
-            print(json.dumps(as_json(outcome.state), indent=2))
+            print(redact(json.dumps(as_json(outcome.state), indent=2)))
         return outcome.exit_code
 
 
@@ -359,7 +363,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = state.effective_status
     code = STATUS_EXIT.get(status, EXIT_FAILED)
     if args.output == "json":
-        print(json.dumps({**as_json(state), "status": status, "exit_code": code}, indent=2))
+        print(redact(json.dumps({**as_json(state), "status": status, "exit_code": code}, indent=2)))
         return code
     counts = state.counts()
     not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
@@ -398,7 +402,7 @@ def _workspace_of(args: argparse.Namespace) -> Path:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from batchflow.cleanup import cleanup_run
+    from batchflow import runlock
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, find_run
 
@@ -417,6 +421,18 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     what = f"run {state.run_id} ({state.backend}): job {state.job_id}, pool {state.pool_id}"
+    # The dead run's job and pool ids may be in use by a live run of the same workflow by now (the
+    # dead run's locks went with its process): hold them, or refuse, as a run would.
+    names = [f"job {state.job_id}", f"pool {state.pool_id}"] if state.job_id and state.pool_id else []
+    with runlock.exclusive(workspace, names, state.run_id):
+        return _cleanup(args, state, workflow, workspace, what)
+
+
+def _cleanup(
+    args: argparse.Namespace, state: RunState, workflow: Workflow | None, workspace: Path, what: str
+) -> int:
+    from batchflow.cleanup import cleanup_run
+
     if sys.stdin.isatty() and not args.yes:
         answer = input(f"Remove what {what} left behind? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):

@@ -53,10 +53,16 @@ def _credential_variables(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def environment_secrets() -> set[str]:
-    """The values of the credential-like variables in the environment now, long enough to be secrets."""
+    """The values of the credential-like variables in the environment now, long enough to be secrets,
+    less those that are paths of this machine (SECRETS_DIR=/home/me/keys names a folder; redacting
+    it would garble every path under it, in output and in state files alike)."""
     # Called for every line batchflow prints or logs: names are checked once per set of names.
     values = (os.environ.get(n) for n in _credential_variables(tuple(os.environ)))
-    return {v for v in values if v and _is_secret_value(v)}
+    return {v for v in values if v and _is_secret_value(v) and not _is_local_path(v)}
+
+
+def _is_local_path(value: str) -> bool:
+    return value.startswith(("/", "~", "./", "../")) and os.path.exists(os.path.expanduser(value))
 
 
 def redact(text: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from batchflow.errors import BatchflowError
 from batchflow.model import TaskResult, TaskState
+from batchflow.redact import redact
 
 log = logging.getLogger("batchflow")
 
@@ -125,8 +126,8 @@ class RunState:
         data = asdict(self)
         data["folder"] = str(self.folder)
         tmp = self.folder / (STATE_FILE + ".tmp")
-        try:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        try:  # redacted: messages and failures may quote a service's answer or a task's words
+            tmp.write_text(redact(json.dumps(data, indent=1, sort_keys=True)), encoding="utf-8")
             tmp.replace(self.folder / STATE_FILE)
         except OSError as e:
             log.warning("cannot save the run state in %s: %s", self.folder, e)

@@ -518,3 +518,56 @@ def _alive(pid: int) -> bool:
         return False
     stat_line = Path(f"/proc/{pid}/stat").read_text()
     return stat_line[stat_line.rfind(")") + 2] != "Z"
+
+
+@pytest.mark.e2e
+def test_cleanup_of_a_dead_run_refuses_while_a_new_run_of_the_workflow_uses_its_pool(
+    write_workflow: WriteWorkflow,
+    finish: Callable[[subprocess.Popen[str]], tuple[str, str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Run A is SIGKILLed (its locks go with it); run B of the same workflow starts. `batchflow cleanup A`,
+    as `status` advises, would remove the pool folders B runs in: it refuses, naming B."""
+    wf = write_workflow(SLOW, inputs=2)
+    workspace = wf.parent / ".batchflow"
+    dead = start(wf)
+    wait_for(lambda: in_stage(workspace, "monitor"), "run A monitoring")
+    os.killpg(dead.pid, signal.SIGKILL)  # batchflow only: its tasks, in sessions of their own, live on
+    dead.communicate()
+    [run_a] = runs(workspace)
+    live = start(wf)  # refused? no: A's locks died with it
+    wait_for(lambda: len(runs(workspace)) == 2 and in_stage(workspace, "monitor"), "run B monitoring")
+    run_b = runs(workspace)[-1]
+
+    assert main(["cleanup", run_a.name, "--workspace", str(workspace), "--yes"]) == 2
+
+    assert capsys.readouterr().err.startswith(f"error: job TestJob is in use by run {run_b.name} ")
+    _, err = finish(live)
+    assert live.returncode == 0, err
+    assert state_of(run_b)["status"] == "succeeded"
+    assert main(["cleanup", run_a.name, "--workspace", str(workspace), "--yes"]) == 0  # now it may
+    capsys.readouterr()
+
+
+# ---- 4. secrets in JSON output and state files -------------------------------------------------------
+
+
+def test_json_output_and_the_state_file_are_redacted_but_paths_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchflow.state import RunState
+
+    monkeypatch.setenv("MY_API_TOKEN", "tok-9f8e7d6c5b4a")
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path))  # a folder under a credential-like name: a path
+    workspace = tmp_path / "ws"
+    state = RunState.create(workspace, tmp_path / "wf.yaml", "local", "20261201-000000-000-aaaaaa")
+    state.status, state.message, state.ended_at = "failed", "task said tok-9f8e7d6c5b4a", time.time()
+    state.save()
+
+    text = (state.folder / "state.json").read_text(encoding="utf-8")
+    assert "tok-9f8e7d6c5b4a" not in text and "task said REDACTED" in text
+    assert json.loads(text)["workflow"] == str(tmp_path / "wf.yaml")  # the path under SECRETS_DIR kept
+    assert main(["status", "--workspace", str(workspace), "--output", "json"]) == 1
+    out = capsys.readouterr().out
+    assert "tok-9f8e7d6c5b4a" not in out
+    assert json.loads(out)["run_folder"] == str(state.folder)
