@@ -64,7 +64,13 @@ def discover(
 
     files: list[tuple[str, Path]] = []
     warnings: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(base):
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip such a folder in silence
+        failed = Path(error.filename or base)
+        where = failed.relative_to(base).as_posix() if failed.is_relative_to(base) else str(failed)
+        warnings.append(f"skipped {where!r}: cannot be read ({error.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(base, onerror=unreadable):
         folder = Path(dirpath)
         rel_folder = folder.relative_to(base).as_posix()
         prefix = "" if rel_folder == "." else rel_folder + "/"
@@ -92,7 +98,7 @@ def discover(
             rel, path = prefix + name, folder / name
             if not selected(rel):
                 continue
-            problem = _link_problem(path, real_base, never_input) if path.is_symlink() else None
+            problem = _link_problem(path, real_base, never_input, selected) if path.is_symlink() else None
             if problem is not None:
                 warnings.append(f"skipped {rel!r}: {problem}")
             elif path.is_file():  # not a fifo or a socket
@@ -102,9 +108,14 @@ def discover(
 
 
 def _link_problem(
-    path: Path, real_base: Path, never_input: Callable[[Path], NeverInput | None]
+    path: Path,
+    real_base: Path,
+    never_input: Callable[[Path], NeverInput | None],
+    selected: Callable[[str], bool],
 ) -> str | None:
-    """Why the symlink at `path` must not be uploaded, or None if its target is a file inside the folder."""
+    """Why the symlink at `path` must not be uploaded, or None if its target is a file inside the
+    folder that the patterns select too (a link must not smuggle in what exclude, or the dotfile
+    rule, keeps out: `public/key -> secrets/key` with `exclude: [secrets/**]`)."""
     target = path.readlink()
     try:
         real = path.resolve()
@@ -117,4 +128,7 @@ def _link_problem(
     holder = never_input(real)
     if holder is not None:
         return f"a link into {holder.what} ({holder.path}), whose files are never inputs"
+    target_rel = real.relative_to(real_base).as_posix()
+    if not selected(target_rel):
+        return f"a link to {target_rel!r}, which the include/exclude patterns leave out"
     return None

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+from pathlib import Path
 
 from batchflow.credentials import is_credential_variable
 
@@ -62,7 +63,7 @@ def environment_secrets() -> set[str]:
 
 
 def _is_local_path(value: str) -> bool:
-    return value.startswith(("/", "~", "./", "../")) and os.path.exists(os.path.expanduser(value))
+    return value.startswith(("/", "~", "./", "../")) and Path(value).expanduser().exists()
 
 
 def redact(text: str) -> str:

@@ -360,3 +360,25 @@ def test_ffmpeg_converts_an_input_whose_name_has_a_colon(
     capsys.readouterr()
     mp3 = tmp_path / "out" / "mp3" / "a:b.mp3"
     assert audio_duration(mp3) == pytest.approx(probe(clip).duration, abs=0.1)
+
+
+def test_a_link_cannot_bring_in_a_file_the_patterns_leave_out(tmp_path: Path) -> None:
+    """`public/key -> secrets/key` with `exclude: [secrets/**]`: the exclude must hold for the link's
+    target too, or a link would smuggle the excluded file into storage under another name."""
+    from batchflow.inputs import discover
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "public").mkdir()
+    (tmp_path / "secrets" / "key").write_text("private\n", encoding="utf-8")
+    (tmp_path / "public" / "notes.txt").write_text("fine\n", encoding="utf-8")
+    (tmp_path / "public" / "key").symlink_to(tmp_path / "secrets" / "key")
+    (tmp_path / "public" / "env").symlink_to(tmp_path / ".env")
+    (tmp_path / ".env").write_text("TOKEN=x\n", encoding="utf-8")
+
+    found = discover(tmp_path, ["**"], ["secrets/**"])
+
+    assert [rel for rel, _ in found.files] == ["public/notes.txt"]
+    assert found.warnings == [
+        "skipped 'public/env': a link to '.env', which the include/exclude patterns leave out",
+        "skipped 'public/key': a link to 'secrets/key', which the include/exclude patterns leave out",
+    ]
