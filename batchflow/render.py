@@ -30,6 +30,7 @@ YAML lines and is reported at the first.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -472,7 +473,7 @@ class _Renderer:
         max_retries = t.max_retries if t.max_retries is not None else wf.job.max_task_retries
         ids: dict[str, tuple[str, str]] = {}  # id.lower() -> (id, input blob)
         writers: dict[tuple[str, str], tuple[str, str, int]] = {}  # (container, blob) -> (id, input, output)
-        spread: dict[tuple[str, str], list[tuple[str, str, int]]] = {}  # glob outputs' (container, prefix)
+        spread: dict[tuple[str, str], list[tuple[str, str, int, str]]] = {}  # glob outputs' (container, prefix)
         tasks: list[RenderedTask] = []
         for index, f in enumerate(inputs):
             context: dict[str, Any] = {"input": _input_context(f), "index": index, **shared}
@@ -510,7 +511,9 @@ class _Renderer:
             self._check_output_collisions(task_id, f, rendered_outputs, writers)
             for i, out in enumerate(rendered_outputs):
                 if glob_literal(out.pattern) is None:
-                    spread.setdefault((out.container, out.destination), []).append((task_id, f.blob_name, i))
+                    spread.setdefault((out.container, out.destination), []).append(
+                        (task_id, f.blob_name, i, out.pattern)
+                    )
             tasks.append(
                 RenderedTask(
                     id=task_id,
@@ -629,16 +632,19 @@ class _Renderer:
                 message += f" both write {out.container}/{out.destination}"
             self.problem(("tasks", "outputs", i), message)
 
-    def _check_glob_collisions(self, spread: Mapping[tuple[str, str], list[tuple[str, str, int]]]) -> None:
+    def _check_glob_collisions(
+        self, spread: Mapping[tuple[str, str], list[tuple[str, str, int, str]]]
+    ) -> None:
         """A glob output puts each match at destination + its path below the pattern's folders, so
         when two tasks share the destination, two files of the same name overwrite each other in
-        silence (three tasks writing `*.mp3` under one prefix lost one output): refused."""
+        silence (three tasks writing `*.mp3` under one prefix lost one output): refused, unless the
+        fixed parts of the tasks' patterns keep their files apart (`{{ input.stem }}_*.mp3`)."""
         for (container, destination), writers in spread.items():
-            tasks = {task_id for task_id, _, _ in writers}
-            if len(tasks) < 2:
+            pair = _colliding_pair(writers)
+            if pair is None:
                 continue
-            first_id, first_blob, i = writers[0]
-            second_id, second_blob, _ = next(w for w in writers if w[0] != first_id)
+            (first_id, first_blob, i, _), (second_id, second_blob, _, _) = pair
+            tasks = {task_id for task_id, _, _, _ in writers}
             pattern = self.wf.tasks.outputs[i].pattern
             place = f"under {destination!r}" if destination else "at the top"
             suffix = PurePosixPath(pattern).suffix
@@ -658,6 +664,26 @@ class _Renderer:
                 " depend on the task (destination: '{{ input.stem }}/') or name the task's own file in"
                 f" the pattern ({own!r})",
             )
+
+
+def _colliding_pair(
+    writers: Sequence[tuple[str, str, int, str]],
+) -> tuple[tuple[str, str, int, str], tuple[str, str, int, str]] | None:
+    """Two writers of different tasks whose rendered glob patterns can match the same file name:
+    the same text after the last wildcard of the name, and text before the first wildcard of which
+    one starts with the other. Sorted by that prefix, such a pair is adjacent."""
+    by_suffix: dict[str, list[tuple[str, tuple[str, str, int, str]]]] = {}
+    for writer in writers:
+        name = writer[3].rsplit("/", 1)[-1]
+        magic = [k for k, c in enumerate(name) if c in "*?["]
+        prefix, suffix = (name[: magic[0]], name[magic[-1] + 1 :]) if magic else (name, "")
+        by_suffix.setdefault(suffix, []).append((prefix, writer))
+    for group in by_suffix.values():
+        group.sort(key=lambda item: item[0])
+        for (p1, w1), (p2, w2) in itertools.pairwise(group):
+            if w1[0] != w2[0] and p2.startswith(p1):
+                return w1, w2
+    return None
 
 
 def _start_task(workflow: Workflow, backend: str) -> tuple[StartTaskSpec | None, DocPath]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import WriteWorkflow
+from conftest import WriteWorkflow, in_out_storage
 
 from batchflow.backends.local_compute import LocalCompute
 from batchflow.backends.local_storage import LocalStorage
@@ -170,3 +170,27 @@ def test_an_output_glob_that_matched_nothing_is_in_the_task_result(tmp_path: Pat
     assert result.exit_code == 0 and result.failure is None
     assert result.outputs == ("out/a.txt",)
     assert result.unmatched_outputs == ("*.mp3", "missing/*.wav")
+
+
+def test_glob_outputs_whose_fixed_parts_keep_the_tasks_apart_are_accepted(
+    write_workflow: WriteWorkflow,
+) -> None:
+    """`{{ input.stem }}_*.mp3` with no destination: each task's files start with its own stem, so no
+    two tasks can write the same name. `part_*.mp3` for every task can: refused."""
+    from batchflow.errors import InvalidWorkflow
+    from batchflow.render import build_plan
+    from batchflow.spec import load_workflow
+
+    def outputs(pattern: str) -> Path:
+        return write_workflow(
+            "true",
+            inputs=3,
+            tasks={"outputs": [{"pattern": pattern, "container": "outputs"}]},
+            extra={"storage": in_out_storage()},
+        )
+
+    assert len(build_plan(load_workflow(outputs("{{ input.stem }}_*.mp3"))).tasks) == 3
+    assert len(build_plan(load_workflow(outputs("*_{{ input.stem }}.mp3"))).tasks) == 3
+    with pytest.raises(InvalidWorkflow) as refused:
+        build_plan(load_workflow(outputs("part_*.mp3")))
+    assert "would overwrite each other" in str(refused.value)
