@@ -270,7 +270,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, new_run_id
 
-    wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
+    overrides = _parse_overrides(args.overrides)
+    wf = load_workflow(args.workflow, overrides)
     workspace = (args.workspace or wf.local.workspace or wf.base_dir / ".batchflow").resolve()
     plan = build_plan(wf, args.backend, exclude=[workspace])  # the workspace is never an input
     _warn(plan.warnings)
@@ -299,6 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stack.enter_context(runlock.exclusive(workspace, [f"job {wf.job.id}", f"pool {wf.pool.id}"], run_id))
         check_destinations(wf)
         state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
+        state.overrides = overrides  # `batchflow download` loads the workflow as this run did
+        state.save()
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
         reporter.stage(
             f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}"
@@ -465,7 +468,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     workspace = _workspace_of(args)
     state = RunState.load(find_run(workspace, args.run, args.workflow))
-    wf = load_workflow(Path(state.workflow))
+    if state.still_running():
+        raise BatchflowError(
+            f"run {state.run_id} is still running (process {state.pid}): it downloads itself"
+        )
+    wf = load_workflow(Path(state.workflow), state.overrides)
     check_destinations(wf)
     ctx = registry.Context(plan=Plan(wf, (), (), None), workspace=workspace, run_dir=state.folder)
     storage = registry.STORAGE[state.storage](ctx)

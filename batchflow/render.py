@@ -473,7 +473,9 @@ class _Renderer:
         max_retries = t.max_retries if t.max_retries is not None else wf.job.max_task_retries
         ids: dict[str, tuple[str, str]] = {}  # id.lower() -> (id, input blob)
         writers: dict[tuple[str, str], tuple[str, str, int]] = {}  # (container, blob) -> (id, input, output)
-        spread: dict[tuple[str, str], list[tuple[str, str, int, str]]] = {}  # glob outputs' (container, prefix)
+        spread: dict[
+            tuple[str, str], list[tuple[str, str, int, str]]
+        ] = {}  # glob outputs by (container, prefix)
         tasks: list[RenderedTask] = []
         for index, f in enumerate(inputs):
             context: dict[str, Any] = {"input": _input_context(f), "index": index, **shared}

@@ -80,6 +80,7 @@ class Runner:
         self.tasks: tuple[RenderedTask, ...] = plan.tasks  # as submitted (outputs under the run's prefix)
         self._pool_touched = False  # create_pool was called: there may be a pool to clean up
         self._job_attempted = False  # create_job was called (it may have been interrupted)
+        self._fetch_after_failure = False  # the run failed after tasks finished: fetch their outputs
         self._results: list[TaskResult] | None = None  # the monitor's last list of completed tasks
 
     # ---- the whole run ------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Runner:
         finally:
             try:
                 self._cleanup()
+                self._download_after_failure()  # after the cleanup: no pool bills while it downloads
             finally:
                 self.state.ended_at = time.time()
                 self.state.save()
@@ -260,12 +262,21 @@ class Runner:
         self.state.message = message
         self.reporter.close_progress()
         self._stop_and_collect()
-        if self.state.counts()["succeeded"] and self.state.stage == "monitor":  # e.g. a monitor timeout
-            try:
-                self._download()
-            except (BatchflowError, OSError) as e:
-                log.warning("could not download the finished tasks' outputs: %s", e)
-                self.reporter.warn(f"  could not download the finished tasks' outputs: {e}")
+        # Tasks finished, the run failed after (a monitor timeout, a node lost): their outputs are
+        # fetched once the cleanup is done. A failed download stage is not tried again.
+        self._fetch_after_failure = self.state.counts()["succeeded"] > 0 and self.state.stage == "monitor"
+
+    def _download_after_failure(self) -> None:
+        if not self._fetch_after_failure:
+            return
+        try:
+            self._download()
+        except (BatchflowError, OSError) as e:
+            log.warning("could not download the finished tasks' outputs: %s", e)
+            self.reporter.warn(
+                f"  could not download the finished tasks' outputs ({e}): "
+                f"`batchflow download {self.state.run_id}` fetches them"
+            )
 
     def _stop_and_collect(self) -> None:
         """After an error or Ctrl-C: stop what runs, record what finished."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from batchflow.errors import BatchflowError
 from batchflow.model import TaskResult, TaskState
+from batchflow.procinfo import is_running, process_start
 from batchflow.redact import redact
 
 log = logging.getLogger("batchflow")
@@ -59,6 +60,8 @@ class RunState:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     message: str | None = None
     pid: int | None = None  # the batchflow process that ran it, on `host`
+    pid_start: int | None = None  # that process's start time (Linux /proc): a reused pid is not it
+    overrides: dict[str, str] = field(default_factory=dict)  # the run's --set values
     host: str | None = None
     cleanup_failures: list[str] = field(default_factory=list)  # what the run's own cleanup could not do
     cleaned_up: list[str] = field(default_factory=list)  # what `batchflow cleanup` removed later
@@ -73,7 +76,7 @@ class RunState:
             return False
         except PermissionError:
             return True
-        return True
+        return is_running(self.pid, self.pid_start)
 
     @property
     def effective_status(self) -> str:
@@ -153,6 +156,7 @@ class RunState:
             folder=folder,
             storage=storage,
             pid=os.getpid(),
+            pid_start=process_start(os.getpid()),
             host=socket.gethostname(),
         )
         state.save()

@@ -48,6 +48,11 @@ def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_
     try:
         _wait_for_start(pool, proc)
         assert _started(pool), proc.stderr.read() if proc.stderr else ""
+        ledger = wf.parent / ".batchflow" / "runs"
+        deadline = time.monotonic() + 60  # the ledger line is written just after the task starts
+        while not any("task-item-01" in p.read_text() for p in ledger.glob("*/processes.jsonl")):
+            assert time.monotonic() < deadline, "no ledger line"
+            time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # batchflow (its session): no cleanup runs
         proc.communicate(timeout=30)

@@ -120,7 +120,9 @@ def test_a_second_azure_run_from_another_workspace_refuses_and_deletes_nothing_o
     """Before: the second run failed with JobExists, and its cleanup then deleted the FIRST run's live
     job (the first ended "0 succeeded, 0 failed of 40"). Another workspace stands for another machine:
     the workspace's lock cannot see it, the account can."""
-    wf = write_workflow("sleep 2", inputs=3, extra={"monitor": {"poll_interval": "100ms"}})
+    # Tasks long enough that the first run is still monitoring while the two refusals happen, even on
+    # two busy CPUs: the first run is stopped by the test once both were refused (then it cleans up).
+    wf = write_workflow("sleep 30", inputs=3, extra={"monitor": {"poll_interval": "100ms"}})
     rename_containers(wf, unique_containers("inputs"))
     workspace = wf.parent / ".batchflow"
     first = start(wf, "--backend", "azure")
@@ -142,11 +144,15 @@ def test_a_second_azure_run_from_another_workspace_refuses_and_deletes_nothing_o
 
     assert main(["run", str(wf), "--backend", "azure"]) == 2  # the same workspace: refused too
     capsys.readouterr()
+    sent = [(r.method, r.path) for r in azure_env.emulator.requests[requests_before:]]
+    assert ("DELETE", "/jobs/TestJob") not in sent
 
+    # The first run was unharmed: its tasks still run under its job. Stopped now, it cleans up itself.
+    assert state_of(first_run)["stage"] == "monitor"
+    os.killpg(first.pid, signal.SIGINT)
     _, err = finish(first)
-    assert first.returncode == 0, err
-    state = state_of(first_run)
-    assert (state["status"], len(state["tasks"])) == ("succeeded", 3)
+    assert first.returncode == 130, err
+    assert "Deleting job [TestJob]..." in err  # its own job, deleted by its own cleanup
 
 
 # ---- 7. the command line -------------------------------------------------------------------------
@@ -214,6 +220,9 @@ def test_status_and_cleanup_of_a_workflow_pick_its_runs_not_another_workflows(
     assert "20261201-000001-000-bbbbbb" in capsys.readouterr().out
     assert main(["status", "--workspace", str(workspace), "--workflow", str(first)]) == 1
     assert capsys.readouterr().out.startswith("Run 20261201-000000-000-aaaaaa (local): failed")
+    args = ["cleanup", "--workspace", str(workspace), "--workflow", str(first), "--yes", "--output", "json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "20261201-000000-000-aaaaaa"
 
 
 def test_an_error_with_json_output_is_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

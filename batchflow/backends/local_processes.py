@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from batchflow.procinfo import process_start
+
 LEDGER = "processes.jsonl"
 
 
@@ -65,9 +67,12 @@ def leftovers(run_dir: Path) -> dict[int, str]:
 
 def _same(pgid: int, start: int | None) -> bool:
     """The live group `pgid` is the one recorded: its leader has the recorded start time, or the
-    leader is gone (the kernel reuses no pid while a process group of that id lives on)."""
+    leader is gone (the kernel reuses no pid while a process group of that id lives on). Without a
+    recorded start time (no /proc, as on macOS) it cannot be told apart from a stranger: left alone."""
+    if start is None:
+        return False
     now = process_start(pgid)
-    return start is None or now is None or now == start
+    return now is None or now == start
 
 
 def stop(groups: dict[int, str], grace: float = 5.0) -> list[str]:
@@ -80,19 +85,6 @@ def stop(groups: dict[int, str], grace: float = 5.0) -> list[str]:
     for pgid in groups:
         _signal(pgid, signal.SIGKILL)
     return sorted(groups.values())
-
-
-def process_start(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks since boot (Linux /proc), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-    try:
-        return int(fields[19])  # field 22 of proc(5), the 20th after comm
-    except (IndexError, ValueError):
-        return None
 
 
 def _alive(pgid: int) -> bool:

@@ -1,0 +1,33 @@
+"""What the kernel says of a process: its start time, so that a pid the system reused is not taken
+for the process that was recorded (run states, the local task ledger)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), or None (no such
+    process, a zombie, or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    if not fields or fields[0] == "Z":  # exited, not yet reaped: not running
+        return None
+    try:
+        return int(fields[19])  # field 22 of proc(5), the 20th after comm
+    except (IndexError, ValueError):
+        return None
+
+
+def is_running(pid: int, start: int | None) -> bool:
+    """Process `pid`, known to exist, is the one that started at `start` and has not exited. Where
+    the kernel says nothing (no /proc), the pid is trusted."""
+    now = process_start(pid)
+    if now is None:
+        return not (PROC / "self" / "stat").exists()  # Linux: a zombie or gone; elsewhere: unknown
+    return start is None or now == start
