@@ -43,7 +43,6 @@ from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from batchflow.backends.local_storage import blob_name_problem
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match
 from batchflow.inputs import NeverInput, discover, inside_never_input
@@ -59,8 +58,8 @@ from batchflow.model import (
     UploadItem,
     Workflow,
 )
+from batchflow.names import BATCH_ID, blob_name_problem, id_problem
 
-_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TASK_ID_RULE = "a task id is 1-64 letters, digits, '-' or '_'"
 
 
@@ -546,10 +545,10 @@ class _Renderer:
             if rendered is None:
                 return None
             task_id = rendered
-        if not _TASK_ID.fullmatch(task_id):
+        if not BATCH_ID.fullmatch(task_id):
             self.problem(
                 ("tasks", "id"),
-                f"{task_id!r} for input {f.blob_name!r} is not a valid task id: {_id_problem(task_id)}"
+                f"{task_id!r} for input {f.blob_name!r} is not a valid task id: {id_problem(task_id)}"
                 f" ({_TASK_ID_RULE})",
             )
             return None
@@ -709,18 +708,6 @@ def _dotted(path: DocPath) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
     return out
-
-
-def _id_problem(task_id: str) -> str:
-    reasons = []
-    if not task_id:
-        reasons.append("it is empty")
-    if len(task_id) > 64:
-        reasons.append(f"it is {len(task_id)} characters long")
-    bad = sorted({c for c in task_id if not (c.isascii() and (c.isalnum() or c in "-_"))})
-    if bad:
-        reasons.append("it contains " + ", ".join(repr(c) for c in bad))
-    return " and ".join(reasons)
 
 
 def _is_utf8(name: str) -> bool:

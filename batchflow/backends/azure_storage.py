@@ -52,9 +52,9 @@ from batchflow.backends.blob_urls import (
     md5_file,
     temp_beside,
 )
-from batchflow.backends.local_storage import check_blob_name, download_name
 from batchflow.errors import BatchflowError
 from batchflow.model import TransferResult, UploadItem
+from batchflow.names import check_blob_name, download_name
 from batchflow.redact import redact
 
 log = logging.getLogger(__name__)

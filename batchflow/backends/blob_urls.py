@@ -19,13 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from batchflow.backends.local_storage import (
-    TMP_PREFIX,
-    check_blob_name,
-    replace_with_clone,
-    replace_with_link,
-)
+from batchflow.backends.local_storage import TMP_PREFIX, replace_with_clone, replace_with_link
 from batchflow.errors import BatchflowError
+from batchflow.names import check_blob_name
 from batchflow.redact import redact
 
 if TYPE_CHECKING:

@@ -30,7 +30,6 @@ import itertools
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -47,7 +46,7 @@ from pathlib import Path
 from batchflow.backends.base import Storage
 from batchflow.backends.blob_urls import fetch_url, put_to_container_url
 from batchflow.backends.local_processes import ProcessLedger
-from batchflow.backends.local_storage import blob_name_problem, replace_with_link
+from batchflow.backends.local_storage import replace_with_link
 from batchflow.errors import BatchflowError
 from batchflow.globs import glob_literal, has_magic, iter_files
 from batchflow.model import (
@@ -63,12 +62,12 @@ from batchflow.model import (
     TaskResult,
     TaskState,
 )
+from batchflow.names import BATCH_ID, blob_name_problem
 
 log = logging.getLogger("batchflow")
 
 USER_IDENTITY = "PoolNonAdminUser"  # locally every command runs as you, never as an admin
 STDERR_TAIL_LINES = 20
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # Batch's rule for pool, job and task ids
 WALL_CLOCK = "max wall clock time exceeded"
 JOB_WALL_CLOCK = "job max wall clock time exceeded"
 CANCELLED = "cancelled"
@@ -642,7 +641,7 @@ def node_environment(environ: Mapping[str, str], pass_env: Iterable[str] = ()) -
 
 
 def _check_id(kind: str, value: str) -> None:
-    if not _ID.match(value):
+    if not BATCH_ID.fullmatch(value):
         raise BatchflowError(
             f"invalid {kind} id {value!r}: use 1 to 64 letters, digits, hyphens or underscores"
         )

@@ -15,64 +15,21 @@ import errno
 import fcntl
 import itertools
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from batchflow.errors import BatchflowError
 from batchflow.model import TransferResult, UploadItem
+from batchflow.names import blob_name_problem, check_blob_name, download_name
 
 # In-progress copies are hidden under this prefix; list_blobs never shows them.
 TMP_PREFIX = ".batchflow-tmp-"
 _tmp_counter = itertools.count()
-_DRIVE = re.compile(r"^[A-Za-z]:")
 # Hard links are not always possible: another filesystem, a filesystem without them, too many links.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 _FICLONE = 0x40049409  # Linux's ioctl to share a file's blocks with a new file (fcntl.FICLONE in 3.12+)
 _NO_REFLINK: set[tuple[int, int]] = set()  # (source, target) filesystems without FICLONE between them
-
-
-def check_blob_name(name: str) -> None:
-    """Raise BatchflowError unless `name` is a relative '/'-separated path that stays inside its folder."""
-    reason = blob_name_problem(name)
-    if reason is not None:
-        raise BatchflowError(f"unsafe blob name {name!r}: {reason}")
-
-
-def blob_name_problem(name: str, *, drive: bool = True) -> str | None:
-    """Why `name` is not a safe relative '/'-separated path, or None if it is.
-
-    `drive=False` accepts a name starting like a drive letter (`a:b.mp4`), for paths that only
-    ever live on a POSIX machine (a file in a local task's wd/), never in a download folder."""
-    if not name:
-        return "empty name"
-    if "\0" in name:
-        return "contains a NUL character"
-    if "\\" in name:
-        return "contains a backslash"
-    if name.startswith("/"):
-        return "absolute path"
-    if drive and _DRIVE.match(name):
-        return "starts with a drive letter"
-    segments = name.split("/")
-    if ".." in segments:
-        return "contains a '..' segment"
-    if "." in segments:
-        return "contains a '.' segment"
-    if "" in segments:
-        return "contains an empty segment"
-    return None
-
-
-def download_name(blob: str, prefix: str) -> str:
-    """Where blob `blob`, downloaded for `prefix`, lands relative to the destination folder.
-
-    The folder part of the prefix (up to its last '/') is dropped, as `aws s3 cp --recursive`
-    does: prefix "mp3/" puts "mp3/a.mp3" at "a.mp3"; prefix "run1-" keeps "run1-a.mp3".
-    """
-    folder = prefix[: prefix.rfind("/") + 1]
-    return blob[len(folder) :] if folder and blob.startswith(folder) else blob
 
 
 def same_file_stat(a: os.stat_result, b: os.stat_result) -> bool:
