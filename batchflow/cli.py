@@ -24,7 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from batchflow import __version__
-from batchflow.errors import BatchflowError, InvalidWorkflow, Problem, Terminated
+from batchflow.errors import BatchflowError, InvalidWorkflow, Problem, Terminated, first_line
 from batchflow.redact import RedactingFilter, redact
 
 if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
@@ -420,7 +420,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         workflow = load_workflow(Path(state.workflow))
     except (InvalidWorkflow, BatchflowError) as e:
         print(
-            f"note: cannot read the run's workflow ({_first_line(str(e))}); containers are kept",
+            f"note: cannot read the run's workflow ({first_line(str(e))}); containers are kept",
             file=sys.stderr,
         )
     what = f"run {state.run_id} ({state.backend}): job {state.job_id}, pool {state.pool_id}"
@@ -485,10 +485,6 @@ def cmd_download(args: argparse.Namespace) -> int:
     for line in lines:
         print(redact(f"Outputs: {line}"), file=sys.stderr)
     return EXIT_OK
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

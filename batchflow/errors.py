@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def first_line(text: str) -> str:
+    """The first non-empty line of a message, stripped ("" for none): services and tools append
+    request ids, times and tracebacks below the line that says what happened."""
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
 class BatchflowError(Exception):
     """A known failure: printed as one short message, exit code 1."""
 

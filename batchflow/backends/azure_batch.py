@@ -51,9 +51,10 @@ from azure.core.polling import LROPoller
 
 from batchflow.backends import azure_batch_build as build
 from batchflow.backends.azure_enums import among, is_
-from batchflow.backends.azure_submit import TRANSIENT_STATUS, batch_message, retry_after, submit_tasks
+from batchflow.backends.azure_errors import describe, error_code, retry_after
+from batchflow.backends.azure_submit import TRANSIENT_STATUS, submit_tasks
 from batchflow.backends.base import Storage
-from batchflow.errors import BatchflowError, ConfigurationError
+from batchflow.errors import BatchflowError, ConfigurationError, first_line
 from batchflow.model import (
     JobSpec,
     PoolSpec,
@@ -209,25 +210,25 @@ class AzureBatchCompute:
             next(iter(self._client.list_pools(max_results=1, select=["id"], retry_total=1)), None)
         except ClientAuthenticationError as e:  # 401, or no token at all (Entra ID sign-in failed)
             raise ConfigurationError(
-                f"Azure Batch at {where} refused the credentials, or none could be had: {_describe(e)} "
+                f"Azure Batch at {where} refused the credentials, or none could be had: {describe(e)} "
                 "(shared key: set AZURE_BATCH_ACCOUNT and AZURE_BATCH_ACCESS_KEY; Entra ID: sign in, "
                 "e.g. `az login`, and check the identity's role on the account)"
             ) from None
         except HttpResponseError as e:
             if e.status_code in (401, 403):
                 raise ConfigurationError(
-                    f"Azure Batch at {where} refused the credentials: {_describe(e)} (check "
+                    f"Azure Batch at {where} refused the credentials: {describe(e)} (check "
                     "AZURE_BATCH_ACCOUNT and AZURE_BATCH_ACCESS_KEY, or the identity's role on the account)"
                 ) from None
             if e.status_code in TRANSIENT_STATUS:
                 raise self._error(f"Azure Batch at {where} is not answering", e) from None
             raise ConfigurationError(
-                f"{where} does not answer as an Azure Batch account: {_describe(e)} "
+                f"{where} does not answer as an Azure Batch account: {describe(e)} "
                 "(check AZURE_BATCH_ENDPOINT)"
             ) from None
         except _NO_ANSWER as e:
             raise ConfigurationError(
-                f"cannot reach Azure Batch at {where}: {_describe(e)} (check AZURE_BATCH_ENDPOINT)"
+                f"cannot reach Azure Batch at {where}: {describe(e)} (check AZURE_BATCH_ENDPOINT)"
             ) from None
 
     # ---- pool -----------------------------------------------------------------------------
@@ -251,7 +252,7 @@ class AzureBatchCompute:
             self._send_again_if_unanswered("create_pool", lambda: self._client.create_pool(request))
         except ResourceExistsError as e:
             # Created meanwhile: by another client, or by this one when a lost answer was resent.
-            if not among(_code(e), ("PoolExists", "PoolBeingDeleted")):
+            if not among(error_code(e), ("PoolExists", "PoolBeingDeleted")):
                 raise self._error(f"cannot create pool {pool.id!r}", e) from None
             found = self._get_pool(pool.id)
             if found is None or is_(found.state, bm.BatchPoolState.DELETING):
@@ -377,7 +378,7 @@ class AzureBatchCompute:
             failure = info.failure_info if info is not None else None
             why = f"exit code {exit_code}" if exit_code is not None else "did not run"
             if failure is not None and failure.code and not is_(failure.code, "FailureExitCode"):
-                why += f", {failure.code}: {_first_line(failure.message or '')}"
+                why += f", {failure.code}: {first_line(failure.message or '')}"
             tail = self._node_file_tail(pool_id, node.id or "", "startup/stderr.txt")
             saved = self._save_start_task_logs(pool_id, node.id or "")
             start_failed = health.by_state.get("starttaskfailed", 0)
@@ -406,7 +407,7 @@ class AzureBatchCompute:
         except ResourceNotFoundError:
             return []
         except (HttpResponseError, *_NO_ANSWER) as e:
-            log.warning("cannot read %s of node %s: %s", path, node_id, _describe(e))
+            log.warning("cannot read %s of node %s: %s", path, node_id, describe(e))
             return []
         return data.decode("utf-8", errors="replace").splitlines()[-STDERR_TAIL_LINES:]
 
@@ -456,7 +457,8 @@ class AzureBatchCompute:
                         if owner
                         else ""
                     )
-                    + f"; Batch job ids are unique in an account: delete it or change job.id ({_code(e)})"
+                    + "; Batch job ids are unique in an account: delete it or change job.id"
+                    + f" ({error_code(e)})"
                 ) from None
             except (HttpResponseError, *_NO_ANSWER) as e:
                 raise self._error(f"cannot create job {job.id!r}", e) from None
@@ -516,7 +518,7 @@ class AzureBatchCompute:
         except ResourceExistsError as e:
             # Completed already: sealed by a request whose answer was lost (a job whose tasks are all
             # done completes at once), or terminated. Either way nothing is left to seal.
-            if not is_(_code(e), "JobCompleted"):
+            if not is_(error_code(e), "JobCompleted"):
                 raise self._error(
                     f"cannot set job {job_id!r} to terminate when its tasks complete", e
                 ) from None
@@ -532,9 +534,9 @@ class AzureBatchCompute:
         except HttpResponseError as e:
             if e.status_code not in TRANSIENT_STATUS:
                 raise self._error(f"cannot read the task counts of job {job_id!r}", e) from None
-            return self._transient_failure(job_id, _describe(e), retry_after(e), last)
+            return self._transient_failure(job_id, describe(e), retry_after(e), last)
         except (ServiceRequestError, ServiceResponseError) as e:
-            return self._transient_failure(job_id, f"{type(e).__name__}: {_first_line(str(e))}", None, last)
+            return self._transient_failure(job_id, f"{type(e).__name__}: {first_line(str(e))}", None, last)
         self._transient = 0
         c = result.task_counts
         counts = TaskCounts(active=c.active, running=c.running, succeeded=c.succeeded, failed=c.failed)
@@ -626,7 +628,7 @@ class AzureBatchCompute:
                 paths.append(None)  # never written (a resource file failed) or the node is gone
                 continue
             except (HttpResponseError, *_NO_ANSWER) as e:
-                log.warning("cannot fetch %s of task %s: %s", name, task_id, _describe(e))
+                log.warning("cannot fetch %s of task %s: %s", name, task_id, describe(e))
                 paths.append(None)
                 continue
             folder.mkdir(parents=True, exist_ok=True)
@@ -666,11 +668,11 @@ class AzureBatchCompute:
             except ResourceNotFoundError:
                 continue
             except HttpResponseError as e:
-                if among(_code(e), ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted")):
+                if among(error_code(e), ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted")):
                     continue
-                log.warning("cannot terminate job %s: %s", job_id, _describe(e))
+                log.warning("cannot terminate job %s: %s", job_id, describe(e))
             except _NO_ANSWER as e:
-                log.warning("cannot terminate job %s: %s", job_id, _describe(e))
+                log.warning("cannot terminate job %s: %s", job_id, describe(e))
 
     # ---- deletes --------------------------------------------------------------------------------
 
@@ -707,7 +709,7 @@ class AzureBatchCompute:
         except ResourceNotFoundError:
             return
         except ResourceExistsError as e:
-            if not is_(_code(e), being_deleted):
+            if not is_(error_code(e), being_deleted):
                 raise self._error(f"cannot delete {kind} {name!r}", e) from None
             poller = None
         except (HttpResponseError, *_NO_ANSWER) as e:
@@ -727,7 +729,7 @@ class AzureBatchCompute:
         try:
             send()
         except _NO_ANSWER as e:
-            log.info("%s: no answer (%s); sending it again", op, _first_line(str(e)))
+            log.info("%s: no answer (%s); sending it again", op, first_line(str(e)))
             self._count(op)
             send()
 
@@ -773,25 +775,10 @@ class AzureBatchCompute:
         return self._storage
 
     def _error(self, what: str, e: AzureError) -> BatchflowError:
-        return BatchflowError(f"{what}: {_describe(e)}")
+        return BatchflowError(f"{what}: {describe(e)}")
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-def _describe(e: AzureError) -> str:
-    if isinstance(e, HttpResponseError) and e.status_code is not None:
-        return redact(f"{e.status_code} {_code(e) or e.reason}: {batch_message(e)}")
-    return redact(f"{type(e).__name__}: {_first_line(str(e))}")  # no answer, or no token to send
-
-
-def _code(e: HttpResponseError) -> str | None:
-    return e.error.code if e.error is not None and e.error.code else None
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0].strip() if lines else ""
 
 
 def _run_of(item: bm.BatchPool | bm.BatchJob | None) -> str | None:
@@ -820,7 +807,7 @@ def _resize_failure(pool: bm.BatchPool, health: _Health) -> str | None:
 
 def _errors_text(errors: Iterable[bm.ResizeError | bm.BatchNodeError]) -> str:
     """Batch's errors as "Code: first line of the message; ..."."""
-    return "; ".join(f"{e.code}: {_first_line(e.message or '')}" for e in errors)
+    return "; ".join(f"{e.code}: {first_line(e.message or '')}" for e in errors)
 
 
 def _describe_nodes(health: _Health) -> str:
@@ -843,7 +830,7 @@ def _result(task: bm.BatchTask, stdout: Path | None, stderr: Path | None) -> Tas
     if info is not None and info.failure_info is not None:
         f = info.failure_info
         if not is_(f.code, "FailureExitCode"):  # a plain nonzero exit is told by its exit code
-            failure = f"{f.code}: {_first_line(f.message or '')}"
+            failure = f"{f.code}: {first_line(f.message or '')}"
     ok = not _failed(task)
     return TaskResult(
         id=task.id or "",
@@ -872,5 +859,5 @@ def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], lis
             if _run_of(j) == run_id and not is_(j.state, bm.BatchJobState.DELETING)
         ]
     except (HttpResponseError, *_NO_ANSWER) as e:
-        raise BatchflowError(f"cannot list the account's pools and jobs: {_describe(e)}") from None
+        raise BatchflowError(f"cannot list the account's pools and jobs: {describe(e)}") from None
     return pools, jobs

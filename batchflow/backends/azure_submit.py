@@ -27,11 +27,8 @@ policy for that call, so a client built with the default policy (10 retries) is 
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import json
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -42,11 +39,11 @@ from dataclasses import dataclass, field
 from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-from azure.core.rest import HttpResponse
 
 from batchflow.backends.azure_batch_build import wire
 from batchflow.backends.azure_enums import is_
-from batchflow.errors import BatchflowError
+from batchflow.backends.azure_errors import batch_message, describe, retry_after
+from batchflow.errors import BatchflowError, first_line
 
 MAX_TASKS_PER_REQUEST = 100
 MAX_BODY_BYTES = 1_000_000
@@ -58,7 +55,6 @@ BACKOFF_MAX = 30.0
 LISTED_FAILURES = 20  # client errors listed by name in the final error; the rest are counted
 
 # The body is {"value": [task, task, ...]}, dumped with json's default separators, as the SDK does.
-_NUMBER = re.compile(r"\d+(\.\d*)?")
 _BODY_OVERHEAD = len(json.dumps({"value": []}).encode())
 _SEPARATOR = len(b", ")
 
@@ -195,7 +191,7 @@ class _Sender:
                     return _split(chunk, e, out)
                 if e.status_code not in TRANSIENT_STATUS:
                     raise
-                out.last_error = _describe(e)
+                out.last_error = describe(e)
                 delay = retry_after(e)
             except (ServiceRequestError, ServiceResponseError) as e:
                 out.last_error = f"{type(e).__name__}: {e}"
@@ -293,55 +289,11 @@ def _is_too_large(e: HttpResponseError) -> bool:
     return e.status_code == 413 or (e.error is not None and is_(e.error.code, TOO_LARGE))
 
 
-def retry_after(e: HttpResponseError) -> float | None:
-    """The wait the service asked for (Retry-After, or azure's retry-after-ms headers), in seconds."""
-    if e.response is None:
-        return None
-    response: HttpResponse = e.response  # type: ignore[assignment]  # azure-core types it as a protocol
-    headers = {k.lower(): v for k, v in response.headers.items()}
-    for name, scale in (("retry-after", 1.0), ("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001)):
-        if name in headers:
-            seconds = _seconds(headers[name])
-            return None if seconds is None else seconds * scale
-    return None
-
-
-def _seconds(value: str) -> float | None:
-    """A Retry-After value (seconds, or an HTTP date) as seconds from now; None if it is neither."""
-    if _NUMBER.fullmatch(value.strip()):
-        return max(0.0, float(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):  # TypeError on Python 3.10, ValueError on later versions
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
-
-
-def batch_message(e: HttpResponseError) -> str:
-    """The service's message (Batch errors carry it as {"lang": ..., "value": ...}), first line."""
-    model = e.model
-    if isinstance(model, bm.BatchError) and model.message is not None and model.message.value:
-        return _first_line(model.message.value)
-    return e.reason or _first_line(str(e))
-
-
-def _first_line(message: str) -> str:
-    """Batch messages end with "RequestId:..." and "Time:..." lines: the first line says it all."""
-    return message.strip().splitlines()[0] if message.strip() else message
-
-
-def _describe(e: HttpResponseError) -> str:
-    code = e.error.code if e.error is not None and e.error.code else e.reason
-    return f"{e.status_code} {code}: {batch_message(e)}"
-
-
 def _task_error(error: bm.BatchError | None) -> tuple[str, str]:
     if error is None:
         return "(no code)", "(no message)"
     value = error.message.value if error.message is not None else None
-    message = _first_line(value) if value else "(no message)"
+    message = first_line(value) if value else "(no message)"
     details = "; ".join(f"{d.key}={d.value}" for d in error.error_values or [])
     return error.code or "(no code)", f"{message} ({details})" if details else message
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from batchflow.backends.local_storage import TMP_PREFIX, replace_with_clone, replace_with_link
-from batchflow.errors import BatchflowError
+from batchflow.errors import BatchflowError, first_line
 from batchflow.names import check_blob_name
 from batchflow.redact import redact
 
@@ -118,15 +118,15 @@ def describe_azure_error(error: Exception, retry: RetrySettings | None = None) -
             for p in (f"HTTP {error.status_code}" if error.status_code else "", azure_error_code(error) or "")
             if p
         )
-        text = _first_line(error.message or str(error))
+        text = first_line(error.message or str(error))
         text = f"{head}: {text}" if head and text else head or text
         retried = error.status_code is not None and error.status_code >= 500
     elif isinstance(error, ServiceRequestError):
-        text, retried = f"cannot connect: {_first_line(str(error))}", True
+        text, retried = f"cannot connect: {first_line(str(error))}", True
     elif isinstance(error, ServiceResponseError):
-        text, retried = f"connection lost: {_first_line(str(error))}", True
+        text, retried = f"connection lost: {first_line(str(error))}", True
     else:
-        text = f"{type(error).__name__}: {_first_line(str(error))}"
+        text = f"{type(error).__name__}: {first_line(str(error))}"
     if retried and retry is not None and retry.total > 0:
         text += f" (gave up after {retry.total} retries)"
     return redact(text)
@@ -136,11 +136,6 @@ def azure_error_code(error: Exception) -> str | None:
     """The service's error code (ContainerNotFound, ServerBusy, ...), which azure-storage-blob sets."""
     code = getattr(error, "error_code", None)
     return code if isinstance(code, str) and code else None
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0].strip() if lines else ""
 
 
 def md5_file(path: Path) -> bytes:
