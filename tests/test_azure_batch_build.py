@@ -9,11 +9,10 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from azure.batch import models as bm
-from azure.batch._model_base import SdkJSONEncoder
+from batch_bodies import rendered_task, sent_body
 
 from batchflow.backends.azure_batch_build import (
     job_request,
@@ -30,10 +29,8 @@ from batchflow.model import (
     JobSpec,
     OutputCondition,
     PoolSpec,
-    RenderedTask,
     ResolvedFile,
     StartTaskSpec,
-    TaskInput,
     TaskOutput,
 )
 from batchflow.render import shell_quote
@@ -64,27 +61,6 @@ HOSTILE_NAMES = [
     "back\\slash 'single'' '.mp4",
     "café ünïcode.mp4",
 ]
-
-
-def sent_body(model: Any) -> dict[str, Any]:
-    """What the SDK's operations put on the wire (they json.dumps the model with its own encoder)."""
-    result: dict[str, Any] = json.loads(json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True))
-    return result
-
-
-def rendered_task(**overrides: Any) -> RenderedTask:
-    fields: dict[str, Any] = {
-        "id": "task-sample_1",
-        "index": 0,
-        "command": "ffmpeg -i 'sample 1.mp4' ./'sample 1.mp3'",
-        "inputs": (TaskInput("input", "sample 1.mp4", "sample 1.mp4"),),
-        "outputs": (),
-        "environment": {},
-        "max_retries": 0,
-        "max_wall_clock": None,
-    }
-    fields.update(overrides)
-    return RenderedTask(**fields)
 
 
 # ---- pool -------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as bm
-from azure.batch._model_base import SdkJSONEncoder
 from azure.core.credentials import AzureNamedKeyCredential
+from batch_bodies import rendered_task, sent_body
 from batch_emulator.transport import EmulatorTransport
 from batch_emulator.wire import Request, Response, json_response
 from spec_check import SPEC_FILE, check_request, is_duration, is_uri, operation_schema, problems, spec
@@ -55,10 +55,8 @@ from batchflow.model import (
     JobSpec,
     OutputCondition,
     PoolSpec,
-    RenderedTask,
     ResolvedFile,
     StartTaskSpec,
-    TaskInput,
     TaskLogs,
     TaskOutput,
 )
@@ -197,13 +195,8 @@ def bodies(sent: list[Sent]) -> list[Any]:
     return [s.body for s in sent if s.body is not None]
 
 
-def sdk_body(model: Any) -> Any:
-    """The JSON an azure-batch operation sends for `model` (it json.dumps it with this encoder)."""
-    return json.loads(json.dumps(model, cls=SdkJSONEncoder, exclude_readonly=True))
-
-
 def task_group(tasks: list[bm.BatchTaskCreateOptions]) -> Any:
-    return sdk_body(bm.BatchTaskGroup(task_values=tasks))
+    return sent_body(bm.BatchTaskGroup(task_values=tasks))
 
 
 # ---- the transcription ------------------------------------------------------------------------
@@ -466,21 +459,6 @@ def container_url(name: str) -> str:
         return blobs.container_url(name)
 
 
-def rendered(**overrides: Any) -> RenderedTask:
-    fields: dict[str, Any] = {
-        "id": "task-sample_1",
-        "index": 0,
-        "command": "ffmpeg -i 'sample 1.mp4' ./'sample 1.mp3'",
-        "inputs": (TaskInput("input", "sample 1.mp4", "sample 1.mp4"),),
-        "outputs": (),
-        "environment": {},
-        "max_retries": 0,
-        "max_wall_clock": None,
-    }
-    fields.update(overrides)
-    return RenderedTask(**fields)
-
-
 def pool_spec(**overrides: Any) -> PoolSpec:
     fields: dict[str, Any] = {
         "id": "P",
@@ -501,11 +479,11 @@ def spot_pool_with_start_task() -> Any:
         environment={"DEBIAN_FRONTEND": "noninteractive", "EMPTY": ""},
     )
     files = [resolved("tools/setup.sh", "tools/setup.sh"), resolved("tools/ffmpeg.tar.xz")]
-    return sdk_body(pool_request(pool_spec(spot_nodes=5, task_slots_per_node=4), start, files, RUN))
+    return sent_body(pool_request(pool_spec(spot_nodes=5, task_slots_per_node=4), start, files, RUN))
 
 
 def dedicated_and_spot_pool() -> Any:
-    return sdk_body(pool_request(pool_spec(dedicated_nodes=2, spot_nodes=3), None, [], RUN))
+    return sent_body(pool_request(pool_spec(dedicated_nodes=2, spot_nodes=3), None, [], RUN))
 
 
 def autoscale_pool() -> Any:
@@ -515,24 +493,24 @@ def autoscale_pool() -> Any:
         autoscale=AutoScaleSpec(formula=formula, evaluation_interval=450.0),
     )
     start = StartTaskSpec(command='mkdir -p "$AZ_BATCH_NODE_SHARED_DIR/bin"', wait_for_success=False)
-    return sdk_body(pool_request(spec_, start, [], RUN))
+    return sent_body(pool_request(spec_, start, [], RUN))
 
 
 def autoscale_pool_at_the_longest_interval() -> Any:
     autoscale = AutoScaleSpec(formula="$TargetDedicatedNodes = 1;", evaluation_interval=168 * 3600.0)
-    return sdk_body(pool_request(pool_spec(autoscale=autoscale), None, [], RUN))
+    return sent_body(pool_request(pool_spec(autoscale=autoscale), None, [], RUN))
 
 
 def job_with_wall_clock_and_retries() -> Any:
-    return sdk_body(job_request(JobSpec(id="J", max_wall_clock=5400.0, max_task_retries=3), "P", RUN))
+    return sent_body(job_request(JobSpec(id="J", max_wall_clock=5400.0, max_task_retries=3), "P", RUN))
 
 
 def job_without_limits() -> Any:
-    return sdk_body(job_request(JobSpec(id="J"), "P", RUN))
+    return sent_body(job_request(JobSpec(id="J"), "P", RUN))
 
 
 def seal() -> Any:
-    return sdk_body(seal_job_request())
+    return sent_body(seal_job_request())
 
 
 def task_with_everything() -> Any:
@@ -542,7 +520,7 @@ def task_with_everything() -> Any:
         TaskOutput("**/*.json", "output", "", OutputCondition.COMPLETION),
         TaskOutput("a[[]1].mp3", "output", f"runs/{RUN}/a[1].mp3", OutputCondition.SUCCESS),
     )
-    task = rendered(
+    task = rendered_task(
         outputs=outputs,
         environment={"BITRATE": "128k", "EMPTY": "", "QUOTED": 'it\'s "so"'},
         max_retries=2,
@@ -555,11 +533,11 @@ def task_with_everything() -> Any:
 
 
 def minimal_task() -> Any:
-    return task_group([task_request(rendered(id="t", command="true", inputs=()), [], {}, None, "")])
+    return task_group([task_request(rendered_task(id="t", command="true", inputs=()), [], {}, None, "")])
 
 
 def tasks_kept_a_week_without_retries() -> Any:
-    task = rendered(inputs=(), max_retries=0, max_wall_clock=86400.0 * 3)
+    task = rendered_task(inputs=(), max_retries=0, max_wall_clock=86400.0 * 3)
     return task_group([task_request(task, [], {}, None, "", retention=datetime.timedelta(days=7))])
 
 
@@ -567,7 +545,7 @@ def a_full_collection() -> Any:
     url = container_url("output")
     tasks = [
         task_request(
-            rendered(
+            rendered_task(
                 id=f"clip-{i:05d}",
                 outputs=(TaskOutput(f"clip {i}.mp3", "output", f"clip {i}.mp3", OutputCondition.SUCCESS),),
             ),
