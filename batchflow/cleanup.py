@@ -49,7 +49,7 @@ def cleanup_run(
 def _local_compute(
     state: RunState, workspace: Path, report: CleanupReport, say: Callable[[str], None]
 ) -> None:
-    from batchflow.backends import local_processes
+    from batchflow.backends.local import processes as local_processes
 
     # Tasks run in sessions of their own: a killed batchflow leaves them running. Stop them first.
     groups = local_processes.leftovers(state.folder)
@@ -69,8 +69,8 @@ def _local_compute(
 def _azure_batch(
     state: RunState, workflow: Workflow | None, report: CleanupReport, say: Callable[[str], None]
 ) -> None:
-    from batchflow.backends.azure_batch import AzureBatchCompute, find_run_resources
-    from batchflow.backends.azure_batch_client import batch_client
+    from batchflow.backends.azure.batch import AzureBatchCompute, find_run_resources
+    from batchflow.backends.azure.batch_client import batch_client
 
     client = batch_client()
     compute = AzureBatchCompute(client, None, state.folder, state.run_id, notify=say)
@@ -123,10 +123,10 @@ def _containers(
 
 def _storage(state: RunState, workspace: Path) -> Storage:
     if state.storage == "azure":
-        from batchflow.backends.azure_storage import AzureBlobStorage
+        from batchflow.backends.azure.storage import AzureBlobStorage
 
         return AzureBlobStorage.from_environment(sas_ttl=3600)
-    from batchflow.backends.local_storage import LocalStorage
+    from batchflow.backends.local.storage import LocalStorage
 
     return LocalStorage(workspace / "storage")
 

@@ -64,11 +64,11 @@ from batch_emulator import BatchEmulator, message_text  # noqa: E402
 from batch_emulator.faults import compile_pattern  # noqa: E402
 from batch_emulator.wire import Request, Response  # noqa: E402
 
-from batchflow.backends import azure_batch_build as build  # noqa: E402
-from batchflow.backends.azure_auth import BATCH_ACCOUNT, BATCH_ENDPOINT, BATCH_KEY, batch_auth  # noqa: E402
-from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts  # noqa: E402
-from batchflow.backends.azure_batch_client import batch_client  # noqa: E402
-from batchflow.backends.azure_enums import is_  # noqa: E402
+from batchflow.backends.azure import batch_build as build  # noqa: E402
+from batchflow.backends.azure.auth import BATCH_ACCOUNT, BATCH_ENDPOINT, BATCH_KEY, batch_auth  # noqa: E402
+from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts  # noqa: E402
+from batchflow.backends.azure.batch_client import batch_client  # noqa: E402
+from batchflow.backends.azure.enums import is_  # noqa: E402
 from batchflow.model import AzureSpec, ImageReference, JobSpec, PoolSpec, RenderedTask  # noqa: E402
 
 COLLECTION = "/jobs/{job}/addtaskcollection"

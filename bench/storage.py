@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from azurite import AzuriteInfo, azurite_blob  # noqa: E402
 
-from batchflow.backends.azure_auth import blob_auth  # noqa: E402
-from batchflow.backends.azure_storage import DEFAULT_MAX_WORKERS, AzureBlobStorage  # noqa: E402
+from batchflow.backends.azure.auth import blob_auth  # noqa: E402
+from batchflow.backends.azure.storage import DEFAULT_MAX_WORKERS, AzureBlobStorage  # noqa: E402
 from batchflow.model import UploadItem  # noqa: E402
 
 

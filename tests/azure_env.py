@@ -22,7 +22,7 @@ from azure.storage.blob import BlobServiceClient
 from azurite import AzuriteInfo
 from batch_emulator import BatchEmulator
 
-from batchflow.backends.azure_batch_build import shell_command_line
+from batchflow.backends.azure.batch_build import shell_command_line
 
 STORAGE_VARIABLES = (
     "AZURE_STORAGE_CONNECTION_STRING",

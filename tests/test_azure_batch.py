@@ -27,12 +27,12 @@ from azurite import AzuriteInfo
 from batch_emulator import MESSAGES, BatchEmulator, Timings
 from fakes import FakeClock
 
-from batchflow.backends.azure_auth import batch_auth, blob_auth
-from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
-from batchflow.backends.azure_batch_client import batch_client
-from batchflow.backends.azure_storage import AzureBlobStorage
+from batchflow.backends.azure.auth import batch_auth, blob_auth
+from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
+from batchflow.backends.azure.batch_client import batch_client
+from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Storage
-from batchflow.backends.local_storage import LocalStorage
+from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import (
     AutoScaleSpec,

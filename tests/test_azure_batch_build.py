@@ -14,7 +14,7 @@ import pytest
 from azure.batch import models as bm
 from batch_bodies import rendered_task, sent_body
 
-from batchflow.backends.azure_batch_build import (
+from batchflow.backends.azure.batch_build import (
     job_request,
     pool_request,
     seal_job_request,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from azure.batch import models as bm
 
-from batchflow.backends.azure_enums import among, is_
+from batchflow.backends.azure.enums import among, is_
 
 BACKENDS = Path(__file__).resolve().parent.parent / "batchflow" / "backends"
 
@@ -46,7 +46,7 @@ def test_no_backend_compares_a_service_value_with_eq() -> None:
     string, goes through is_ / among: an `==`, `!=` or `in` there is the bug the live service's
     "Success" exposed."""
     offenders = []
-    for path in sorted(BACKENDS.glob("*.py")):
+    for path in sorted(BACKENDS.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Compare):
                 sides = [node.left, *node.comparators]

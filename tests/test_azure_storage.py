@@ -38,8 +38,8 @@ from azurite import (
 )
 from faultproxy import FaultProxy
 
-from batchflow.backends.azure_auth import BlobAuth, blob_auth
-from batchflow.backends.azure_storage import AzureBlobStorage, TransferFailed
+from batchflow.backends.azure.auth import BlobAuth, blob_auth
+from batchflow.backends.azure.storage import AzureBlobStorage, TransferFailed
 from batchflow.backends.blob_urls import RetrySettings, fetch_url, put_to_container_url
 from batchflow.errors import BatchflowError
 from batchflow.model import TransferResult, UploadItem

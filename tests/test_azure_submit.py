@@ -20,8 +20,8 @@ from batch_emulator.transport import EmulatorTransport
 from batch_emulator.wire import Request, Response, json_response
 from fakes import FakeClock
 
-from batchflow.backends.azure_batch_build import job_request, task_request
-from batchflow.backends.azure_submit import SubmitReport, submit_tasks
+from batchflow.backends.azure.batch_build import job_request, task_request
+from batchflow.backends.azure.submit import SubmitReport, submit_tasks
 from batchflow.errors import BatchflowError
 from batchflow.model import JobSpec, OutputCondition, RenderedTask, ResolvedFile, TaskInput, TaskOutput
 

@@ -22,12 +22,12 @@ from azurite import AzuriteInfo
 from batch_emulator import BatchEmulator
 from fakes import FakeClock
 
-from batchflow.backends.azure_auth import blob_auth
-from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
-from batchflow.backends.azure_storage import AzureBlobStorage
+from batchflow.backends.azure.auth import blob_auth
+from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
+from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Compute, Storage
-from batchflow.backends.local_compute import LocalCompute
-from batchflow.backends.local_storage import LocalStorage
+from batchflow.backends.local.compute import LocalCompute
+from batchflow.backends.local.storage import LocalStorage
 from batchflow.model import (
     ImageReference,
     JobSpec,

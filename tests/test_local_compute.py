@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from batchflow.backends.local_compute import LocalCompute
-from batchflow.backends.local_storage import LocalStorage
+from batchflow.backends.local.compute import LocalCompute
+from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import (
     ImageReference,

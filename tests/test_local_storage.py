@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchflow.backends.local_storage import LocalStorage
+from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import TransferResult, UploadItem
 from batchflow.names import check_blob_name, download_name

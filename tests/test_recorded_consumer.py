@@ -18,8 +18,8 @@ from fakes import FakeClock
 from recorded import Exchange, exchange
 from recorded_service import NoRecordedAnswer, RecordedService
 
-from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
-from batchflow.backends.azure_submit import submit_tasks
+from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
+from batchflow.backends.azure.submit import submit_tasks
 from batchflow.errors import BatchflowError, ConfigurationError
 from batchflow.model import ImageReference, JobSpec, PoolSpec, TaskCounts, TaskState
 

@@ -40,15 +40,15 @@ from batch_emulator.transport import EmulatorTransport
 from batch_emulator.wire import Request, Response, json_response
 from spec_check import SPEC_FILE, check_request, is_duration, is_uri, operation_schema, problems, spec
 
-from batchflow.backends.azure_auth import blob_auth
-from batchflow.backends.azure_batch import AzureBatchCompute
-from batchflow.backends.azure_batch_build import (
+from batchflow.backends.azure.auth import blob_auth
+from batchflow.backends.azure.batch import AzureBatchCompute
+from batchflow.backends.azure.batch_build import (
     job_request,
     pool_request,
     seal_job_request,
     task_request,
 )
-from batchflow.backends.azure_storage import AzureBlobStorage
+from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.model import (
     AutoScaleSpec,
     ImageReference,

@@ -17,11 +17,11 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from azurite import AzuriteInfo, put_blob_raw
 
-from batchflow.backends.azure_auth import blob_auth
-from batchflow.backends.azure_storage import AzureBlobStorage
+from batchflow.backends.azure.auth import blob_auth
+from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Storage
 from batchflow.backends.blob_urls import RetrySettings, fetch_url, put_to_container_url
-from batchflow.backends.local_storage import LocalStorage
+from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import TransferResult, UploadItem
 

@@ -34,7 +34,7 @@ ComputeFactory = Callable[[Context, Storage], Compute]
 
 
 def _local_storage(ctx: Context) -> Storage:
-    from batchflow.backends.local_storage import LocalStorage
+    from batchflow.backends.local.storage import LocalStorage
 
     return LocalStorage(ctx.workspace / "storage")
 
@@ -42,13 +42,13 @@ def _local_storage(ctx: Context) -> Storage:
 def _azure_storage(ctx: Context) -> Storage:
     """Azure Blob Storage, credentials from the environment (backends/azure_auth.py)."""
     _need_azure_sdk("azure.storage.blob")
-    from batchflow.backends.azure_storage import AzureBlobStorage
+    from batchflow.backends.azure.storage import AzureBlobStorage
 
     return AzureBlobStorage.from_environment(sas_ttl=sas_lifetime(ctx.plan))
 
 
 def _local_compute(ctx: Context, storage: Storage) -> Compute:
-    from batchflow.backends.local_compute import LocalCompute
+    from batchflow.backends.local.compute import LocalCompute
 
     check_requirements(ctx.plan.workflow.local.requires, local_task_path())
     concurrency = ctx.concurrency or ctx.plan.workflow.local.concurrency
@@ -60,16 +60,16 @@ def _local_compute(ctx: Context, storage: Storage) -> Compute:
 def _azure_compute(ctx: Context, storage: Storage) -> Compute:
     """Azure Batch, credentials from the environment (AZURE_BATCH_ENDPOINT, ...)."""
     _need_azure_sdk("azure.batch")
-    from batchflow.backends.azure_storage import AzureBlobStorage
+    from batchflow.backends.azure.storage import AzureBlobStorage
 
     if not isinstance(storage, AzureBlobStorage):
         raise ConfigurationError(
             "the azure backend needs Azure Blob Storage: Batch nodes cannot read this machine's folders "
             "(drop --storage local; --storage azure is this backend's default)"
         )
-    from batchflow.backends.azure_auth import batch_auth
-    from batchflow.backends.azure_batch import AzureBatchCompute, Timeouts
-    from batchflow.backends.azure_batch_client import batch_client
+    from batchflow.backends.azure.auth import batch_auth
+    from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
+    from batchflow.backends.azure.batch_client import batch_client
 
     wf = ctx.plan.workflow
     poll = wf.monitor.poll_interval

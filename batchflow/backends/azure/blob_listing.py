@@ -24,7 +24,7 @@ from azure.core.exceptions import AzureError
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest
 
-from batchflow.backends.azure_enums import is_
+from batchflow.backends.azure.enums import is_
 from batchflow.backends.blob_urls import RetrySettings, describe_azure_error
 from batchflow.errors import BatchflowError
 from batchflow.redact import redact

@@ -49,10 +49,10 @@ from azure.core.exceptions import (
 )
 from azure.core.polling import LROPoller
 
-from batchflow.backends import azure_batch_build as build
-from batchflow.backends.azure_enums import among, is_
-from batchflow.backends.azure_errors import describe, error_code, retry_after
-from batchflow.backends.azure_submit import TRANSIENT_STATUS, submit_tasks
+from batchflow.backends.azure import batch_build as build
+from batchflow.backends.azure.enums import among, is_
+from batchflow.backends.azure.errors import describe, error_code, retry_after
+from batchflow.backends.azure.submit import TRANSIENT_STATUS, submit_tasks
 from batchflow.backends.base import Storage
 from batchflow.errors import BatchflowError, ConfigurationError, first_line
 from batchflow.model import (

@@ -40,9 +40,9 @@ from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from batchflow.backends.azure_batch_build import wire
-from batchflow.backends.azure_enums import is_
-from batchflow.backends.azure_errors import batch_message, describe, retry_after
+from batchflow.backends.azure.batch_build import wire
+from batchflow.backends.azure.enums import is_
+from batchflow.backends.azure.errors import batch_message, describe, retry_after
 from batchflow.errors import BatchflowError, first_line
 
 MAX_TASKS_PER_REQUEST = 100

@@ -41,9 +41,9 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 
-from batchflow.backends.azure_auth import BlobAuth, blob_auth
-from batchflow.backends.azure_enums import is_
-from batchflow.backends.blob_listing import MTIME_KEY, BlobLister, RemoteBlob
+from batchflow.backends.azure.auth import BlobAuth, blob_auth
+from batchflow.backends.azure.blob_listing import MTIME_KEY, BlobLister, RemoteBlob
+from batchflow.backends.azure.enums import is_
 from batchflow.backends.blob_urls import (
     RetrySettings,
     azure_error_code,
@@ -179,7 +179,7 @@ class AzureBlobStorage:
         environ: Mapping[str, str] | None = None,
         retry: RetrySettings | None = None,
     ) -> AzureBlobStorage:
-        """Credentials from the environment (see batchflow.backends.azure_auth); no network I/O."""
+        """Credentials from the environment (see batchflow.backends.azure.auth); no network I/O."""
         return cls(blob_auth(environ), sas_ttl=sas_ttl, max_workers=max_workers, retry=retry)
 
     def close(self) -> None:

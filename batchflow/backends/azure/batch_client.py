@@ -14,7 +14,7 @@ from typing import Any
 
 from azure.batch import BatchClient
 
-from batchflow.backends.azure_auth import BatchAuth, batch_auth
+from batchflow.backends.azure.auth import BatchAuth, batch_auth
 from batchflow.backends.blob_urls import RetrySettings, http_transport
 
 RETRY = RetrySettings(total=3, initial_backoff=1.0, increment_base=2.0, jitter=0.5)
