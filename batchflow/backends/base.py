@@ -36,6 +36,16 @@ from batchflow.model import (
 )
 
 
+class TaskObserver(Protocol):
+    """Told of each task attempt as it starts and ends, by a compute that knows at once (the local
+    backend runs the tasks itself), so a run's record of its tasks is live on disk. Called from the
+    compute's worker threads: an observer is thread-safe, and never raises for a full disk."""
+
+    def task_started(self, task_id: str, attempt: int, at: float) -> None: ...
+
+    def task_ended(self, result: TaskResult) -> None: ...
+
+
 class Storage(Protocol):
     def ensure_container(self, name: str) -> bool:
         """Create the container if missing. True if this call created it."""
