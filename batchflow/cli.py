@@ -38,15 +38,9 @@ STATUS_EXIT = {"succeeded": EXIT_OK, "running": EXIT_OK, "interrupted": EXIT_INT
 
 
 def _backend_choices() -> list[str]:
-    from batchflow.backends.registry import COMPUTE
+    from batchflow.backends import registry
 
-    return sorted(COMPUTE)
-
-
-def _storage_choices() -> list[str]:
-    from batchflow.backends.registry import STORAGE
-
-    return sorted(STORAGE)
+    return registry.names()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     workflow_args(sp)
     output_arg(sp)
     sp.add_argument("--backend", choices=_backend_choices(), default="local", help="where tasks run")
-    sp.add_argument("--storage", choices=_storage_choices(), help="where files live (default: the backend's)")
+    sp.add_argument("--storage", choices=_backend_choices(), help="where files live (default: the backend's)")
     sp.add_argument(
         "--workspace", type=Path, help="local state folder (default: .batchflow beside the workflow)"
     )
@@ -264,6 +258,7 @@ def _warn(warnings: Sequence[str]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from batchflow import runlock
     from batchflow.backends import registry
+    from batchflow.backends.base import Context
     from batchflow.render import build_plan
     from batchflow.report import Reporter, as_json
     from batchflow.runner import Runner, check_destinations
@@ -272,26 +267,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides = _parse_overrides(args.overrides)
     wf = load_workflow(args.workflow, overrides)
-    workspace = (args.workspace or wf.local.workspace or wf.base_dir / ".batchflow").resolve()
-    plan = build_plan(wf, args.backend, exclude=[workspace])  # the workspace is never an input
+    workspace = (args.workspace or wf.workspace or wf.base_dir / ".batchflow").resolve()
+    backend = registry.get(args.backend)
+    plan = build_plan(wf, backend, exclude=[workspace])  # the workspace is never an input
     _warn(plan.warnings)
-    storage_name = args.storage or registry.DEFAULT_STORAGE[args.backend]
+    storage_name = args.storage or backend.default_storage
     reporter = Reporter(quiet=args.quiet)
 
     # Backends are built (and requirements checked) before the run folder exists: a run that
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
     run_id = new_run_id()
-    ctx = registry.Context(
-        plan=plan,
+    ctx = Context(
+        workflow=wf,
         workspace=workspace,
         run_dir=workspace / "runs" / run_id,
         concurrency=args.concurrency,
         notify=reporter.stage,
     )
     with contextlib.ExitStack() as stack:  # unwinds in reverse: log, lock, compute, storage
-        storage = registry.STORAGE[storage_name](ctx)
+        storage = registry.get(storage_name).storage(ctx)
         stack.callback(storage.close)
-        compute = registry.COMPUTE[args.backend](ctx, storage)
+        compute = backend.compute(ctx, storage)
         stack.callback(_close, compute)
         # Cheap requests before the run folder, the containers or any upload: a wrong key or
         # endpoint, or the job of another run, ends the run in seconds with exit 2, having created
@@ -400,7 +396,7 @@ def _workspace_of(args: argparse.Namespace) -> Path:
         from batchflow.spec import load_workflow
 
         wf = load_workflow(args.workflow)
-        return wf.local.workspace or wf.base_dir / ".batchflow"
+        return wf.workspace or wf.base_dir / ".batchflow"
     return Path(".batchflow")
 
 
@@ -447,7 +443,8 @@ def _cleanup(
         state.status, state.message = "dead", "the batchflow process died; `batchflow cleanup` cleaned up"
     state.save()
     if args.output == "json":
-        print(json.dumps({"run_id": state.run_id, **report.__dict__}, indent=2))
+        result = {"run_id": state.run_id, "deleted": report.deleted, "kept": report.kept}
+        print(json.dumps({**result, "failed": report.failed}, indent=2))
     for line in report.kept:
         print(redact(f"  kept {line}"), file=sys.stderr)
     for line in report.failed:
@@ -461,7 +458,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     """The outputs a run's tasks stored, into the workflow's download destinations: for a run that
     failed, was interrupted, or whose download stage could not finish (a full disk)."""
     from batchflow.backends import registry
-    from batchflow.model import Plan
+    from batchflow.backends.base import Context
     from batchflow.runner import check_destinations, download_outputs
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, find_run
@@ -474,8 +471,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         )
     wf = load_workflow(Path(state.workflow), state.overrides)
     check_destinations(wf)
-    ctx = registry.Context(plan=Plan(wf, (), (), None), workspace=workspace, run_dir=state.folder)
-    storage = registry.STORAGE[state.storage](ctx)
+    ctx = Context(workflow=wf, workspace=workspace, run_dir=state.folder)
+    storage = registry.get(state.storage).storage(ctx)
     try:
         lines = download_outputs(wf, storage, state.run_id, lambda m: print(redact(m), file=sys.stderr))
     finally:
@@ -488,9 +485,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from batchflow.spec import SCHEMA_FILE
+    from batchflow.spec import schema_text
 
-    sys.stdout.write(SCHEMA_FILE.read_text(encoding="utf-8"))
+    sys.stdout.write(schema_text())
     return EXIT_OK
 
 

@@ -200,25 +200,6 @@ class CleanupSpec:
 
 
 @dataclass(frozen=True)
-class LocalSpec:
-    """Settings only the local backend reads."""
-
-    concurrency: int | None = None  # None -> min(nodes x slots, CPU count)
-    workspace: Path | None = None  # None -> <workflow folder>/.batchflow
-    start_task: StartTaskSpec | None = None  # replaces pool.start_task locally
-    requires: tuple[str, ...] = ()  # executables that must be on PATH before anything runs
-    pass_env: tuple[str, ...] = ()  # your environment variables local tasks also get, by name
-
-
-@dataclass(frozen=True)
-class AzureSpec:
-    """Settings only the Azure Batch backend reads."""
-
-    submit_concurrency: int = 8
-    pool_timeout: float = 1800.0  # seconds for the first usable node
-
-
-@dataclass(frozen=True)
 class Workflow:
     version: int
     name: str
@@ -236,8 +217,11 @@ class Workflow:
     vars: Mapping[str, str] = field(default_factory=dict)
     monitor: MonitorSpec = field(default_factory=MonitorSpec)
     cleanup: CleanupSpec = field(default_factory=CleanupSpec)
-    local: LocalSpec = field(default_factory=LocalSpec)
-    azure: AzureSpec = field(default_factory=AzureSpec)
+    # Where run folders live (`local.workspace`, read by batchflow for every backend); None ->
+    # <workflow folder>/.batchflow.
+    workspace: Path | None = None
+    # Each registered backend's block (`local:`, `azure:`), as that backend's own typed settings.
+    settings: Mapping[str, object] = field(default_factory=dict)
     source: SourceMap | None = None
 
 

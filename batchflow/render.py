@@ -43,6 +43,8 @@ from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from batchflow.backends import registry
+from batchflow.backends.base import Backend, start_task_of
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match
 from batchflow.inputs import NeverInput, discover, inside_never_input
@@ -52,7 +54,6 @@ from batchflow.model import (
     Plan,
     RenderedTask,
     ResourceFileSpec,
-    StartTaskSpec,
     TaskInput,
     TaskOutput,
     UploadItem,
@@ -89,7 +90,7 @@ def derive_task_id(blob_name: str) -> str:
     return f"{slug}-{digest}" if slug else digest
 
 
-def build_plan(workflow: Workflow, backend: str = "local", *, exclude: Sequence[Path] = ()) -> Plan:
+def build_plan(workflow: Workflow, backend: str | Backend = "local", *, exclude: Sequence[Path] = ()) -> Plan:
     """Everything a run will do. Raises InvalidWorkflow with every problem found.
 
     Files in the workspace (`local.workspace`, default `.batchflow/` beside the workflow), in every
@@ -102,11 +103,12 @@ def build_plan(workflow: Workflow, backend: str = "local", *, exclude: Sequence[
     templates = r.compile_templates()
     inputs = r.foreach_inputs(files)
     tasks = r.render_tasks(inputs, uploaded, templates) if inputs and templates is not None else []
-    start_task, where = _start_task(workflow, backend)
+    chosen = registry.get(backend) if isinstance(backend, str) else backend
+    start_task, where = start_task_of(chosen, workflow)
     start_inputs = r.resolve_resource_files(start_task.resource_files, where, uploaded) if start_task else []
     r.check_log_prefix()
-    if backend != "local":
-        r.check_pool_gets_nodes()
+    for path, message in chosen.problems(workflow):
+        r.problem(path, message)
     if r.problems:
         raise InvalidWorkflow(r.problems)
     items = tuple(UploadItem(f.local_path, f.container, f.blob_name, f.size) for f in files)
@@ -114,7 +116,7 @@ def build_plan(workflow: Workflow, backend: str = "local", *, exclude: Sequence[
 
 
 def _never_inputs(workflow: Workflow, exclude: Sequence[Path]) -> list[NeverInput]:
-    workspace = workflow.local.workspace or workflow.base_dir / ".batchflow"
+    workspace = workflow.workspace or workflow.base_dir / ".batchflow"
     return [
         NeverInput(workspace, "the workspace"),
         *(
@@ -269,19 +271,6 @@ class _Renderer:
             except OSError:  # positions then assume inline values
                 self._lines = []
         return self._lines
-
-    def check_pool_gets_nodes(self) -> None:
-        """On a real pool, no dedicated node, no Spot node and no autoscale formula means tasks wait
-        for nodes that never come (tried as a new user would: 658 s of waiting before a Ctrl-C).
-        The service itself accepts such a pool (a recorded 201 for targetDedicatedNodes 0), so
-        batchflow refuses it, before anything is created. The local backend ignores node counts."""
-        pool = self.wf.pool
-        if pool.autoscale is None and pool.dedicated_nodes == 0 and pool.spot_nodes == 0:
-            self.problem(
-                ("pool", "dedicated_nodes") if self._has(("pool", "dedicated_nodes")) else ("pool",),
-                "the pool would never get a node: set dedicated_nodes or spot_nodes to 1 or more, "
-                "or give an autoscale formula",
-            )
 
     def _has(self, path: DocPath) -> bool:
         return self.wf.source is not None and tuple(path) in self.wf.source.positions
@@ -685,12 +674,6 @@ def _colliding_pair(
             if w1[0] != w2[0] and p2.startswith(p1):
                 return w1, w2
     return None
-
-
-def _start_task(workflow: Workflow, backend: str) -> tuple[StartTaskSpec | None, DocPath]:
-    if backend == "local" and workflow.local.start_task is not None:
-        return workflow.local.start_task, ("local", "start_task", "resource_files")
-    return workflow.pool.start_task, ("pool", "start_task", "resource_files")
 
 
 def _template_line(tb: TracebackType | None) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from batchflow.backends import registry
 from batchflow.credentials import (
     ADVICE,
     VAR_FROM_CREDENTIAL,
@@ -32,16 +33,24 @@ from batchflow.schema_errors import Explainer
 from batchflow.spec_build import build_workflow
 from batchflow.yamlsrc import MAX_BYTES, YamlDoc, dotted, read_yaml, too_big
 
-SCHEMA_FILE = Path(__file__).with_name("workflow.schema.json")
+# The core of the workflow schema; each backend adds its own block (`local:`, `azure:`) from the
+# registry. schemas/workflow.schema.json is the whole, as `batchflow schema` prints it.
+CORE_SCHEMA_FILE = Path(__file__).with_name("core.schema.json")
 
-__all__ = ["SCHEMA_FILE", "load_workflow", "parse_duration", "schema", "validate_document"]
+__all__ = [
+    "CORE_SCHEMA_FILE",
+    "load_workflow",
+    "parse_duration",
+    "schema",
+    "schema_text",
+    "validate_document",
+]
 
 # Free-form maps whose keys are names chosen by the user: no credential may hide in them.
 _NAMED_MAPS: tuple[DocPath, ...] = (
     ("vars",),
     ("tasks", "environment"),
     ("pool", "start_task", "environment"),
-    ("local", "start_task", "environment"),
 )
 # Every list of objects with a `container` reference, plus the single foreach one.
 _CONTAINER_LISTS: tuple[DocPath, ...] = (
@@ -50,20 +59,49 @@ _CONTAINER_LISTS: tuple[DocPath, ...] = (
     ("tasks", "resource_files"),
     ("tasks", "outputs"),
     ("pool", "start_task", "resource_files"),
-    ("local", "start_task", "resource_files"),
 )
 
 
-@functools.cache
 def schema() -> dict[str, Any]:
-    """The workflow JSON Schema (2020-12) shipped in the package."""
-    loaded: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    return loaded
+    """The workflow JSON Schema (2020-12): the core, plus each registered backend's block."""
+    return _schema(registry.generation())
+
+
+def schema_text() -> str:
+    """The schema as schemas/workflow.schema.json holds it."""
+    return json.dumps(schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 @functools.cache
+def _schema(generation: int) -> dict[str, Any]:
+    composed: dict[str, Any] = json.loads(CORE_SCHEMA_FILE.read_text(encoding="utf-8"))
+    for name, block in registry.settings_schemas().items():
+        if name in composed["properties"]:
+            raise ValueError(f"backend {name!r} would replace the workflow's own {name!r} key")
+        composed["properties"][name] = dict(block)
+    return composed
+
+
 def _validator() -> Draft202012Validator:
+    return _validator_for(registry.generation())
+
+
+@functools.cache
+def _validator_for(generation: int) -> Draft202012Validator:
     return Draft202012Validator(schema())
+
+
+def _start_task_paths() -> list[DocPath]:
+    """Where a backend's own start task may be (`local.start_task`), beside pool.start_task."""
+    return [(b.name, b.start_task_key) for b in registry.all_backends() if b.start_task_key is not None]
+
+
+def _named_maps() -> list[DocPath]:
+    return [*_NAMED_MAPS, *((*p, "environment") for p in _start_task_paths())]
+
+
+def _container_lists() -> list[DocPath]:
+    return [*_CONTAINER_LISTS, *((*p, "resource_files") for p in _start_task_paths())]
 
 
 def validate_document(text: str, file: Path) -> tuple[dict[str, Any] | None, SourceMap, list[Problem]]:
@@ -155,7 +193,7 @@ def _strings(data: Any, path: DocPath) -> Iterator[tuple[DocPath, str]]:
 
 def _credential_problems(doc: YamlDoc, source: SourceMap, file: Path) -> list[Problem]:
     problems = []
-    for map_path in _NAMED_MAPS:
+    for map_path in _named_maps():
         named = _get(doc.data, map_path)
         if isinstance(named, dict):
             problems += [
@@ -179,7 +217,7 @@ def _container_refs(data: Any) -> Iterator[tuple[DocPath, str]]:
     for single in (("tasks", "foreach", "container"), ("storage", "logs", "container")):
         if isinstance(_get(data, single), str):
             yield single, _get(data, single)
-    for list_path in _CONTAINER_LISTS:
+    for list_path in _container_lists():
         items = _get(data, list_path)
         for i, item in enumerate(items if isinstance(items, list) else []):
             if isinstance(item, dict) and isinstance(item.get("container"), str):

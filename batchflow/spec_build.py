@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from batchflow.backends import registry
 from batchflow.durations import parse_duration
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.model import (
     AutoScaleSpec,
-    AzureSpec,
     CleanupAction,
     CleanupSpec,
     DocPath,
@@ -22,7 +22,6 @@ from batchflow.model import (
     ForeachSpec,
     ImageReference,
     JobSpec,
-    LocalSpec,
     LogSpec,
     MonitorSpec,
     OutputCondition,
@@ -45,7 +44,6 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
     b = _Builder(data, path.parent, source)
     storage: Data = data.get("storage", {})
     tasks: Data = data["tasks"]
-    local: Data = data.get("local", {})
     return Workflow(
         version=data["version"],
         name=data["name"],
@@ -71,17 +69,11 @@ def build_workflow(data: Data, variables: Mapping[str, str], path: Path, source:
         cleanup=CleanupSpec(
             **{k: CleanupAction(v) for k, v in data.get("cleanup", {}).items()},
         ),
-        local=LocalSpec(
-            concurrency=local.get("concurrency"),
-            workspace=b.path(local["workspace"]) if "workspace" in local else None,
-            start_task=_start_task(local["start_task"]) if "start_task" in local else None,
-            requires=tuple(local.get("requires", ())),
-            pass_env=tuple(local.get("pass_env", ())),
-        ),
-        azure=AzureSpec(
-            submit_concurrency=int(data.get("azure", {}).get("submit_concurrency", 8)),
-            pool_timeout=b.seconds(("azure", "pool_timeout"), 1800.0),
-        ),
+        workspace=b.path(data["local"]["workspace"]) if "workspace" in data.get("local", {}) else None,
+        settings={
+            backend.name: backend.read_settings(_Block(b, backend.name, data.get(backend.name, {})))
+            for backend in registry.all_backends()
+        },
         source=source,
     )
 
@@ -110,6 +102,29 @@ def _start_task(d: Data) -> StartTaskSpec:
         resource_files=tuple(_resource_file(r) for r in d.get("resource_files", ())),
         environment=dict(d.get("environment", {})),
     )
+
+
+class _Block:
+    """A backend's block of the workflow (backends/base.py SettingsBlock)."""
+
+    def __init__(self, builder: _Builder, key: str, data: Data) -> None:
+        self._builder = builder
+        self._key = key
+        self._data = data
+
+    @property
+    def data(self) -> Data:
+        return self._data
+
+    def path(self, key: str) -> Path | None:
+        return self._builder.path(self._data[key]) if key in self._data else None
+
+    def seconds(self, key: str, default: float) -> float:
+        value: float = self._builder.seconds((self._key, key), default)
+        return value
+
+    def start_task(self, key: str) -> StartTaskSpec | None:
+        return _start_task(self._data[key]) if key in self._data else None
 
 
 class _Builder:

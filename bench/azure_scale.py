@@ -64,18 +64,19 @@ from batch_emulator import BatchEmulator, message_text  # noqa: E402
 from batch_emulator.faults import compile_pattern  # noqa: E402
 from batch_emulator.wire import Request, Response  # noqa: E402
 
+from batchflow.backends.azure import AzureSettings  # noqa: E402
 from batchflow.backends.azure import batch_build as build  # noqa: E402
 from batchflow.backends.azure.auth import BATCH_ACCOUNT, BATCH_ENDPOINT, BATCH_KEY, batch_auth  # noqa: E402
 from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts  # noqa: E402
 from batchflow.backends.azure.batch_client import batch_client  # noqa: E402
 from batchflow.backends.azure.enums import is_  # noqa: E402
-from batchflow.model import AzureSpec, ImageReference, JobSpec, PoolSpec, RenderedTask  # noqa: E402
+from batchflow.model import ImageReference, JobSpec, PoolSpec, RenderedTask  # noqa: E402
 
 COLLECTION = "/jobs/{job}/addtaskcollection"
 COUNTS = "/jobs/{job}/taskcounts"
 LIST_TASKS = "/jobs/{job}/tasks"
-CONCURRENCY = AzureSpec().submit_concurrency  # batchflow's default (azure.submit_concurrency)
-CONNECTIONS = max(16, CONCURRENCY + 4)  # what backends/registry.py gives batch_client
+CONCURRENCY = AzureSettings().submit_concurrency  # batchflow's default (azure.submit_concurrency)
+CONNECTIONS = max(16, CONCURRENCY + 4)  # what backends/azure/__init__.py gives batch_client
 TARGET_REQUESTS = 110  # for 10,000 tasks
 TARGET_SUBMIT_S = 10.0
 

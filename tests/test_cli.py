@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -281,8 +280,9 @@ def test_schema_prints_the_packaged_schema(capsys: pytest.CaptureFixture[str]) -
     assert main(["schema"]) == 0
 
     out, err = capsys.readouterr()
-    packaged = resources.files("batchflow").joinpath("workflow.schema.json").read_text(encoding="utf-8")
-    assert out == packaged
+    assert out == (Path(__file__).resolve().parent.parent / "schemas" / "workflow.schema.json").read_text(
+        encoding="utf-8"
+    )
     assert json.loads(out)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert err == ""
 

@@ -24,7 +24,7 @@ from conftest import REPO, RealNetworkBlocked, WriteWorkflow
 from media import audio_duration, probe
 
 import batchflow.runner
-from batchflow.backends.registry import local_task_path
+from batchflow.backends.local import local_task_path
 from batchflow.cli import main
 
 Copy = Callable[[str], Path]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from batchflow.backends.local import LocalSettings
 from batchflow.errors import InvalidWorkflow
 from batchflow.globs import glob_match
 from batchflow.model import (
@@ -16,7 +17,6 @@ from batchflow.model import (
     ForeachSpec,
     ImageReference,
     JobSpec,
-    LocalSpec,
     OutputCondition,
     OutputSpec,
     PoolSpec,
@@ -57,7 +57,7 @@ def make_workflow(
     positions: Mapping[DocPath, Position] | None = None,
     vars: Mapping[str, str] | None = None,
     pool_start: StartTaskSpec | None = None,
-    local: LocalSpec | None = None,
+    local: LocalSettings | None = None,
 ) -> Workflow:
     """A Workflow as spec.load_workflow would build it, with files under tmp_path/in."""
     make_files(tmp_path / "in", files)
@@ -81,7 +81,7 @@ def make_workflow(
         containers=("input", "output"),
         uploads=uploads if uploads is not None else (UploadSpec(tmp_path / "in", "input"),),
         vars=vars or {},
-        local=local or LocalSpec(),
+        settings={"local": local or LocalSettings()},
         source=SourceMap(wf_file, positions or {}),
     )
 
@@ -435,7 +435,7 @@ def test_start_task_per_backend(tmp_path: Path) -> None:
     pool_start = StartTaskSpec("apt-get install -y ffmpeg", elevated=True)
     local_start = StartTaskSpec("sh setup.sh", resource_files=(ResourceFileSpec("tools", "setup.sh"),))
     wf = make_workflow(
-        tmp_path, tasks(), uploads=uploads, pool_start=pool_start, local=LocalSpec(start_task=local_start)
+        tmp_path, tasks(), uploads=uploads, pool_start=pool_start, local=LocalSettings(start_task=local_start)
     )
     local = build_plan(wf, "local")
     assert local.start_task == local_start

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
+from batchflow.backends import registry
+from batchflow.backends.azure import AzureSettings
+from batchflow.backends.local import LocalSettings
+from batchflow.backends.local import settings_of as local_settings
 from batchflow.credentials import looks_like_credential_name
 from batchflow.errors import InvalidWorkflow
 from batchflow.model import (
@@ -23,7 +27,6 @@ from batchflow.model import (
     ForeachSpec,
     ImageReference,
     JobSpec,
-    LocalSpec,
     LogSpec,
     MonitorSpec,
     OutputCondition,
@@ -35,7 +38,14 @@ from batchflow.model import (
     UploadSpec,
     Workflow,
 )
-from batchflow.spec import SCHEMA_FILE, load_workflow, parse_duration, schema, validate_document
+from batchflow.spec import (
+    CORE_SCHEMA_FILE,
+    load_workflow,
+    parse_duration,
+    schema,
+    schema_text,
+    validate_document,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ADVICE = 'credentials never go in the workflow file; set them in the environment (see README "Credentials")'
@@ -79,9 +89,14 @@ def load_problems(path: Path, overrides: dict[str, str] | None = None) -> list[s
 # ---- the schema itself -------------------------------------------------------------------
 
 
-def test_schema_copies_are_byte_identical() -> None:
-    assert SCHEMA_FILE == ROOT / "batchflow" / "workflow.schema.json"
-    assert (ROOT / "schemas" / "workflow.schema.json").read_bytes() == SCHEMA_FILE.read_bytes()
+def test_the_committed_schema_is_the_core_plus_every_backends_block() -> None:
+    """schemas/workflow.schema.json (for editors) is what `batchflow schema` composes: the core
+    schema, then each registered backend's settings block, in registry order."""
+    committed = (ROOT / "schemas" / "workflow.schema.json").read_text(encoding="utf-8")
+    assert committed == schema_text(), "run: batchflow schema > schemas/workflow.schema.json"
+    core = json.loads(CORE_SCHEMA_FILE.read_text(encoding="utf-8"))
+    assert "local" not in core["properties"] and "azure" not in core["properties"]
+    assert list(schema()["properties"]) == [*core["properties"], *registry.names()]
 
 
 def test_schema_is_valid_2020_12() -> None:
@@ -142,7 +157,8 @@ def test_reference_workflow_loads(tmp_path: Path) -> None:
     assert wf.job.max_wall_clock == 1800.0
     assert wf.tasks.max_wall_clock == 600.0
     assert wf.pool.start_task is not None and wf.pool.start_task.elevated
-    assert wf.local.start_task is not None and not wf.local.start_task.elevated
+    local_start = local_settings(wf).start_task
+    assert local_start is not None and not local_start.elevated
     # Positions point at the value node: the `>-` of tasks.command.
     lines = text.splitlines()
     tasks_line = lines.index("tasks:")
@@ -172,7 +188,7 @@ def test_minimal_workflow_gets_every_default(tmp_path: Path) -> None:
         logs=LogSpec(container="input", prefix="batchflow-logs/"),
         monitor=MonitorSpec(timeout=1800.0, poll_interval=5.0),
         cleanup=CleanupSpec(),
-        local=LocalSpec(),
+        settings={"local": LocalSettings(), "azure": AzureSettings()},
     )
     assert wf.source is not None
     assert wf.source.file == tmp_path / "wf.yaml"
@@ -285,7 +301,8 @@ def test_every_field_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert wf.cleanup == CleanupSpec(
         CleanupAction.KEEP, CleanupAction.DELETE, CleanupAction.DELETE, CleanupAction.KEEP
     )
-    assert wf.local == LocalSpec(2, base / ".work", StartTaskSpec("true"), ("sh", "python3"))
+    assert local_settings(wf) == LocalSettings(2, base / ".work", StartTaskSpec("true"), ("sh", "python3"))
+    assert wf.workspace == base / ".work"
 
 
 def test_vars_come_from_the_environment_and_set_overrides_win(
@@ -782,7 +799,7 @@ def test_schema_and_parse_duration_agree(value: str) -> None:
 
 
 def test_schema_file_is_json() -> None:
-    assert json.loads(SCHEMA_FILE.read_text(encoding="utf-8")) == schema()
+    assert json.loads(schema_text()) == schema()
 
 
 def test_reference_workflow_copy_is_independent_of_cwd(

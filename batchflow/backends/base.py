@@ -19,11 +19,14 @@ Task contract (what every Compute backend guarantees to a task's command; README
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from batchflow.errors import BatchflowError
 from batchflow.model import (
+    DocPath,
     JobSpec,
     PoolSpec,
     RenderedTask,
@@ -33,7 +36,11 @@ from batchflow.model import (
     TaskResult,
     TransferResult,
     UploadItem,
+    Workflow,
 )
+
+if TYPE_CHECKING:
+    from batchflow.state import RunState
 
 
 class TaskObserver(Protocol):
@@ -135,3 +142,116 @@ class Compute(Protocol):
     def delete_job(self, job_id: str) -> None: ...
 
     def delete_pool(self, pool_id: str) -> None: ...
+
+
+# ---- a backend: one object in the registry ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a backend may use to build its storage and compute for one run (or one command)."""
+
+    workflow: Workflow
+    workspace: Path  # <workflow folder>/.batchflow unless overridden; run folders live in it
+    run_dir: Path  # the run's folder (its name is the run id); made after the backend is built
+    concurrency: int | None = None  # --concurrency (a backend that runs tasks here may read it)
+    notify: Callable[[str], None] | None = None  # stage lines: what the backend is waiting for
+    observer: TaskObserver | None = None  # told of task attempts, if the compute knows at once
+
+
+class SettingsBlock(Protocol):
+    """A backend's block of the workflow file (`local:`, `azure:`), already checked against the
+    backend's `settings_schema`. Values come back as the schema shapes them; these turn them into
+    batchflow's own types, with positions for error messages."""
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The block, {} when the workflow has none."""
+        ...
+
+    def path(self, key: str) -> Path | None:
+        """A path relative to the workflow file's folder, absolute; None when not given."""
+        ...
+
+    def seconds(self, key: str, default: float) -> float:
+        """A duration (`90s`, `30m`, a number of seconds), in seconds."""
+        ...
+
+    def start_task(self, key: str) -> StartTaskSpec | None: ...
+
+
+@dataclass
+class Cleanup:
+    """What `batchflow cleanup` removes for a run that did not clean up after itself. Backends add
+    what they found (`attempt`) and what they kept, and why; a failure never stops the next step."""
+
+    say: Callable[[str], None]
+    workspace: Path  # the run's workspace (its folder is <workspace>/runs/<run id>)
+    deleted: list[str] = field(default_factory=list)  # "pool LinuxFFmpegPool", "container input"
+    kept: list[str] = field(default_factory=list)  # with the reason
+    failed: list[str] = field(default_factory=list)
+
+    def attempt(self, what: str, action: Callable[[], object]) -> None:
+        """Delete `what` by calling `action` (False back: it was already gone)."""
+        self.say(f"Deleting {what}...")
+        try:
+            result = action()
+        except BatchflowError as e:
+            self.failed.append(f"{what}: {e}")
+            return
+        if result is False:
+            self.kept.append(f"{what} (already gone)")
+        else:
+            self.deleted.append(what)
+
+
+class Backend(Protocol):
+    """A backend: where tasks run and where files live. One object, one entry in the registry
+    (backends/registry.py); the core reaches a backend only through this. Importing the module that
+    holds it must be cheap (no SDK): `batchflow validate` reads every backend's settings schema."""
+
+    name: str  # the registry key: --backend/--storage value, and its block's key in the workflow
+    description: str  # one line, for --help
+    default_storage: str  # the storage its compute uses unless --storage says otherwise
+    # JSON Schema (2020-12) of the workflow's `<name>:` block, or None for no block. It may $ref the
+    # workflow schema's $defs (#/$defs/duration, #/$defs/startTask, #/$defs/envName, ...).
+    settings_schema: Mapping[str, Any] | None
+    # The key, in its block, of a start task that replaces pool.start_task on this backend (None).
+    start_task_key: str | None
+
+    def read_settings(self, block: SettingsBlock) -> object:
+        """The block as this backend's own typed settings (Workflow.settings[name])."""
+        ...
+
+    def problems(self, workflow: Workflow) -> list[tuple[DocPath, str]]:
+        """What would make a valid workflow fail on this backend once money is spent (Azure: a pool
+        that never gets a node): each as (where in the file, message). Checked by validate and plan
+        with --backend, and before a run creates anything."""
+        ...
+
+    def storage(self, ctx: Context) -> Storage:
+        """Its storage (credentials from the environment; no I/O yet). ConfigurationError or
+        MissingRequirement (exit 2) if it cannot be built."""
+        ...
+
+    def compute(self, ctx: Context, storage: Storage) -> Compute:
+        """Its compute on `storage` (no I/O yet: `check_access` is the first request)."""
+        ...
+
+    def clean_up(self, run: RunState, workflow: Workflow | None, cleanup: Cleanup) -> None:
+        """Find what run `run` left behind on this backend's compute (its job, the pool it created,
+        task processes) and remove it through `cleanup.attempt`, also when the run's process died
+        without a word. A pool the run did not create is kept (and the workflow's cleanup.pool
+        policy, when the workflow can be read, is honoured). Containers are not its business."""
+        ...
+
+
+def start_task_of(backend: Backend, workflow: Workflow) -> tuple[StartTaskSpec | None, DocPath]:
+    """The start task `backend` runs, and where its resource files are in the workflow file: the
+    backend's own (e.g. local.start_task) when the workflow gives one, else pool.start_task."""
+    key = backend.start_task_key
+    if key is not None:
+        own = getattr(workflow.settings.get(backend.name), key, None)
+        if isinstance(own, StartTaskSpec):
+            return own, (backend.name, key, "resource_files")
+    return workflow.pool.start_task, ("pool", "start_task", "resource_files")

@@ -1,133 +1,75 @@
-"""The one list of backends. CLI choices and docs derive from these dicts.
+"""The one list of backends. `--backend` and `--storage` choices, the workflow schema's backend blocks
+(`local:`, `azure:`), the docs and `batchflow cleanup` all derive from it.
 
-Each entry is a factory, imported lazily, so `batchflow validate` never imports a backend
-(and the Azure SDK is only imported when an Azure backend is chosen).
+Each entry names a module attribute holding a `Backend` (backends/base.py), imported on first use:
+`batchflow --version` imports no backend, and a backend's package imports its SDK only when its
+storage or compute is built. Adding a backend is one package and one line here (README "Adding a
+backend"); `register` does the same at run time, for plugins and tests.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import importlib
+from collections.abc import Mapping
+from typing import Any, cast
 
-from batchflow.backends.base import Compute, Storage
-from batchflow.errors import ConfigurationError, MissingRequirement
-from batchflow.model import Plan
+from batchflow.backends.base import Backend
+from batchflow.errors import ConfigurationError
 
+# name -> "module:attribute" of its Backend. The order is the schema's and the docs' order.
+BACKENDS: dict[str, str] = {
+    "local": "batchflow.backends.local:BACKEND",
+    "azure": "batchflow.backends.azure:BACKEND",
+}
 
-@dataclass(frozen=True)
-class Context:
-    """What a backend factory may use to build itself."""
-
-    plan: Plan
-    workspace: Path  # <workflow folder>/.batchflow unless overridden
-    run_dir: Path  # its name is the run id
-    concurrency: int | None = None
-    notify: Callable[[str], None] | None = None  # stage lines (what a backend is waiting for)
+_loaded: dict[str, Backend] = {}
+_generation = 0  # bumped by register/unregister: what is derived from the list is computed again
 
 
-StorageFactory = Callable[[Context], Storage]
-ComputeFactory = Callable[[Context, Storage], Compute]
+def names() -> list[str]:
+    return list(BACKENDS)
 
 
-def _local_storage(ctx: Context) -> Storage:
-    from batchflow.backends.local.storage import LocalStorage
-
-    return LocalStorage(ctx.workspace / "storage")
-
-
-def _azure_storage(ctx: Context) -> Storage:
-    """Azure Blob Storage, credentials from the environment (backends/azure_auth.py)."""
-    _need_azure_sdk("azure.storage.blob")
-    from batchflow.backends.azure.storage import AzureBlobStorage
-
-    return AzureBlobStorage.from_environment(sas_ttl=sas_lifetime(ctx.plan))
+def generation() -> int:
+    """Changes whenever the list does (cache key of the composed schema)."""
+    return _generation
 
 
-def _local_compute(ctx: Context, storage: Storage) -> Compute:
-    from batchflow.backends.local.compute import LocalCompute
-
-    check_requirements(ctx.plan.workflow.local.requires, local_task_path())
-    concurrency = ctx.concurrency or ctx.plan.workflow.local.concurrency
-    return LocalCompute(
-        ctx.workspace, storage, ctx.run_dir, concurrency, pass_env=ctx.plan.workflow.local.pass_env
-    )
-
-
-def _azure_compute(ctx: Context, storage: Storage) -> Compute:
-    """Azure Batch, credentials from the environment (AZURE_BATCH_ENDPOINT, ...)."""
-    _need_azure_sdk("azure.batch")
-    from batchflow.backends.azure.storage import AzureBlobStorage
-
-    if not isinstance(storage, AzureBlobStorage):
-        raise ConfigurationError(
-            "the azure backend needs Azure Blob Storage: Batch nodes cannot read this machine's folders "
-            "(drop --storage local; --storage azure is this backend's default)"
-        )
-    from batchflow.backends.azure.auth import batch_auth
-    from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
-    from batchflow.backends.azure.batch_client import batch_client
-
-    wf = ctx.plan.workflow
-    poll = wf.monitor.poll_interval
-    timeouts = Timeouts(
-        pool_ready=wf.azure.pool_timeout,
-        pool_poll=poll,
-        delete_poll=min(poll, 5.0),
-        health_interval=12 * poll,
-    )
-    auth = batch_auth()
-    return AzureBatchCompute(
-        batch_client(auth, connections=max(16, wf.azure.submit_concurrency + 4)),
-        storage,
-        ctx.run_dir,
-        ctx.run_dir.name,
-        submit_concurrency=wf.azure.submit_concurrency,
-        endpoint=auth.endpoint,
-        timeouts=timeouts,
-        notify=ctx.notify,
-    )
+def get(name: str) -> Backend:
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        known = ", ".join(BACKENDS)
+        raise ConfigurationError(f"no backend {name!r} (known: {known})") from None
+    backend = _loaded.get(name)
+    if backend is None:
+        module, _, attribute = target.partition(":")
+        backend = cast(Backend, getattr(importlib.import_module(module), attribute))
+        if backend.name != name:
+            raise ConfigurationError(f"backend {target} is named {backend.name!r}, registered as {name!r}")
+        _loaded[name] = backend
+    return backend
 
 
-STORAGE: dict[str, StorageFactory] = {"local": _local_storage, "azure": _azure_storage}
-COMPUTE: dict[str, ComputeFactory] = {"local": _local_compute, "azure": _azure_compute}
-# The storage each compute backend uses unless --storage says otherwise.
-DEFAULT_STORAGE: dict[str, str] = {"local": "local", "azure": "azure"}
-
-# SAS URLs given to tasks outlive the monitor timeout by this much: tasks added at the end of the
-# task stage still upload their outputs at the very end of the monitor stage.
-SAS_MARGIN = 3600.0
+def all_backends() -> list[Backend]:
+    return [get(name) for name in BACKENDS]
 
 
-def sas_lifetime(plan: Plan) -> float:
-    """How long the SAS URLs of a run stay valid: the monitor timeout plus a margin."""
-    return plan.workflow.monitor.timeout + SAS_MARGIN
+def settings_schemas() -> Mapping[str, Mapping[str, Any]]:
+    """Each backend's workflow block schema, by block key, in registry order."""
+    return {b.name: b.settings_schema for b in all_backends() if b.settings_schema is not None}
 
 
-def _need_azure_sdk(module: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-        raise MissingRequirement(
-            f"the Azure backends need the Azure SDK ({module} is not installed): "
-            "pip install 'batchflow[azure]'"
-        )
+def register(name: str, target: str) -> None:
+    """Add (or replace) backend `name`, held at "module:attribute"."""
+    global _generation
+    BACKENDS[name] = target
+    _loaded.pop(name, None)
+    _generation += 1
 
 
-def local_task_path() -> str:
-    """PATH for local tasks: batchflow's own environment first, then the inherited PATH."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
-
-
-def check_requirements(names: tuple[str, ...], path: str) -> None:
-    missing = [n for n in names if shutil.which(n, path=path) is None]
-    if missing:
-        listed = ", ".join(repr(n) for n in missing)
-        raise MissingRequirement(
-            f"the workflow requires {listed} (local.requires), not found on PATH. "
-            f"Install it first (e.g. `sudo apt-get install {missing[0]}` or `brew install {missing[0]}`), "
-            "or pip-install it into batchflow's environment."
-        )
+def unregister(name: str) -> None:
+    global _generation
+    BACKENDS.pop(name, None)
+    _loaded.pop(name, None)
+    _generation += 1

@@ -1,1 +1,116 @@
-"""The local backend: a machine's folders as storage, its processes as Batch nodes."""
+"""The local backend: this machine's folders as storage, its processes as Batch nodes.
+
+`BACKEND` is what the registry holds. Importing this package is cheap: the storage, the compute and
+the process ledger are imported when a run builds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchflow.backends.base import Cleanup, Compute, Context, SettingsBlock, Storage
+from batchflow.errors import MissingRequirement
+from batchflow.model import DocPath, StartTaskSpec, Workflow
+
+if TYPE_CHECKING:
+    from batchflow.state import RunState
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The workflow's `local:` block."""
+
+    concurrency: int | None = None  # None -> min(nodes x slots, CPU count)
+    workspace: Path | None = None  # also Workflow.workspace: run folders live there, whatever the backend
+    start_task: StartTaskSpec | None = None  # replaces pool.start_task locally
+    requires: tuple[str, ...] = ()  # executables that must be on PATH before anything runs
+    pass_env: tuple[str, ...] = ()  # your environment variables local tasks also get, by name
+
+
+def settings_of(workflow: Workflow) -> LocalSettings:
+    found = workflow.settings.get("local")
+    return found if isinstance(found, LocalSettings) else LocalSettings()
+
+
+class LocalBackend:
+    name = "local"
+    description = "tasks run as processes on this machine, in folders laid out like Batch nodes"
+    default_storage = "local"
+    settings_schema: Mapping[str, Any] = json.loads(
+        Path(__file__).with_name("settings.schema.json").read_text(encoding="utf-8")
+    )
+    start_task_key = "start_task"
+
+    def read_settings(self, block: SettingsBlock) -> LocalSettings:
+        data = block.data
+        return LocalSettings(
+            concurrency=data.get("concurrency"),
+            workspace=block.path("workspace"),
+            start_task=block.start_task("start_task"),
+            requires=tuple(data.get("requires", ())),
+            pass_env=tuple(data.get("pass_env", ())),
+        )
+
+    def problems(self, workflow: Workflow) -> list[tuple[DocPath, str]]:
+        return []  # node counts mean nothing here: concurrency does
+
+    def storage(self, ctx: Context) -> Storage:
+        from batchflow.backends.local.storage import LocalStorage
+
+        return LocalStorage(ctx.workspace / "storage")
+
+    def compute(self, ctx: Context, storage: Storage) -> Compute:
+        from batchflow.backends.local.compute import LocalCompute
+
+        settings = settings_of(ctx.workflow)
+        check_requirements(settings.requires, local_task_path())
+        return LocalCompute(
+            ctx.workspace,
+            storage,
+            ctx.run_dir,
+            ctx.concurrency or settings.concurrency,
+            pass_env=settings.pass_env,
+        )
+
+    def clean_up(self, run: RunState, workflow: Workflow | None, cleanup: Cleanup) -> None:
+        from batchflow.backends.local import processes
+
+        # Tasks run in sessions of their own: a killed batchflow leaves them running. Stop them first.
+        groups = processes.leftovers(run.folder)
+        if groups:
+            cleanup.say(f"Stopping {len(groups)} task process group(s) the run left running...")
+            for task in processes.stop(groups):
+                cleanup.deleted.append(f"process of task {task}")
+        if run.pool_id is None:
+            return
+        folder = cleanup.workspace / "pools" / run.pool_id
+        if folder.is_dir():
+            cleanup.say(f"Deleting local pool [{run.pool_id}] ({folder})...")
+            shutil.rmtree(folder)
+            cleanup.deleted.append(f"pool {run.pool_id}")
+
+
+BACKEND = LocalBackend()
+
+
+def local_task_path() -> str:
+    """PATH for local tasks: batchflow's own environment first, then the inherited PATH."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+
+
+def check_requirements(names: tuple[str, ...], path: str) -> None:
+    missing = [n for n in names if shutil.which(n, path=path) is None]
+    if missing:
+        listed = ", ".join(repr(n) for n in missing)
+        raise MissingRequirement(
+            f"the workflow requires {listed} (local.requires), not found on PATH. "
+            f"Install it first (e.g. `sudo apt-get install {missing[0]}` or `brew install {missing[0]}`), "
+            "or pip-install it into batchflow's environment."
+        )
