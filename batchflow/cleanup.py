@@ -15,7 +15,7 @@ from pathlib import Path
 from batchflow.backends import registry
 from batchflow.backends.base import Cleanup, Context
 from batchflow.model import Workflow
-from batchflow.runner import doomed_containers
+from batchflow.runplan import doomed_containers
 from batchflow.state import RunState
 
 CleanupReport = Cleanup  # what `batchflow cleanup` did: deleted, kept (and why), failed

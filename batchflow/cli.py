@@ -262,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from batchflow.render import build_plan
     from batchflow.report import Reporter, as_json
     from batchflow.runner import Runner, check_destinations
+    from batchflow.runplan import plan_run
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, new_run_id
 
@@ -302,7 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter.stage(
             f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}"
         )
-        runner = Runner(plan, storage, compute, state, reporter)
+        runner = Runner(plan_run(plan, state.run_id), storage, compute, state, reporter)
         try:
             outcome = runner.run()
         except BatchflowError:
@@ -460,6 +461,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     from batchflow.backends import registry
     from batchflow.backends.base import Context
     from batchflow.runner import check_destinations, download_outputs
+    from batchflow.runplan import downloads
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, find_run
 
@@ -474,7 +476,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     ctx = Context(workflow=wf, workspace=workspace, run_dir=state.folder)
     storage = registry.get(state.storage).storage(ctx)
     try:
-        lines = download_outputs(wf, storage, state.run_id, lambda m: print(redact(m), file=sys.stderr))
+        say = lambda m: print(redact(m), file=sys.stderr)  # noqa: E731
+        lines = download_outputs(downloads(wf, state.run_id), storage, say)
     finally:
         storage.close()
     if args.output == "json":

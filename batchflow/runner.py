@@ -14,22 +14,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from batchflow.backends.base import Compute, Storage
 from batchflow.errors import BatchflowError, ConfigurationError, Terminated
-from batchflow.model import (
-    CleanupAction,
-    Plan,
-    RenderedTask,
-    TaskCounts,
-    TaskLogs,
-    TaskResult,
-    UploadItem,
-    Workflow,
-)
+from batchflow.model import CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
 from batchflow.report import Reporter
+from batchflow.runplan import Download, RunPlan
 from batchflow.state import RunState
 
 log = logging.getLogger("batchflow")
@@ -62,7 +54,7 @@ class RunOutcome:
 class Runner:
     def __init__(
         self,
-        plan: Plan,
+        run_plan: RunPlan,
         storage: Storage,
         compute: Compute,
         state: RunState,
@@ -70,14 +62,14 @@ class Runner:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.plan = plan
+        self.run_plan = run_plan
+        self.plan = run_plan.plan
         self.storage = storage
         self.compute = compute
         self.state = state
         self.reporter = reporter
         self.clock = clock
         self._outputs: list[str] = []
-        self.tasks: tuple[RenderedTask, ...] = plan.tasks  # as submitted (outputs under the run's prefix)
         self._pool_touched = False  # create_pool was called: there may be a pool to clean up
         self._job_attempted = False  # create_job was called (it may have been interrupted)
         self._fetch_after_failure = False  # the run failed after tasks finished: fetch their outputs
@@ -87,7 +79,6 @@ class Runner:
 
     def run(self) -> RunOutcome:
         wf = self.plan.workflow
-        self.tasks = self._per_run_outputs(self.plan.tasks)
         self.state.task_count = len(self.plan.tasks)
         self.state.pool_id = wf.pool.id
         self.state.job_id = wf.job.id
@@ -202,7 +193,7 @@ class Runner:
             self.state.save()
         with self._stage("tasks"):
             self.reporter.stage(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]...")
-            self.compute.add_tasks(job.id, self.tasks)
+            self.compute.add_tasks(job.id, self.run_plan.tasks)
             self.compute.seal_job(job.id)
 
     def _monitor(self) -> None:
@@ -286,45 +277,18 @@ class Runner:
         except (BatchflowError, OSError) as e:
             log.warning("could not record task results: %s", e)
 
-    def _per_run_outputs(self, tasks: tuple[RenderedTask, ...]) -> tuple[RenderedTask, ...]:
-        """Outputs go under runs/<run id>/ in their container, so two runs never overwrite each other;
-        logs under <log prefix><run id>/<task id>/."""
-        logs = self.task_logs
-        root = self.run_prefix
-        return tuple(
-            replace(
-                t,
-                outputs=tuple(replace(o, destination=root + o.destination) for o in t.outputs)
-                if root
-                else t.outputs,
-                logs=logs,
-            )
-            for t in tasks
-        )
-
-    @property
-    def task_logs(self) -> TaskLogs | None:
-        spec = self.plan.workflow.logs
-        return None if spec is None else TaskLogs(spec.container, f"{spec.prefix}{self.state.run_id}/")
-
-    @property
-    def run_prefix(self) -> str:
-        return f"runs/{self.state.run_id}/" if self.plan.workflow.outputs_per_run else ""
-
     def _download(self) -> None:
         with self._stage("download"):
-            self._outputs = download_outputs(
-                self.plan.workflow, self.storage, self.state.run_id, self.reporter.stage
-            )
+            self._outputs = download_outputs(self.run_plan.downloads, self.storage, self.reporter.stage)
 
     def _cleanup(self) -> None:
         wf = self.plan.workflow
-        policy = wf.cleanup
+        policy = self.run_plan.cleanup
         succeeded = self.state.status == "succeeded"
         with self._stage("cleanup"):
             # An interrupt during create_job may leave a job made for this run: the compute deletes
             # a job only if it is this run's (on Batch: its metadata names the run).
-            if (self.state.job_created or self._job_attempted) and policy.job is CleanupAction.DELETE:
+            if (self.state.job_created or self._job_attempted) and policy.job:
                 self._try(f"Deleting job [{wf.job.id}]...", lambda: self.compute.delete_job(wf.job.id))
             delete_pool = policy.pool is CleanupAction.DELETE or (
                 policy.pool is CleanupAction.DELETE_IF_CREATED and self.state.pool_created
@@ -336,7 +300,7 @@ class Runner:
             # Data is deleted only when asked, only after a run in which everything succeeded, and
             # only the containers this run created (another run may be using one it found).
             if succeeded:
-                doomed = [c for c in doomed_containers(wf) if c in self.state.containers_created]
+                doomed = [c for c in policy.containers if c in self.state.containers_created]
                 for c in doomed:
                     delete = functools.partial(self.storage.delete_container, c)
                     self._try(f"Deleting container [{c}]...", delete)
@@ -362,17 +326,14 @@ class Runner:
             log.warning("cleanup interrupted: %s", message)
 
 
-def download_outputs(wf: Workflow, storage: Storage, run_id: str, say: Callable[[str], None]) -> list[str]:
-    """Fetch each `storage.downloads` entry of run `run_id` (its outputs under runs/<run id>/ when
-    outputs_per_run, never its logs). Returns one line per destination for the summary."""
-    output_containers = {o.container for o in wf.tasks.outputs}
-    run_prefix = f"runs/{run_id}/" if wf.outputs_per_run else ""
+def download_outputs(
+    downloads: tuple[Download, ...], storage: Storage, say: Callable[[str], None]
+) -> list[str]:
+    """Fetch a run's downloads (runplan.downloads). Returns one line per destination for the summary."""
     lines = []
-    for d in wf.downloads:
-        prefix = (run_prefix if d.container in output_containers else "") + d.prefix
-        skip = (wf.logs.prefix,) if wf.logs is not None and wf.logs.container == d.container else ()
+    for d in downloads:
         say(f"Downloading container [{d.container}] to {d.destination}...")
-        result = storage.download(d.container, prefix, d.destination, skip=skip)
+        result = storage.download(d.container, d.prefix, d.destination, skip=d.skip)
         lines.append(f"{d.destination} ({result.transferred} downloaded, {result.skipped} unchanged)")
     return lines
 
@@ -383,16 +344,6 @@ def describe_os_error(e: OSError) -> str:
     if e.filename2:
         where += f" -> {e.filename2}"
     return f"{e.strerror}{where}" if e.strerror else str(e)
-
-
-def doomed_containers(wf: Workflow) -> list[str]:
-    """The containers the workflow's cleanup policy deletes after a successful run."""
-    policy = wf.cleanup
-    inputs = sorted({u.container for u in wf.uploads})
-    outputs = sorted({o.container for o in wf.tasks.outputs} - set(inputs))
-    return (inputs if policy.input_containers is CleanupAction.DELETE else []) + (
-        outputs if policy.output_containers is CleanupAction.DELETE else []
-    )
 
 
 def check_destinations(wf: Workflow) -> None:

@@ -41,6 +41,7 @@ from batchflow.model import (
 )
 from batchflow.report import Reporter
 from batchflow.runner import MonitorTimeout, Runner
+from batchflow.runplan import plan_run
 from batchflow.state import RunState
 
 
@@ -193,7 +194,14 @@ def make_plan(tmp_path: Path, n: int, **wf_changes: object) -> Plan:
 def run(tmp_path: Path, plan: Plan, compute: ScriptedCompute, clock: Clock) -> tuple[Runner, ScriptedStorage]:
     state = RunState.create(tmp_path / "ws", plan.workflow.path, "local", "run1")
     storage = ScriptedStorage()
-    runner = Runner(plan, storage, compute, state, Reporter(io.StringIO(), live=False), clock=clock)
+    runner = Runner(
+        plan_run(plan, state.run_id),
+        storage,
+        compute,
+        state,
+        Reporter(io.StringIO(), live=False),
+        clock=clock,
+    )
     return runner, storage
 
 
@@ -323,7 +331,9 @@ def test_uploads_go_in_batches_with_files_and_bytes_reported(tmp_path: Path) -> 
     state = RunState.create(tmp_path / "ws", plan.workflow.path, "local", "run1")
     storage = ScriptedStorage()
     err = io.StringIO()
-    Runner(plan, storage, compute, state, Reporter(err, live=False), clock=clock).run()
+    Runner(
+        plan_run(plan, state.run_id), storage, compute, state, Reporter(err, live=False), clock=clock
+    ).run()
     assert [c for c in storage.calls if c.startswith("upload")] == ["upload 128", "upload 128", "upload 44"]
     lines = err.getvalue().splitlines()
     assert lines[:2] == ["Uploading 300 files to container [input]...", "  300 uploaded (0 B), 0 unchanged"]

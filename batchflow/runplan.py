@@ -1,0 +1,110 @@
+"""The plan of one run: every task as it is submitted (outputs under the run's own prefix, logs), every
+download with its prefix, what the cleanup deletes, and the start task, all computed before any side
+effect. The runner only sequences stages over it; `batchflow plan` shows it; `batchflow download` and
+`batchflow cleanup` compute the same parts of it for a run that ended.
+
+Pure: no file system, no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from batchflow.model import CleanupAction, Plan, RenderedTask, TaskLogs, Workflow
+
+# `batchflow plan` knows no run id yet: it shows where a run's own files go with this in its place.
+RUN_ID_PLACEHOLDER = "<run id>"
+
+
+@dataclass(frozen=True)
+class Download:
+    """Blobs of `container` under `prefix` (none under a `skip` prefix) -> the local `destination`."""
+
+    container: str
+    prefix: str
+    destination: Path
+    skip: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """What a run deletes when it ends (README "Cleanup")."""
+
+    job: bool  # its job (only if this run created it)
+    pool: CleanupAction  # delete, keep, or delete-if-created
+    # Deleted only after a run in which every task succeeded, and only those this run created.
+    containers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    plan: Plan
+    run_id: str
+    tasks: tuple[RenderedTask, ...]  # as submitted
+    output_prefix: str  # "runs/<run id>/" (storage.outputs_per_run) or ""
+    logs: TaskLogs | None  # where each task's stdout.txt and stderr.txt go
+    downloads: tuple[Download, ...]
+    cleanup: CleanupPlan
+
+    @property
+    def workflow(self) -> Workflow:
+        return self.plan.workflow
+
+
+def plan_run(plan: Plan, run_id: str) -> RunPlan:
+    wf = plan.workflow
+    prefix = output_prefix(wf, run_id)
+    logs = task_logs(wf, run_id)
+    tasks = tuple(
+        replace(
+            t,
+            outputs=tuple(replace(o, destination=prefix + o.destination) for o in t.outputs)
+            if prefix
+            else t.outputs,
+            logs=logs,
+        )
+        for t in plan.tasks
+    )
+    cleanup = CleanupPlan(
+        job=wf.cleanup.job is CleanupAction.DELETE, pool=wf.cleanup.pool, containers=doomed_containers(wf)
+    )
+    return RunPlan(plan, run_id, tasks, prefix, logs, downloads(wf, run_id), cleanup)
+
+
+def output_prefix(wf: Workflow, run_id: str) -> str:
+    """Outputs go under runs/<run id>/ in their container, so two runs never overwrite each other."""
+    return f"runs/{run_id}/" if wf.outputs_per_run else ""
+
+
+def task_logs(wf: Workflow, run_id: str) -> TaskLogs | None:
+    """Logs go under <log prefix><run id>/<task id>/."""
+    spec = wf.logs
+    return None if spec is None else TaskLogs(spec.container, f"{spec.prefix}{run_id}/")
+
+
+def downloads(wf: Workflow, run_id: str) -> tuple[Download, ...]:
+    """Each `storage.downloads` entry of run `run_id`: in an output container, only the run's own
+    outputs (under runs/<run id>/ when outputs_per_run); never the task logs."""
+    output_containers = {o.container for o in wf.tasks.outputs}
+    run_prefix = output_prefix(wf, run_id)
+    return tuple(
+        Download(
+            d.container,
+            (run_prefix if d.container in output_containers else "") + d.prefix,
+            d.destination,
+            (wf.logs.prefix,) if wf.logs is not None and wf.logs.container == d.container else (),
+        )
+        for d in wf.downloads
+    )
+
+
+def doomed_containers(wf: Workflow) -> tuple[str, ...]:
+    """The containers the workflow's cleanup policy deletes after a successful run."""
+    policy = wf.cleanup
+    inputs = sorted({u.container for u in wf.uploads})
+    outputs = sorted({o.container for o in wf.tasks.outputs} - set(inputs))
+    return tuple(
+        (inputs if policy.input_containers is CleanupAction.DELETE else [])
+        + (outputs if policy.output_containers is CleanupAction.DELETE else [])
+    )
