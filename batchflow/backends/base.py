@@ -1,20 +1,15 @@
-"""The two things a backend provides: Storage and Compute.
+"""The backend contract: Storage, Compute and Backend (one object per backend, in the registry),
+and the task contract every Compute keeps.
 
 They take and return batchflow's own types (batchflow.model); no SDK type crosses this
 boundary. The runner drives them through the stages
 upload -> pool -> job -> tasks -> monitor -> download -> cleanup.
 
-Task contract (what every Compute backend guarantees to a task's command; README "Task contract"):
-- the command runs with `/bin/sh -c` in the task working directory `$AZ_BATCH_TASK_WORKING_DIR` (wd/);
-- every TaskInput is present at `wd/<file_path>` before the command starts;
-- environment: the task's own variables plus AZ_BATCH_NODE_ROOT_DIR, AZ_BATCH_NODE_SHARED_DIR,
-  AZ_BATCH_NODE_STARTUP_DIR, AZ_BATCH_TASK_WORKING_DIR, AZ_BATCH_TASK_DIR, AZ_BATCH_JOB_ID,
-  AZ_BATCH_TASK_ID, AZ_BATCH_POOL_ID, AZ_BATCH_NODE_ID, AZ_BATCH_ACCOUNT_NAME, AZ_BATCH_TASK_USER_IDENTITY;
-- stdout.txt and stderr.txt are written in $AZ_BATCH_TASK_DIR, the parent of wd/;
-- exit code 0 is success; anything else is failure, retried up to max_retries times;
-- a task running past max_wall_clock is killed (its whole process group) and fails;
-- after the command, files matching each TaskOutput pattern (relative to wd/) are uploaded to
-  their container per the output condition.
+TASK_CONTRACT, below, is what every Compute backend guarantees to a task's command: the one Azure
+Batch gives it on a Linux node. It is written only here. Clause N is proven, against every backend,
+by tests/test_compute_contract.py::test_N_* (one test per clause, one clause per test:
+tests/test_docs.py checks the numbering), and README.md's "The task contract" is generated from it
+(`python -m batchflow.contract_doc README.md`; tests/test_docs.py checks it is in step).
 """
 
 from __future__ import annotations
@@ -41,6 +36,81 @@ from batchflow.model import (
 
 if TYPE_CHECKING:
     from batchflow.state import RunState
+
+# (number, clause): each clause Markdown, in the words of the workflow file; numbered 1, 2, 3, ...
+TASK_CONTRACT: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        "The command runs with `/bin/sh -c` in the task working directory, `$AZ_BATCH_TASK_WORKING_DIR`"
+        " (`wd/`).",
+    ),
+    (
+        2,
+        "The input file and every resource file are in `wd/` (at `input.path` / their `file_path`) before"
+        " the command starts, each a file of the task's own, as a node downloads it: a task may append to,"
+        " rewrite or `gzip -k` its input without changing the stored blob the next run reads.",
+    ),
+    (
+        3,
+        "Environment: the task's `environment` plus `AZ_BATCH_NODE_ROOT_DIR`, `AZ_BATCH_NODE_SHARED_DIR`,"
+        " `AZ_BATCH_NODE_STARTUP_DIR` (folders of the node, there for the task to use),"
+        " `AZ_BATCH_TASK_WORKING_DIR`, `AZ_BATCH_TASK_DIR`, `AZ_BATCH_JOB_ID`, `AZ_BATCH_TASK_ID`,"
+        " `AZ_BATCH_POOL_ID`, `AZ_BATCH_NODE_ID`, `AZ_BATCH_ACCOUNT_NAME` and `AZ_BATCH_TASK_USER_IDENTITY`"
+        " (`PoolNonAdmin`: the pool's non-admin user), on top of the small base a node's task has (`PATH`,"
+        " `HOME`, `USER`, `LOGNAME`, the locale, `TZ`, `TMPDIR`), and nothing else of the environment"
+        " batchflow runs in: a key or token exported in your shell reaches no task.",
+    ),
+    (
+        4,
+        "`stdout.txt` and `stderr.txt` are written in `$AZ_BATCH_TASK_DIR`, the parent of `wd/`; batchflow"
+        " keeps local copies of a failed task's, for the run summary.",
+    ),
+    (
+        5,
+        "Exit code 0 is success; anything else is a failure, retried up to `max_retries` times (`-1`: no"
+        " limit); the task's exit code and logs are its last attempt's.",
+    ),
+    (
+        6,
+        "A task still running `max_wall_clock` after it started is killed, its whole process group, and"
+        " fails without further retries; the job's `max_wall_clock` (counted from the job's creation) ends"
+        " every task still running, as failed.",
+    ),
+    (
+        7,
+        "Afterwards, files matching each output `pattern` (relative to `wd/`) are uploaded to their"
+        " container, on `success`, `failure` or `completion`. A single-file output that is missing fails a"
+        " task that exited 0; a glob that matched nothing is not a failure (Batch uploads nothing for it"
+        " either).",
+    ),
+    (
+        8,
+        "`stdout.txt` and `stderr.txt` are uploaded too, on completion (success or failure), to"
+        " `storage.logs` (`<prefix><run id>/<task id>/`), so a task's logs outlive its node.",
+    ),
+    (
+        9,
+        "Inputs are fetched, and outputs and logs stored, only through the URLs the storage hands out"
+        " (read-only blob SAS URLs and write-only container SAS URLs on Azure, `file://` URLs for folder"
+        " storage), on both backends, as a Batch node reaches Blob Storage.",
+    ),
+    (
+        10,
+        "The start task runs once on each node before any task, in `$AZ_BATCH_NODE_STARTUP_DIR/wd`, with its"
+        " own `environment` on the same base as a task (nothing else of yours); with `wait_for_success` (the"
+        " default) a failure stops the run before any task starts, showing the start task's stderr.",
+    ),
+    (
+        11,
+        "Stopping a run (Ctrl-C) kills every running task at once, its whole process group, and records it"
+        " as failed.",
+    ),
+    (
+        12,
+        "A task id runs once in a job: adding a task the job already has (a submission resent after a lost"
+        " answer, a second `add`) adds nothing and runs nothing again.",
+    ),
+)
 
 
 class TaskObserver(Protocol):
