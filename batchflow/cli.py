@@ -237,15 +237,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from batchflow.plan_view import plan_as_json, print_plan
     from batchflow.render import build_plan
+    from batchflow.runplan import RUN_ID_PLACEHOLDER, plan_run
     from batchflow.spec import load_workflow
 
     wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
     plan = build_plan(wf, args.backend)
     _warn(plan.warnings)
+    run = plan_run(plan, RUN_ID_PLACEHOLDER)
     if args.output == "json":
-        print(json.dumps({**plan_as_json(plan), "warnings": list(plan.warnings)}, indent=2))
+        print(json.dumps({**plan_as_json(run), "warnings": list(plan.warnings)}, indent=2))
     else:
-        print_plan(plan, limit=None if args.all else 20)
+        print_plan(run, limit=None if args.all else 20)
     return EXIT_OK
 
 

@@ -1,4 +1,6 @@
-"""`batchflow plan`: what a run would do, shown as a table or as JSON. Creates nothing."""
+"""`batchflow plan`: what a run would do (runplan.RunPlan), shown as a table or as JSON. Creates nothing.
+
+A run's own files are shown under `<run id>` (runplan.RUN_ID_PLACEHOLDER): the id is made when it starts."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from batchflow.model import Plan, RenderedTask
+from batchflow.model import RenderedTask
 from batchflow.redact import redact
+from batchflow.runplan import RunPlan
 
 
 def _task_json(t: RenderedTask) -> dict[str, Any]:
@@ -34,7 +37,8 @@ def _task_json(t: RenderedTask) -> dict[str, Any]:
     }
 
 
-def plan_as_json(plan: Plan) -> dict[str, Any]:
+def plan_as_json(run: RunPlan) -> dict[str, Any]:
+    plan = run.plan
     wf = plan.workflow
     pool = wf.pool
     return {
@@ -53,12 +57,28 @@ def plan_as_json(plan: Plan) -> dict[str, Any]:
             {"path": str(u.local_path), "container": u.container, "blob": u.blob_name, "size": u.size}
             for u in plan.uploads
         ],
-        "task_count": len(plan.tasks),
-        "tasks": [_task_json(t) for t in plan.tasks],
+        "task_count": len(run.tasks),
+        "tasks": [_task_json(t) for t in run.tasks],
+        "logs": None if run.logs is None else {"container": run.logs.container, "prefix": run.logs.prefix},
+        "downloads": [
+            {
+                "container": d.container,
+                "prefix": d.prefix,
+                "destination": str(d.destination),
+                "skip": list(d.skip),
+            }
+            for d in run.downloads
+        ],
+        "cleanup": {
+            "job": "delete" if run.cleanup.job else "keep",
+            "pool": run.cleanup.pool.value,
+            "containers_after_success": list(run.cleanup.containers),
+        },
     }
 
 
-def print_plan(plan: Plan, limit: int | None = 20) -> None:
+def print_plan(run: RunPlan, limit: int | None = 20) -> None:
+    plan = run.plan
     wf = plan.workflow
     pool = wf.pool
     # soft_wrap: the lines above the table are never broken, whatever the width (a pipe gets 80).
@@ -77,7 +97,7 @@ def print_plan(plan: Plan, limit: int | None = 20) -> None:
     table = Table(show_lines=False)
     for col in ("task id", "command", "inputs", "outputs"):
         table.add_column(col, overflow="fold")
-    shown = plan.tasks if limit is None else plan.tasks[:limit]
+    shown = run.tasks if limit is None else run.tasks[:limit]
     for t in shown:
         table.add_row(
             t.id,
@@ -89,3 +109,15 @@ def print_plan(plan: Plan, limit: int | None = 20) -> None:
     console.print(table)
     if limit is not None and len(plan.tasks) > limit:
         console.print(f"... {len(plan.tasks) - limit} more tasks (--all to list them)", markup=False)
+    if run.logs is not None:
+        console.print(f"Task logs: {run.logs.container}/{run.logs.prefix}<task id>/", markup=False)
+    for d in run.downloads:
+        skip = f" (not {', '.join(d.skip)})" if d.skip else ""
+        console.print(f"Download: {d.container}/{d.prefix}{skip} -> {d.destination}", markup=False)
+    c = run.cleanup
+    after = (
+        f"; containers {', '.join(c.containers)} after a run in which every task succeeded"
+        if c.containers
+        else ""
+    )
+    console.print(f"Cleanup: job {'deleted' if c.job else 'kept'}; pool {c.pool.value}{after}", markup=False)

@@ -41,7 +41,7 @@ from batchflow.model import (
 )
 from batchflow.report import Reporter
 from batchflow.runner import MonitorTimeout, Runner
-from batchflow.runplan import plan_run
+from batchflow.runplan import RUN_ID_PLACEHOLDER, plan_run
 from batchflow.state import RunState
 
 
@@ -374,3 +374,27 @@ def test_counts_that_say_done_are_confirmed_by_the_list_of_completed_tasks(tmp_p
     assert sorted(outcome.state.tasks) == ["t0", "t1", "t2"]  # none missing
     assert compute.polls == 3 and compute.listings == 3  # two more polls, then the list is whole
     assert len(compute.waits) == 2
+
+
+def test_the_run_does_exactly_what_its_plan_says(tmp_path: Path) -> None:
+    """The runner only sequences stages over the run plan: what it submits, downloads and deletes is
+    what `plan_run` (and so `batchflow plan`) computed, and nothing else."""
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(succeeded=2)])
+    cleanup = CleanupSpec(input_containers=CleanupAction.DELETE, output_containers=CleanupAction.DELETE)
+    plan = make_plan(tmp_path, 2, cleanup=cleanup)
+    runner, storage = run(tmp_path, plan, compute, clock)
+    expected = plan_run(plan, "run1")
+    assert runner.run().exit_code == 0
+
+    assert tuple(compute.added) == expected.tasks
+    assert all(t.logs == expected.logs for t in compute.added)
+    downloads = [c for c in storage.calls if c.startswith("download")]
+    assert downloads == [f"download {d.container} {d.prefix!r}" for d in expected.downloads]
+    deleted = [c.removeprefix("delete ") for c in storage.calls if c.startswith("delete")]
+    assert tuple(deleted) == expected.cleanup.containers
+    # `batchflow plan` shows the same, with the run id still to be made.
+    shown = plan_run(plan, RUN_ID_PLACEHOLDER)
+    assert [o.destination for t in shown.tasks for o in t.outputs] == [
+        o.destination.replace("run1", RUN_ID_PLACEHOLDER) for t in expected.tasks for o in t.outputs
+    ]
