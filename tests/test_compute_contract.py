@@ -26,7 +26,7 @@ from batchflow.backends.azure.auth import blob_auth
 from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
 from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Compute, Storage
-from batchflow.backends.local.compute import LocalCompute
+from batchflow.backends.local.scheduler import LocalCompute
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.model import (
     ImageReference,

@@ -48,7 +48,7 @@ def _azure_storage(ctx: Context) -> Storage:
 
 
 def _local_compute(ctx: Context, storage: Storage) -> Compute:
-    from batchflow.backends.local.compute import LocalCompute
+    from batchflow.backends.local.scheduler import LocalCompute
 
     check_requirements(ctx.plan.workflow.local.requires, local_task_path())
     concurrency = ctx.concurrency or ctx.plan.workflow.local.concurrency
