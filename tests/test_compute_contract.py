@@ -27,7 +27,7 @@ from batchflow.backends.azure.auth import blob_auth
 from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
 from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Compute, Storage
-from batchflow.backends.local.compute import LocalCompute
+from batchflow.backends.local.scheduler import LocalCompute
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import (
@@ -350,9 +350,7 @@ def test_2_every_input_is_in_wd_before_the_command_starts_and_is_the_tasks_own(s
     assert read_blob(b, b.inputs, "b c.txt") == "beta\n"
 
 
-def test_3_environment_is_the_tasks_own_plus_az_batch_and_nothing_of_the_callers(
-    start: Start, request: pytest.FixtureRequest
-) -> None:
+def test_3_environment_is_the_tasks_own_plus_az_batch_and_nothing_of_the_callers(start: Start) -> None:
     b = start()
     assert os.environ[CANARY] == "xyz"
     own = {"MY_VAR": "x y", "EMPTY_NOT": "1"}
@@ -368,14 +366,7 @@ def test_3_environment_is_the_tasks_own_plus_az_batch_and_nothing_of_the_callers
     assert (env["AZ_BATCH_TASK_ID"], env["AZ_BATCH_JOB_ID"], env["AZ_BATCH_POOL_ID"]) == ("t-env", JOB, POOL)
     assert CANARY not in env and "xyz" not in env.values()
     assert foreign(env, own) == []
-    if b.kind == "local":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="local sets AZ_BATCH_TASK_USER_IDENTITY=PoolNonAdminUser; a Batch node's pool "
-                "non-admin auto user is PoolNonAdmin (batchflow/backends/local/compute.py USER_IDENTITY)",
-            )
-        )
+    # Microsoft, "Azure Batch compute node environment variables": the pool non-admin auto user.
     assert env["AZ_BATCH_TASK_USER_IDENTITY"] == "PoolNonAdmin"
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from batchflow.backends.local.compute import LocalCompute
+from batchflow.backends.base import TaskObserver
+from batchflow.backends.local.scheduler import LocalCompute
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import (
@@ -94,8 +97,9 @@ def start(
     concurrency: int | None = 1,
     pool: PoolSpec | None = None,
     job: JobSpec | None = None,
+    observer: TaskObserver | None = None,
 ) -> LocalCompute:
-    compute = LocalCompute(workspace, storage, run_dir, concurrency, account_name="acct")
+    compute = LocalCompute(workspace, storage, run_dir, concurrency, account_name="acct", observer=observer)
     pool = pool or make_pool()
     assert compute.create_pool(pool, pool.start_task) is True
     compute.wait_for_pool(pool.id)
@@ -194,7 +198,7 @@ def test_task_sees_batch_layout_and_environment(
         "AZ_BATCH_POOL_ID": POOL,
         "AZ_BATCH_NODE_ID": f"node-{node}",
         "AZ_BATCH_ACCOUNT_NAME": "acct",
-        "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdminUser",
+        "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
     }
     assert env["MY_VAR"] == "x y"
     assert "BATCHFLOW_TEST_INHERITED" not in env  # a node's environment, not yours (tests/test_secrets.py)
@@ -491,7 +495,7 @@ def test_start_task_runs_on_every_node_with_its_inputs_and_environment(
             "AZ_BATCH_POOL_ID": POOL,
             "AZ_BATCH_NODE_ID": f"node-{i}",
             "AZ_BATCH_ACCOUNT_NAME": "acct",
-            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdminUser",
+            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         }
         assert env["GREETING"] == "hi"
         assert (root / "shared" / "out").read_text(encoding="utf-8") == "tool\n"
@@ -556,3 +560,109 @@ def test_start_task_failure_is_tolerated_without_wait_for_success(
         assert run(compute, [make_task("t1", "true")])["t1"].state is TaskState.SUCCEEDED
     finally:
         compute.stop()
+
+
+# ---- the task observer ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A TaskObserver that keeps every call in the order made, from whichever thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: list[tuple[str, int, float] | TaskResult] = []
+
+    def task_started(self, task_id: str, attempt: int, at: float) -> None:
+        with self._lock:
+            self.calls.append((task_id, attempt, at))
+
+    def task_ended(self, result: TaskResult) -> None:
+        with self._lock:
+            self.calls.append(result)
+
+    def of(self, task_id: str) -> list[tuple[str, int, float] | TaskResult]:
+        with self._lock:
+            return [c for c in self.calls if (c.id if isinstance(c, TaskResult) else c[0]) == task_id]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def observed(
+    workspace: Path, storage: LocalStorage, run_dir: Path, recorder: Recorder
+) -> Iterator[LocalCompute]:
+    c = start(workspace, storage, run_dir, observer=recorder)
+    yield c
+    c.stop()
+
+
+def test_the_observer_hears_every_attempt_start_and_each_end(
+    observed: LocalCompute, recorder: Recorder
+) -> None:
+    results = run(
+        observed,
+        [
+            make_task("ok", "true"),
+            make_task("broken", "exit 5", max_retries=2),
+            make_task("no-input", "true", inputs=[TaskInput("in", "nope.txt", "nope.txt")]),
+        ],
+    )
+    # Told before task_counts said done, with the very results task_results gives.
+    ok, broken = results["ok"], results["broken"]
+    assert ok.started_at is not None and broken.started_at is not None
+    assert recorder.of("ok") == [("ok", 1, ok.started_at), ok]
+    assert recorder.of("broken") == [*(("broken", n, broken.started_at) for n in (1, 2, 3)), broken]
+    assert (broken.state, broken.attempts, broken.exit_code) == (TaskState.FAILED, 3, 5)
+    assert recorder.of("no-input") == [results["no-input"]]  # failed before its command started
+
+
+def test_the_observer_hears_a_timeout(observed: LocalCompute, recorder: Recorder) -> None:
+    result = run(observed, [make_task("t1", "sleep 100", max_wall_clock=0.5, max_retries=3)])["t1"]
+    assert (result.failure, result.attempts) == ("max wall clock time exceeded", 1)
+    assert result.started_at is not None
+    assert recorder.of("t1") == [("t1", 1, result.started_at), result]
+
+
+def test_the_observer_hears_of_tasks_stop_ended(
+    observed: LocalCompute, recorder: Recorder, workspace: Path
+) -> None:
+    marker = node_dir(workspace, 0) / "shared" / "running"
+    observed.add_tasks(
+        JOB, [make_task("running", f'touch "{marker}"; sleep 100'), make_task("queued", "true")]
+    )
+    deadline = time.monotonic() + SAFETY_NET
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        observed.wait(0.05)
+    observed.stop()
+    results = {r.id: r for r in observed.task_results(JOB)}
+    assert (results["running"].failure, results["queued"].failure) == ("cancelled", "cancelled")
+    started_at = results["running"].started_at
+    assert started_at is not None
+    assert recorder.of("running") == [("running", 1, started_at), results["running"]]
+    assert recorder.of("queued") == [results["queued"]]
+
+
+class Broken:
+    def task_started(self, task_id: str, attempt: int, at: float) -> None:
+        raise RuntimeError("observer broke")
+
+    def task_ended(self, result: TaskResult) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_an_observer_that_raises_is_logged_and_breaks_no_task(
+    workspace: Path, storage: LocalStorage, run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    compute = start(workspace, storage, run_dir, observer=Broken())
+    try:
+        with caplog.at_level(logging.WARNING, logger="batchflow"):
+            result = run(compute, [make_task("t1", "true")])["t1"]
+    finally:
+        compute.stop()
+    assert (result.state, result.exit_code, result.failure) == (TaskState.SUCCEEDED, 0, None)
+    failed = [r for r in caplog.records if r.getMessage() == "task t1: the task observer failed"]
+    assert [type(r.exc_info[1]) if r.exc_info else None for r in failed] == [RuntimeError, OSError]

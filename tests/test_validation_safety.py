@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import WriteWorkflow, in_out_storage
 
-from batchflow.backends.local.compute import LocalCompute
+from batchflow.backends.local.scheduler import LocalCompute
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.cli import main
 from batchflow.model import ImageReference, JobSpec, OutputCondition, PoolSpec, RenderedTask, TaskOutput

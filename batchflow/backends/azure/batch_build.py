@@ -9,7 +9,7 @@ Choices made here, so the Azure backend honours the task contract (backends/base
   works on a node: the command line is `/bin/sh -c '<command>'`, the command single-quoted as one
   word (a `'` inside becomes `'\\''`). The rendered command already quotes its values, so a hostile
   file name survives both levels.
-- Tasks run as the pool-wide non-admin auto user (AZ_BATCH_TASK_USER_IDENTITY=PoolNonAdminUser, as
+- Tasks run as the pool-wide non-admin auto user (AZ_BATCH_TASK_USER_IDENTITY=PoolNonAdmin, as
   locally); the start task runs as the pool-wide auto user, admin only when `elevated`.
 - Outputs: a pattern without wildcards uploads to `path` = its destination blob name. For a
   pattern with wildcards (`*`, `?`, `[`), Batch treats `path` as a virtual directory it prepends to

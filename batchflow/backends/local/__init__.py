@@ -67,7 +67,7 @@ class LocalBackend:
         return LocalStorage(ctx.workspace / "storage")
 
     def compute(self, ctx: Context, storage: Storage) -> Compute:
-        from batchflow.backends.local.compute import LocalCompute
+        from batchflow.backends.local.scheduler import LocalCompute
 
         settings = settings_of(ctx.workflow)
         check_requirements(settings.requires, local_task_path())
