@@ -291,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         storage = registry.get(storage_name).storage(ctx)
         stack.callback(storage.close)
         compute = backend.compute(ctx, storage)
-        stack.callback(_close, compute)
+        stack.callback(compute.close)
         # Cheap requests before the run folder, the containers or any upload: a wrong key or
         # endpoint, or the job of another run, ends the run in seconds with exit 2, having created
         # nothing. Then the workspace's locks: a second run of the workflow refuses at once.
@@ -318,12 +318,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.output == "json":
             print(redact(json.dumps(as_json(outcome.state), indent=2)))
         return outcome.exit_code
-
-
-def _close(compute: object) -> None:
-    close = getattr(compute, "close", None)
-    if close is not None:
-        close()
 
 
 def _drop_terminal_output() -> None:

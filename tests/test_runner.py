@@ -151,6 +151,9 @@ class ScriptedCompute:
     def delete_pool(self, pool_id: str) -> None:
         self.calls.append("delete_pool")
 
+    def close(self) -> None:
+        self.calls.append("close")
+
 
 def make_plan(tmp_path: Path, n: int, **wf_changes: object) -> Plan:
     pool = PoolSpec(

@@ -213,6 +213,10 @@ class Compute(Protocol):
 
     def delete_pool(self, pool_id: str) -> None: ...
 
+    def close(self) -> None:
+        """Release connections and credentials. The compute is not used afterwards."""
+        ...
+
 
 # ---- a backend: one object in the registry ------------------------------------------------------
 

@@ -195,6 +195,9 @@ class LocalCompute:
         if self._pool is not None and self._pool.spec.id == pool_id:
             self._pool = None
 
+    def close(self) -> None:
+        """Nothing to release: the worker threads end with stop() (the runner stops a run's tasks)."""
+
     def _pool_named(self, pool_id: str) -> _Pool:
         if self._pool is None or self._pool.spec.id != pool_id:
             raise BatchflowError(f"pool {pool_id!r} does not exist")
