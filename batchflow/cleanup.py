@@ -19,7 +19,7 @@ from batchflow.backends.base import Storage
 from batchflow.errors import BatchflowError
 from batchflow.model import CleanupAction, Workflow
 from batchflow.runner import doomed_containers
-from batchflow.state import RunState
+from batchflow.state import RunState, RunStatus
 
 log = logging.getLogger("batchflow")
 
@@ -108,7 +108,7 @@ def _containers(
     doomed = [c for c in doomed_containers(workflow) if c in state.containers_created]
     if not doomed:
         return
-    if state.status != "succeeded":
+    if state.status is not RunStatus.SUCCEEDED:
         report.kept.extend(
             f"container {c} (the run did not succeed; data is deleted only after success)" for c in doomed
         )
