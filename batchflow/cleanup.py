@@ -16,7 +16,7 @@ from batchflow.backends import registry
 from batchflow.backends.base import Cleanup, Context
 from batchflow.model import Workflow
 from batchflow.runplan import doomed_containers
-from batchflow.state import RunState
+from batchflow.state import RunState, RunStatus
 
 CleanupReport = Cleanup  # what `batchflow cleanup` did: deleted, kept (and why), failed
 
@@ -40,7 +40,7 @@ def _containers(state: RunState, workflow: Workflow | None, workspace: Path, rep
     doomed = [c for c in doomed_containers(workflow) if c in state.containers_created]
     if not doomed:
         return
-    if state.status != "succeeded":
+    if state.status is not RunStatus.SUCCEEDED:
         report.kept.extend(
             f"container {c} (the run did not succeed; data is deleted only after success)" for c in doomed
         )

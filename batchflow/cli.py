@@ -32,9 +32,8 @@ if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` sta
     from batchflow.state import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-# `batchflow status`: a run that succeeded or still runs 0; failed, error or dead 1; interrupted 130.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command whose reader went away
-STATUS_EXIT = {"succeeded": EXIT_OK, "running": EXIT_OK, "interrupted": EXIT_INTERRUPTED}
+RUNNING_SHOWN = 5  # `batchflow status` of a running run: the tasks running longest
 
 
 def _backend_choices() -> list[str]:
@@ -63,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a variable declared under vars (repeatable)",
         )
 
-    def output_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--output", choices=["text", "json"], default="text", help="output format on stdout")
+    def output_arg(sp: argparse.ArgumentParser, *, stream: bool = False) -> None:
+        choices = ["text", "json", "jsonl"] if stream else ["text", "json"]
+        more = "; jsonl: every event as it happens, one JSON object a line" if stream else ""
+        sp.add_argument("--output", choices=choices, default="text", help="output format on stdout" + more)
 
     sp = sub.add_parser("validate", help="check a workflow file and report every problem")
     workflow_args(sp)
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run a workflow")
     workflow_args(sp)
-    output_arg(sp)
+    output_arg(sp, stream=True)
     sp.add_argument("--backend", choices=_backend_choices(), default="local", help="where tasks run")
     sp.add_argument("--storage", choices=_backend_choices(), help="where files live (default: the backend's)")
     sp.add_argument(
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, usage errors exit 2
         return int(e.code) if isinstance(e.code, int) else EXIT_INVALID
-    json_errors = getattr(args, "output", "text") == "json"
+    output = getattr(args, "output", "text")
     try:
         with _sigterm_as_interrupt():
             return int(COMMANDS[args.command](args))
@@ -150,16 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except InvalidWorkflow as e:
-        if getattr(args, "output", "text") == "json":
-            print(json.dumps({"valid": False, "problems": [p.as_dict() for p in e.problems]}, indent=2))
+        _json_error(output, {"valid": False, "problems": [p.as_dict() for p in e.problems]})
         for problem in e.problems:
             print(redact(str(problem)), file=sys.stderr)
         n = len(e.problems)
         print(f"{n} problem{'s' if n != 1 else ''}; nothing was created.", file=sys.stderr)
         return EXIT_INVALID
-    except BatchflowError as e:
-        if json_errors:  # machine-readable on stdout, as the success output would have been
-            print(json.dumps({"error": redact(str(e)), "exit_code": e.exit_code}, indent=2))
+    except BatchflowError as e:  # machine-readable on stdout, as the success output would have been
+        _json_error(output, {"error": redact(str(e)), "exit_code": e.exit_code})
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -169,17 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from batchflow.runner import describe_os_error
 
         message = redact(describe_os_error(e))
-        if json_errors:
-            print(json.dumps({"error": message, "exit_code": EXIT_FAILED}, indent=2))
+        _json_error(output, {"error": message, "exit_code": EXIT_FAILED})
         print(f"error: {message}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:
         log_file = _crash_log(e)
-        if json_errors:
-            print(json.dumps({"error": f"unexpected error, see {log_file}", "exit_code": EXIT_UNEXPECTED}))
+        _json_error(
+            output, {"error": f"unexpected error, see {log_file}", "exit_code": EXIT_UNEXPECTED}, None
+        )
         print(f"batchflow: unexpected error: {redact(type(e).__name__ + ': ' + str(e))}", file=sys.stderr)
         print(f"The traceback is in {log_file}. Please report it.", file=sys.stderr)
         return EXIT_UNEXPECTED
+
+
+def _json_error(output: str, error: dict[str, Any], indent: int | None = 2) -> None:
+    """An error on stdout too, for `--output json` (an object) or `--output jsonl` (a last line,
+    {"event": "error", ...}); nothing for text."""
+    if output == "json":
+        print(json.dumps(error, indent=indent))
+    elif output == "jsonl":
+        print(json.dumps({"event": "error", **error}), flush=True)
 
 
 def _crash_log(exc: BaseException) -> Path:
@@ -261,12 +269,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from batchflow import runlock
     from batchflow.backends import registry
     from batchflow.backends.base import Context
+    from batchflow.events import EventSink, RunResult, RunStarted, Warn, info_lines
     from batchflow.render import build_plan
-    from batchflow.report import Reporter, as_json
+    from batchflow.report import FanOut, JsonLinesReporter, Reporter, as_json
     from batchflow.runner import Runner, check_destinations
     from batchflow.runplan import plan_run
     from batchflow.spec import load_workflow
-    from batchflow.state import RunState, new_run_id
+    from batchflow.state import RunState, TaskJournal, new_run_id
 
     overrides = _parse_overrides(args.overrides)
     wf = load_workflow(args.workflow, overrides)
@@ -275,7 +284,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = build_plan(wf, backend, exclude=[workspace])  # the workspace is never an input
     _warn(plan.warnings)
     storage_name = args.storage or backend.default_storage
-    reporter = Reporter(quiet=args.quiet)
+    reporter: EventSink = Reporter(quiet=args.quiet)  # text on stderr, whatever the --output
+    if args.output == "jsonl":
+        reporter = FanOut(reporter, JsonLinesReporter(sys.stdout))
 
     # Backends are built (and requirements checked) before the run folder exists: a run that
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
@@ -285,7 +296,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         workspace=workspace,
         run_dir=workspace / "runs" / run_id,
         concurrency=args.concurrency,
-        notify=reporter.stage,
+        observer=TaskJournal(workspace / "runs" / run_id),  # written once the run folder exists
+        notify=info_lines(reporter),
     )
     with contextlib.ExitStack() as stack:  # unwinds in reverse: log, lock, compute, storage
         storage = registry.get(storage_name).storage(ctx)
@@ -302,19 +314,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         state.overrides = overrides  # `batchflow download` loads the workflow as this run did
         state.save()
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
-        reporter.stage(
-            f"Run {state.run_id}: {len(plan.tasks)} tasks, backend {args.backend}, storage {storage_name}"
-        )
+        reporter.emit(RunStarted(state.run_id, len(plan.tasks), args.backend, storage_name, state.folder))
         runner = Runner(plan_run(plan, state.run_id), storage, compute, state, reporter)
         try:
             outcome = runner.run()
         except BatchflowError:
-            reporter.summary(state, outputs=runner.outputs)
+            reporter.emit(RunResult.of(state, runner.outputs))
             raise
         except Exception:
-            reporter.warn(f"Run folder: {state.folder}")
+            reporter.emit(Warn(f"Run folder: {state.folder}"))
             raise
-        reporter.summary(outcome.state, outputs=outcome.outputs)
+        reporter.emit(RunResult.of(outcome.state, outcome.outputs))
         if args.output == "json":
             print(redact(json.dumps(as_json(outcome.state), indent=2)))
         return outcome.exit_code
@@ -352,24 +362,40 @@ def _attach_run_log(path: Path) -> logging.Handler:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from batchflow.report import as_json, tail
-    from batchflow.state import RunState, find_run
+    from batchflow.report import as_json, clock_text, tail
+    from batchflow.state import RecordState, RunState, RunStatus, find_run
 
     state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
     status = state.effective_status
-    code = STATUS_EXIT.get(status, EXIT_FAILED)
+    # A run that succeeded or still runs 0; failed, error or dead 1; interrupted 130.
+    codes = {
+        RunStatus.SUCCEEDED: EXIT_OK,
+        RunStatus.RUNNING: EXIT_OK,
+        RunStatus.INTERRUPTED: EXIT_INTERRUPTED,
+    }
+    exit_code = codes.get(status, EXIT_FAILED)
     if args.output == "json":
-        print(redact(json.dumps({**as_json(state), "status": status, "exit_code": code}, indent=2)))
-        return code
+        data = {**as_json(state), "status": status.value, "exit_code": exit_code}
+        print(redact(json.dumps(data, indent=2)))
+        return exit_code
     counts = state.counts()
     not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
     lines: list[str] = [
-        f"Run {state.run_id} ({state.backend}): {status}, stage {state.stage}",
+        f"Run {state.run_id} ({state.backend}): {status.value}, stage {state.stage}",
         f"Workflow: {state.workflow}",
         f"Tasks: {state.task_count} total, {counts['succeeded']} succeeded, {counts['failed']} failed"
         + not_started,
     ]
-    if status == "dead":
+    if status is RunStatus.RUNNING and (running := state.running_tasks()):
+        now = time.time()
+        lines.append(f"Running: {len(running)} task{'s' if len(running) != 1 else ''}, the longest first")
+        for tid, t in running[:RUNNING_SHOWN]:
+            since = f"for {clock_text(now - t.started_at)}" if t.started_at is not None else "(start unknown)"
+            again = f", attempt {t.attempts}" if t.attempts > 1 else ""
+            lines.append(f"  {tid}: running {since}{again}")
+        if len(running) > RUNNING_SHOWN:
+            lines.append(f"  ... and {len(running) - RUNNING_SHOWN} more")
+    if status is RunStatus.DEAD:
         lines.append(
             f"Its batchflow process ({state.pid}) is gone without ending the run: "
             f"`batchflow cleanup {state.run_id}` stops what it left running and removes its job and pool"
@@ -377,13 +403,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state.message:
         lines.append(f"Message: {state.message}")
     for tid, t in sorted(state.tasks.items()):
-        if t["state"] == "failed":
-            lines.append(f"  {tid}: {t.get('failure') or 'exit code ' + str(t.get('exit_code'))}")
-            if t.get("stderr"):
-                lines.extend(f"    | {line}" for line in tail(state.folder / t["stderr"], 5))
+        if t.state is RecordState.FAILED:
+            lines.append(f"  {tid}: {t.failure or f'exit code {t.exit_code}'}")
+            if t.stderr:
+                lines.extend(f"    | {line}" for line in tail(state.folder / t.stderr, 5))
     lines.append(f"Run folder: {state.folder}")
     print(redact("\n".join(lines)))
-    return code
+    return exit_code
 
 
 def _workspace_of(args: argparse.Namespace) -> Path:
@@ -428,6 +454,7 @@ def _cleanup(
     args: argparse.Namespace, state: RunState, workflow: Workflow | None, workspace: Path, what: str
 ) -> int:
     from batchflow.cleanup import cleanup_run
+    from batchflow.state import RunStatus
 
     if sys.stdin.isatty() and not args.yes:
         answer = input(f"Remove what {what} left behind? [y/N] ")
@@ -436,8 +463,11 @@ def _cleanup(
             return EXIT_OK
     report = cleanup_run(state, workflow, workspace, lambda m: print(redact(m), file=sys.stderr))
     state.cleaned_up.extend(report.deleted)
-    if state.effective_status == "dead":
-        state.status, state.message = "dead", "the batchflow process died; `batchflow cleanup` cleaned up"
+    if state.effective_status is RunStatus.DEAD:
+        state.status, state.message = (
+            RunStatus.DEAD,
+            "the batchflow process died; `batchflow cleanup` cleaned up",
+        )
     state.save()
     if args.output == "json":
         result = {"run_id": state.run_id, "deleted": report.deleted, "kept": report.kept}

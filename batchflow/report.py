@@ -1,11 +1,17 @@
-"""What a person sees: stage lines, live progress and the final summary, all on stderr.
+"""The reporters of a run's events (batchflow.events): what a person sees, stage lines, live progress
+and the final summary, all on stderr (Reporter); what a program reads, one JSON object per event on
+stdout (JsonLinesReporter, `--output jsonl`).
 
-stdout is kept for machine-useful output (`--output json`).
+stdout is kept for machine-useful output (`--output json`, `--output jsonl`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +21,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
+from batchflow.events import (
+    Event,
+    EventSink,
+    Info,
+    RunResult,
+    RunStarted,
+    Stage,
+    TaskProgress,
+    TransferProgress,
+    Warn,
+    event_json,
+)
 from batchflow.model import TaskCounts
 from batchflow.redact import redact
-from batchflow.state import RunState
+from batchflow.state import RecordState, RunState
 
 _CUT_LAST = Column(no_wrap=True, overflow="ellipsis")  # cut, not wrapped, when the line is full
 
@@ -30,7 +48,8 @@ PLAIN_PROGRESS_EVERY = 5.0  # seconds between plain progress lines when nothing 
 
 
 class Reporter:
-    """Stage lines and progress. Live rich bar on a terminal, plain lines otherwise."""
+    """The text reporter: stage lines and progress, then the summary. Live rich bar on a terminal,
+    plain lines otherwise. With `quiet`, only warnings and the summary."""
 
     def __init__(
         self,
@@ -62,18 +81,31 @@ class Reporter:
             self._gone = True
             self.live = False
 
-    def stage(self, message: str) -> None:
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Info):
+            self._line(event.message)
+        elif isinstance(event, Warn):
+            self._print(redact(event.message), markup=False, style="yellow")  # even with --quiet
+        elif isinstance(event, TaskProgress):
+            self._progress_event(event.counts, event.total)
+        elif isinstance(event, TransferProgress):
+            self._transfer(event)
+        elif isinstance(event, RunStarted):
+            self._line(
+                f"Run {event.run_id}: {event.tasks} tasks, backend {event.backend}, storage {event.storage}"
+            )
+        elif isinstance(event, RunResult):
+            self._summary(event)
+        elif isinstance(event, Stage):
+            pass  # the stage's own lines say what it does
+        else:  # pragma: no cover - every Event is handled above
+            raise AssertionError(f"unknown event {event!r}")
+
+    def _line(self, message: str) -> None:
         if not self.quiet:
             self._print(redact(message), markup=False)
 
-    def info(self, message: str) -> None:
-        self.stage(message)
-
-    def warn(self, message: str) -> None:
-        """Shown even with --quiet."""
-        self._print(redact(message), markup=False, style="yellow")
-
-    def progress(self, counts: TaskCounts, total: int) -> None:
+    def _progress_event(self, counts: TaskCounts, total: int) -> None:
         if self.quiet or self._gone:
             return
         try:
@@ -120,17 +152,17 @@ class Reporter:
         finished = counts.completed == total
         # Plain mode: a line when something finished (at most every few seconds), and the last one.
         if (changed and due) or (finished and (last is None or last[0] != counts)):
-            times = f"elapsed {_clock_text(now - self._started)}"
+            times = f"elapsed {clock_text(now - self._started)}"
             if counts.completed and not finished:
                 eta = (now - self._started) / counts.completed * (total - counts.completed)
-                times += f", ETA {_clock_text(eta)}"
+                times += f", ETA {clock_text(eta)}"
             self._print(f"Tasks {counts.completed}/{total}: {text} ({times})", markup=False)
             self._last_plain = (counts, now)
 
-    def transfer(self, verb: str, files: int, total_files: int, sent: int, total_bytes: int) -> None:
-        """Files handled so far of a transfer, and bytes actually sent (unchanged files send none)."""
-        if self.quiet or self._gone or not self.live or total_files <= 1:
+    def _transfer(self, event: TransferProgress) -> None:
+        if self.quiet or self._gone or not self.live or event.total_files <= 1:
             return
+        verb = event.direction.verb
         if self._progress is None:
             self._progress = Progress(
                 TextColumn(f"[bold]{verb}"),
@@ -142,9 +174,10 @@ class Reporter:
                 transient=True,
             )
             self._progress.start()
-            self._bar = self._progress.add_task(verb, total=total_files, sent="")
+            self._bar = self._progress.add_task(verb, total=event.total_files, sent="")
         if self._bar is not None:
-            self._progress.update(self._bar, completed=files, sent=f"{sent / 1e6:.1f} MB sent")
+            sent = f"{event.bytes_sent / 1e6:.1f} MB sent"
+            self._progress.update(self._bar, completed=event.files, sent=sent)
 
     def close_progress(self) -> None:
         if self._progress is not None:
@@ -155,42 +188,99 @@ class Reporter:
                 self._gone = True
                 self.live = False
 
-    def summary(self, state: RunState, *, outputs: list[str], tail_lines: int = 10) -> None:
+    def _summary(self, result: RunResult, *, tail_lines: int = 10) -> None:
         """The final report: counts, time per stage, where outputs went, and why tasks failed."""
         self.close_progress()
-        counts = state.counts()
+        counts = result.counts
         not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
         lines = [
-            f"Run {state.run_id}: {state.status}. {counts['succeeded']} succeeded, "
-            f"{counts['failed']} failed{not_started} of {state.task_count} tasks."
+            f"Run {result.run_id}: {result.status.value}. {counts['succeeded']} succeeded, "
+            f"{counts['failed']} failed{not_started} of {result.task_count} tasks."
         ]
-        if state.stage_seconds:
-            lines.append("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in state.stage_seconds.items()))
-        lines.extend(f"Outputs: {o}" for o in outputs)
+        if result.stage_seconds:
+            lines.append("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items()))
+        lines.extend(f"Outputs: {o}" for o in result.outputs)
         unmatched = sorted(
-            (tid, pattern) for tid, t in state.tasks.items() for pattern in t.get("unmatched_outputs") or ()
+            (tid, pattern) for tid, t in result.tasks.items() for pattern in t.unmatched_outputs
         )
         for tid, pattern in unmatched[:20]:
             lines.append(f"Task {tid}: output pattern {pattern!r} matched no file")
         if len(unmatched) > 20:
             lines.append(f"... and {len(unmatched) - 20} more output patterns that matched nothing")
-        failed = [(tid, t) for tid, t in sorted(state.tasks.items()) if t["state"] == "failed"]
+        failed = [(tid, t) for tid, t in sorted(result.tasks.items()) if t.state is RecordState.FAILED]
         for tid, t in failed[:20]:
-            why = t.get("failure") or f"exit code {t.get('exit_code')}"
-            lines.append(f"Task {tid} failed ({why}, {t.get('attempts')} attempt(s))")
-            if t.get("stderr"):
-                path = state.folder / t["stderr"]
+            why = t.failure or f"exit code {t.exit_code}"
+            lines.append(f"Task {tid} failed ({why}, {t.attempts} attempt(s))")
+            if t.stderr:
+                path = result.run_folder / t.stderr
                 for line in tail(path, tail_lines):
                     lines.append(f"    | {line}")
                 lines.append(f"    full logs: {path.parent}")
         if len(failed) > 20:
-            lines.append(f"... and {len(failed) - 20} more failed tasks: batchflow status {state.run_id}")
-        lines.append(f"Run folder: {state.folder}")
+            lines.append(f"... and {len(failed) - 20} more failed tasks: batchflow status {result.run_id}")
+        lines.append(f"Run folder: {result.run_folder}")
         for line in lines:
             self._print(redact(line), markup=False)
 
 
-def _clock_text(seconds: float) -> str:
+class JsonLinesReporter:
+    """`--output jsonl`: one JSON object per event on `stream` (stdout), flushed per line, redacted.
+    A task count equal to the last one is not repeated. Once the reader has gone (a closed pipe), it
+    stays silent and the run goes on: it must still stop its tasks and clean up."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self._lock = threading.Lock()  # backends may notify from their own threads
+        self._last_progress: TaskProgress | None = None
+        self._gone = False
+
+    def emit(self, event: Event) -> None:
+        line = redact(json.dumps(event_json(event))) + "\n"
+        with self._lock:
+            if self._gone:
+                return
+            if isinstance(event, TaskProgress):
+                if event == self._last_progress:
+                    return
+                self._last_progress = event
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except OSError:
+                self._gone = True
+                _point_at_devnull(self.stream)
+
+    def close_progress(self) -> None:
+        pass
+
+
+class FanOut:
+    """Every event to each of `sinks`, in order (`--output jsonl`: the text on stderr as well)."""
+
+    def __init__(self, *sinks: EventSink) -> None:
+        self.sinks = sinks
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def close_progress(self) -> None:
+        for sink in self.sinks:
+            sink.close_progress()
+
+
+def _point_at_devnull(stream: IO[str]) -> None:
+    """The reader went away: what is still buffered, and the interpreter's last flush, go nowhere
+    instead of failing again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+
+
+def clock_text(seconds: float) -> str:
     """H:MM:SS, as rich's progress columns show times."""
     whole = max(0, round(seconds))
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
@@ -210,14 +300,5 @@ def tail(path: Path, n: int) -> list[str]:
 
 
 def as_json(state: RunState) -> dict[str, Any]:
-    return {
-        "run_id": state.run_id,
-        "status": state.status,
-        "workflow": state.workflow,
-        "backend": state.backend,
-        "run_folder": str(state.folder),
-        "counts": state.counts(),
-        "stage_seconds": state.stage_seconds,
-        "tasks": state.tasks,
-        "message": state.message,
-    }
+    """The run as `--output json` prints it (and `--output jsonl`'s last line, with "event")."""
+    return RunResult.of(state).to_json()

@@ -19,10 +19,20 @@ from pathlib import Path
 
 from batchflow.backends.base import Compute, Storage
 from batchflow.errors import BatchflowError, ConfigurationError, Terminated
+from batchflow.events import (
+    EventSink,
+    Info,
+    Stage,
+    StageName,
+    TaskProgress,
+    TransferKind,
+    TransferProgress,
+    Warn,
+    info_lines,
+)
 from batchflow.model import CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
-from batchflow.report import Reporter
 from batchflow.runplan import Download, RunPlan
-from batchflow.state import RunState
+from batchflow.state import RunState, RunStatus
 
 log = logging.getLogger("batchflow")
 
@@ -48,7 +58,7 @@ class RunOutcome:
 
     @property
     def exit_code(self) -> int:
-        return {"succeeded": 0, "interrupted": 130}.get(self.state.status, 1)
+        return {RunStatus.SUCCEEDED: 0, RunStatus.INTERRUPTED: 130}.get(self.state.status, 1)
 
 
 class Runner:
@@ -58,7 +68,7 @@ class Runner:
         storage: Storage,
         compute: Compute,
         state: RunState,
-        reporter: Reporter,
+        reporter: EventSink,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -89,20 +99,24 @@ class Runner:
             self._monitor()
             self._collect()
             self._download()
-            self.state.status = "succeeded" if self.state.counts()["failed"] == 0 else "failed"
+            self.state.status = (
+                RunStatus.SUCCEEDED if self.state.counts()["failed"] == 0 else RunStatus.FAILED
+            )
         except KeyboardInterrupt as e:
-            self.state.status = "interrupted"
+            self.state.status = RunStatus.INTERRUPTED
             how = e.signal_name if isinstance(e, Terminated) else "Ctrl-C"
             self.state.message = f"interrupted ({how})"
             self.reporter.close_progress()
-            self.reporter.warn("Interrupted: stopping running tasks...")
+            self.reporter.emit(Warn("Interrupted: stopping running tasks..."))
             self._stop_and_collect()
             self.state.mark_not_started(t.id for t in self.plan.tasks)
             done = self.state.counts()["succeeded"]
             if done and self.plan.workflow.downloads:
-                self.reporter.warn(
-                    f"  the outputs of the {done} task(s) that finished stay in storage: "
-                    f"`batchflow download {self.state.run_id}` fetches them"
+                self.reporter.emit(
+                    Warn(
+                        f"  the outputs of the {done} task(s) that finished stay in storage: "
+                        f"`batchflow download {self.state.run_id}` fetches them"
+                    )
                 )
         except BatchflowError as e:
             self._fail(str(e))
@@ -117,7 +131,7 @@ class Runner:
             self._fail(message)
             raise BatchflowError(message) from None
         except BaseException as e:
-            self.state.status = "error"
+            self.state.status = RunStatus.ERROR
             self.state.message = f"{type(e).__name__}: {e}"
             self._stop_and_collect()
             raise
@@ -143,6 +157,7 @@ class Runner:
         self.state.save()
         start = self.clock()
         log.info("stage %s", name)
+        self.reporter.emit(Stage(StageName(name)))
         try:
             yield
         finally:
@@ -162,21 +177,25 @@ class Runner:
                 items = [self.plan.uploads[i] for i in idx]
                 noun = "file" if len(items) == 1 else "files"
                 total_bytes = sum(i.size for i in items)
-                self.reporter.stage(f"Uploading {len(items)} {noun} to container [{container}]...")
+                self.reporter.emit(Info(f"Uploading {len(items)} {noun} to container [{container}]..."))
                 done = skipped = sent = 0
                 for batch in _batches(items):
                     result = self.storage.upload(batch)
                     done += len(batch)
                     skipped += result.skipped
                     sent += result.bytes
-                    self.reporter.transfer("Uploading", done, len(items), sent, total_bytes)
+                    self.reporter.emit(
+                        TransferProgress(TransferKind.UPLOAD, done, len(items), sent, total_bytes)
+                    )
                 self.reporter.close_progress()
-                self.reporter.stage(f"  {done - skipped} uploaded ({human_bytes(sent)}), {skipped} unchanged")
+                self.reporter.emit(
+                    Info(f"  {done - skipped} uploaded ({human_bytes(sent)}), {skipped} unchanged")
+                )
 
     def _pool(self) -> None:
         pool = self.plan.workflow.pool
         with self._stage("pool"):
-            self.reporter.stage(f"Creating pool [{pool.id}]...")
+            self.reporter.emit(Info(f"Creating pool [{pool.id}]..."))
             self._pool_touched = True
             created = self.compute.create_pool(pool, self.plan.start_task, self.plan.start_task_inputs)
             self.state.pool_created = created
@@ -186,13 +205,13 @@ class Runner:
     def _job_and_tasks(self) -> None:
         job = self.plan.workflow.job
         with self._stage("job"):
-            self.reporter.stage(f"Creating job [{job.id}]...")
+            self.reporter.emit(Info(f"Creating job [{job.id}]..."))
             self._job_attempted = True
             self.compute.create_job(job, self.plan.workflow.pool.id, self.state.run_id)
             self.state.job_created = True  # recorded when created: only then is it this run's to delete
             self.state.save()
         with self._stage("tasks"):
-            self.reporter.stage(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]...")
+            self.reporter.emit(Info(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]..."))
             self.compute.add_tasks(job.id, self.run_plan.tasks)
             self.compute.seal_job(job.id)
 
@@ -200,8 +219,8 @@ class Runner:
         wf = self.plan.workflow
         total = len(self.plan.tasks)
         with self._stage("monitor"):
-            self.reporter.stage(
-                f"Monitoring all tasks for 'Completed' state, timeout in {_fmt(wf.monitor.timeout)}..."
+            self.reporter.emit(
+                Info(f"Monitoring all tasks for 'Completed' state, timeout in {_fmt(wf.monitor.timeout)}...")
             )
             deadline = self.clock() + wf.monitor.timeout
             base = wf.monitor.poll_interval
@@ -209,7 +228,7 @@ class Runner:
             last: TaskCounts | None = None
             while True:
                 counts = self.compute.task_counts(wf.job.id)
-                self.reporter.progress(counts, total)
+                self.reporter.emit(TaskProgress(counts, total))
                 if counts.completed >= total and self._all_listed_complete(total):
                     break
                 interval = base if counts != last else min(interval * POLL_BACKOFF, base * MAX_POLL_GROWTH)
@@ -249,7 +268,7 @@ class Runner:
     def _fail(self, message: str) -> None:
         """After an error: stop what runs, record what finished, and fetch the outputs of the tasks
         that finished (best effort: the error may be the storage's own)."""
-        self.state.status = "failed"
+        self.state.status = RunStatus.FAILED
         self.state.message = message
         self.reporter.close_progress()
         self._stop_and_collect()
@@ -264,9 +283,11 @@ class Runner:
             self._download()
         except (BatchflowError, OSError) as e:
             log.warning("could not download the finished tasks' outputs: %s", e)
-            self.reporter.warn(
-                f"  could not download the finished tasks' outputs ({e}): "
-                f"`batchflow download {self.state.run_id}` fetches them"
+            self.reporter.emit(
+                Warn(
+                    f"  could not download the finished tasks' outputs ({e}): "
+                    f"`batchflow download {self.state.run_id}` fetches them"
+                )
             )
 
     def _stop_and_collect(self) -> None:
@@ -279,12 +300,12 @@ class Runner:
 
     def _download(self) -> None:
         with self._stage("download"):
-            self._outputs = download_outputs(self.run_plan.downloads, self.storage, self.reporter.stage)
+            self._outputs = download_outputs(self.run_plan.downloads, self.storage, info_lines(self.reporter))
 
     def _cleanup(self) -> None:
         wf = self.plan.workflow
         policy = self.run_plan.cleanup
-        succeeded = self.state.status == "succeeded"
+        succeeded = self.state.status is RunStatus.SUCCEEDED
         with self._stage("cleanup"):
             # An interrupt during create_job may leave a job made for this run: the compute deletes
             # a job only if it is this run's (on Batch: its metadata names the run).
@@ -296,7 +317,7 @@ class Runner:
             if delete_pool and self._pool_touched:
                 self._try(f"Deleting pool [{wf.pool.id}]...", lambda: self.compute.delete_pool(wf.pool.id))
             elif self.state.pool_created:
-                self.reporter.warn(f"Pool [{wf.pool.id}] kept (cleanup.pool: {policy.pool.value}).")
+                self.reporter.emit(Warn(f"Pool [{wf.pool.id}] kept (cleanup.pool: {policy.pool.value}))."))
             # Data is deleted only when asked, only after a run in which everything succeeded, and
             # only the containers this run created (another run may be using one it found).
             if succeeded:
@@ -307,21 +328,23 @@ class Runner:
 
     def _try(self, message: str, action: Callable[[], object]) -> None:
         """One cleanup action. A failure, or Ctrl-C while it waits, never skips the actions after it."""
-        self.reporter.stage(message)
+        self.reporter.emit(Info(message))
         try:
             action()
         except BatchflowError as e:
             self.state.cleanup_failures.append(f"{message.rstrip('.')}: {e}")
-            self.reporter.warn(f"  cleanup failed: {e}")
+            self.reporter.emit(Warn(f"  cleanup failed: {e}"))
             log.warning("cleanup failed: %s", e)
         except OSError as e:
             self.state.cleanup_failures.append(f"{message.rstrip('.')}: {describe_os_error(e)}")
-            self.reporter.warn(f"  cleanup failed: {describe_os_error(e)}")
+            self.reporter.emit(Warn(f"  cleanup failed: {describe_os_error(e)}"))
         except KeyboardInterrupt:
             self.state.cleanup_failures.append(f"{message.rstrip('.')}: interrupted")
-            self.reporter.warn(
-                "  interrupted; what was already asked goes on. "
-                f"Check with: batchflow cleanup {self.state.run_id}"
+            self.reporter.emit(
+                Warn(
+                    "  interrupted; what was already asked goes on. "
+                    f"Check with: batchflow cleanup {self.state.run_id}"
+                )
             )
             log.warning("cleanup interrupted: %s", message)
 

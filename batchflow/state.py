@@ -2,23 +2,30 @@
 
 Layout: <workspace>/runs/<run id>/
     state.json          written atomically at every stage change
+    tasks.jsonl         one line per task attempt started or ended, as it happens (TaskJournal)
     batchflow.log       the run's log (redacted)
     tasks/<task id>/    stdout.txt, stderr.txt of the task's last attempt
+
+state.json holds plain JSON (strings, numbers, lists); RunState and TaskRecord hold the typed
+values (RunStatus, RecordState). Loading checks every type and tolerates a missing optional key.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from batchflow import strict_json as sj
 from batchflow.errors import BatchflowError
 from batchflow.model import TaskResult, TaskState
 from batchflow.procinfo import is_running, process_start
@@ -27,7 +34,95 @@ from batchflow.redact import redact
 log = logging.getLogger("batchflow")
 
 STATE_FILE = "state.json"
-NOT_STARTED = "not_started"  # a task's state in state.json after an interrupt stopped it from starting
+JOURNAL_FILE = "tasks.jsonl"
+
+
+class RunStatus(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    ERROR = "error"  # an unexpected error (a bug) ended it
+    DEAD = "dead"  # its batchflow process is gone without ending the run
+
+
+class RecordState(str, enum.Enum):
+    """A task's state in the run's record: model.TaskState's values, and "not started"."""
+
+    ACTIVE = "active"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_STARTED = "not_started"  # an interrupt stopped it from starting: it runs on a re-run
+
+    @classmethod
+    def of(cls, state: TaskState) -> RecordState:
+        return cls(state.value)
+
+
+NOT_STARTED = RecordState.NOT_STARTED.value
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What the run knows of one task. stdout and stderr are relative to the run folder."""
+
+    state: RecordState
+    exit_code: int | None = None
+    attempts: int = 0
+    started_at: float | None = None  # epoch seconds
+    ended_at: float | None = None
+    failure: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    outputs: tuple[str, ...] = ()
+    unmatched_outputs: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, result: TaskResult, folder: Path) -> TaskRecord:
+        return cls(
+            state=RecordState.of(result.state),
+            exit_code=result.exit_code,
+            attempts=result.attempts,
+            started_at=result.started_at,
+            ended_at=result.ended_at,
+            failure=result.failure,
+            stdout=_rel(result.stdout_path, folder),
+            stderr=_rel(result.stderr_path, folder),
+            outputs=tuple(result.outputs),
+            unmatched_outputs=tuple(result.unmatched_outputs),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "exit_code": self.exit_code,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "failure": self.failure,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "outputs": list(self.outputs),
+            "unmatched_outputs": list(self.unmatched_outputs),
+        }
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> TaskRecord:
+        """Strict about types; a missing key other than "state" takes its default."""
+        d = sj.mapping(data, where)
+        return cls(
+            state=sj.member(RecordState, sj.required(d, "state", where), f"{where}.state"),
+            exit_code=sj.opt_whole(d.get("exit_code"), f"{where}.exit_code"),
+            attempts=sj.whole(d.get("attempts", 0), f"{where}.attempts"),
+            started_at=sj.opt_number(d.get("started_at"), f"{where}.started_at"),
+            ended_at=sj.opt_number(d.get("ended_at"), f"{where}.ended_at"),
+            failure=sj.opt_text(d.get("failure"), f"{where}.failure"),
+            stdout=sj.opt_text(d.get("stdout"), f"{where}.stdout"),
+            stderr=sj.opt_text(d.get("stderr"), f"{where}.stderr"),
+            outputs=tuple(sj.texts(d.get("outputs", []), f"{where}.outputs")),
+            unmatched_outputs=tuple(sj.texts(d.get("unmatched_outputs", []), f"{where}.unmatched_outputs")),
+        )
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -48,7 +143,7 @@ class RunState:
     storage: str = "local"
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
-    status: str = "running"  # running | succeeded | failed | interrupted | error
+    status: RunStatus = RunStatus.RUNNING
     stage: str = "plan"
     stage_seconds: dict[str, float] = field(default_factory=dict)
     pool_id: str | None = None
@@ -57,7 +152,7 @@ class RunState:
     job_created: bool = False  # this run's create_job succeeded: the job is this run's to delete
     containers_created: list[str] = field(default_factory=list)
     task_count: int = 0
-    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
     message: str | None = None
     pid: int | None = None  # the batchflow process that ran it, on `host`
     pid_start: int | None = None  # that process's start time (Linux /proc): a reused pid is not it
@@ -79,11 +174,15 @@ class RunState:
         return is_running(self.pid, self.pid_start)
 
     @property
-    def effective_status(self) -> str:
+    def effective_status(self) -> RunStatus:
         """`status`, except that a run whose batchflow process is gone (SIGKILL, a crash, a lost
         machine) without ending is "dead", not "running" forever. On another host: as recorded."""
-        if self.status == "running" and self.host == socket.gethostname() and not self.still_running():
-            return "dead"
+        if (
+            self.status is RunStatus.RUNNING
+            and self.host == socket.gethostname()
+            and not self.still_running()
+        ):
+            return RunStatus.DEAD
         return self.status
 
     @property
@@ -96,41 +195,50 @@ class RunState:
 
     def record_tasks(self, results: list[TaskResult]) -> None:
         for r in results:
-            self.tasks[r.id] = {
-                "state": r.state.value,
-                "exit_code": r.exit_code,
-                "attempts": r.attempts,
-                "started_at": r.started_at,
-                "ended_at": r.ended_at,
-                "failure": r.failure,
-                "stdout": _rel(r.stdout_path, self.folder),
-                "stderr": _rel(r.stderr_path, self.folder),
-                "outputs": list(r.outputs),
-                "unmatched_outputs": list(r.unmatched_outputs),
-            }
+            self.tasks[r.id] = TaskRecord.of(r, self.folder)
 
     def mark_not_started(self, task_ids: Iterable[str]) -> None:
         """After an interrupt: each task with no result, or stopped before its command ever ran (no
         start time), is "not started", whichever backend ran it. They run on a re-run."""
         for task_id in task_ids:
             record = self.tasks.get(task_id)
-            if record is None or (record["state"] == TaskState.FAILED.value and record["started_at"] is None):
-                self.tasks[task_id] = {**(record or {}), "state": NOT_STARTED, "failure": None, "attempts": 0}
+            if record is None:
+                self.tasks[task_id] = TaskRecord(RecordState.NOT_STARTED)
+            elif record.state is RecordState.FAILED and record.started_at is None:
+                self.tasks[task_id] = replace(record, state=RecordState.NOT_STARTED, failure=None, attempts=0)
 
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in TaskState} | {NOT_STARTED: 0}
+        """Tasks per state, every state named (keys: RecordState values)."""
+        out = {s.value: 0 for s in RecordState}
         for t in self.tasks.values():
-            out[t["state"]] = out.get(t["state"], 0) + 1
+            out[t.state.value] += 1
         return out
+
+    def running_tasks(self) -> list[tuple[str, TaskRecord]]:
+        """The tasks running now, the longest running first (those with no start time last)."""
+        running = [(tid, t) for tid, t in self.tasks.items() if t.state is RecordState.RUNNING]
+        return sorted(
+            running, key=lambda item: (item[1].started_at is None, item[1].started_at or 0, item[0])
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """state.json's content: plain JSON types, the same keys as the fields."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["folder"] = str(self.folder)
+        data["status"] = self.status.value
+        data["tasks"] = {tid: t.to_json() for tid, t in self.tasks.items()}
+        for name in ("stage_seconds", "overrides"):
+            data[name] = dict(data[name])
+        for name in ("containers_created", "cleanup_failures", "cleaned_up"):
+            data[name] = list(data[name])
+        return data
 
     def save(self) -> None:
         """Write state.json atomically. On a full disk the last good copy stays and the run goes on
         (it still cleans up); the failure is logged, and the next save tries again."""
-        data = asdict(self)
-        data["folder"] = str(self.folder)
         tmp = self.folder / (STATE_FILE + ".tmp")
         try:  # redacted: messages and failures may quote a service's answer or a task's words
-            tmp.write_text(redact(json.dumps(data, indent=1, sort_keys=True)), encoding="utf-8")
+            tmp.write_text(redact(json.dumps(self.to_json(), indent=1, sort_keys=True)), encoding="utf-8")
             tmp.replace(self.folder / STATE_FILE)
         except OSError as e:
             log.warning("cannot save the run state in %s: %s", self.folder, e)
@@ -164,15 +272,148 @@ class RunState:
 
     @classmethod
     def load(cls, folder: Path) -> RunState:
+        """state.json, with the task journal merged in: a task state.json records (at the end of the
+        run) as recorded, any other task the journal knows as running or as it ended."""
+        path = folder / STATE_FILE
         try:
-            data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise BatchflowError(f"no run state in {folder}") from None
         except json.JSONDecodeError as e:
-            raise BatchflowError(f"run state {folder / STATE_FILE} is damaged: {e}") from None
-        data["folder"] = folder
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+            raise BatchflowError(f"run state {path} is damaged: {e}") from None
+        try:
+            state = cls.from_json(data, folder)
+        except sj.BadType as e:
+            raise BatchflowError(f"run state {path} is damaged: {e}") from None
+        for task_id, record in read_journal(folder).items():
+            state.tasks.setdefault(task_id, record)
+        return state
+
+    @classmethod
+    def from_json(cls, data: object, folder: Path) -> RunState:
+        """The state state.json holds (raises sj.BadType naming the first wrong value). Keys it does
+        not know are ignored; a missing key other than the run's id, workflow, backend, start time
+        and status takes its default (older runs lack the later fields)."""
+        d = sj.mapping(data, "state")
+        g = d.get
+        tasks = sj.mapping(g("tasks", {}), "tasks")
+        return cls(
+            run_id=sj.text(sj.required(d, "run_id", "state"), "run_id"),
+            workflow=sj.text(sj.required(d, "workflow", "state"), "workflow"),
+            backend=sj.text(sj.required(d, "backend", "state"), "backend"),
+            folder=folder,
+            storage=sj.text(g("storage", "local"), "storage"),
+            started_at=sj.number(sj.required(d, "started_at", "state"), "started_at"),
+            ended_at=sj.opt_number(g("ended_at"), "ended_at"),
+            status=sj.member(RunStatus, sj.required(d, "status", "state"), "status"),
+            stage=sj.text(g("stage", "plan"), "stage"),
+            stage_seconds={
+                k: sj.number(v, f"stage_seconds.{k}")
+                for k, v in sj.mapping(g("stage_seconds", {}), "stage_seconds").items()
+            },
+            pool_id=sj.opt_text(g("pool_id"), "pool_id"),
+            pool_created=sj.flag(g("pool_created", False), "pool_created"),
+            job_id=sj.opt_text(g("job_id"), "job_id"),
+            job_created=sj.flag(g("job_created", False), "job_created"),
+            containers_created=sj.texts(g("containers_created", []), "containers_created"),
+            task_count=sj.whole(g("task_count", 0), "task_count"),
+            tasks={tid: TaskRecord.from_json(t, f"tasks.{tid}") for tid, t in tasks.items()},
+            message=sj.opt_text(g("message"), "message"),
+            pid=sj.opt_whole(g("pid"), "pid"),
+            pid_start=sj.opt_whole(g("pid_start"), "pid_start"),
+            overrides={
+                k: sj.text(v, f"overrides.{k}")
+                for k, v in sj.mapping(g("overrides", {}), "overrides").items()
+            },
+            host=sj.opt_text(g("host"), "host"),
+            cleanup_failures=sj.texts(g("cleanup_failures", []), "cleanup_failures"),
+            cleaned_up=sj.texts(g("cleaned_up", []), "cleaned_up"),
+        )
+
+
+class TaskJournal:
+    """base.TaskObserver: one JSON line per task attempt started or ended, appended to the run
+    folder's tasks.jsonl as it happens, so `batchflow status` is live while the run goes on.
+
+    Thread-safe (the compute's workers call it). Redacted as state.json is. A write that fails (a
+    full disk) is logged once and the run goes on; a line a failed write cut short is ended before
+    the next, so only that line is lost.
+
+        {"event": "started", "task": "t1", "attempt": 1, "at": 1764760000.1}
+        {"event": "ended", "task": "t1", "state": "succeeded", "exit_code": 0, ...}  (a TaskRecord)
+    """
+
+    def __init__(self, run_folder: Path) -> None:
+        self.folder = run_folder
+        self.path = run_folder / JOURNAL_FILE
+        self._lock = threading.Lock()
+        self._failed = False  # a write failed: the line it may have cut short needs ending
+
+    def task_started(self, task_id: str, attempt: int, at: float) -> None:
+        self._append({"event": "started", "task": task_id, "attempt": attempt, "at": at})
+
+    def task_ended(self, result: TaskResult) -> None:
+        self._append({"event": "ended", "task": result.id, **TaskRecord.of(result, self.folder).to_json()})
+
+    def _append(self, entry: Mapping[str, Any]) -> None:
+        line = redact(json.dumps(entry, sort_keys=True)) + "\n"
+        with self._lock:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(("\n" if self._failed else "") + line)
+            except OSError as e:
+                if not self._failed:
+                    log.warning(
+                        "cannot write the task journal %s (status shows less until the end): %s", self.path, e
+                    )
+                self._failed = True
+            else:
+                self._failed = False
+
+
+def read_journal(folder: Path) -> dict[str, TaskRecord]:
+    """Each task the run folder's journal names, as its last line left it: running (since its
+    first start), or as it ended. A line cut short (a full disk, a crash) is skipped; a whole line
+    of the wrong shape is an error, as in state.json."""
+    path = folder / JOURNAL_FILE
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise BatchflowError(f"cannot read the task journal {path}: {e}") from None
+    records: dict[str, TaskRecord] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            log.debug("%s:%d: a line cut short, skipped", path, number)
+            continue
+        try:
+            _replay(records, entry, f"line {number}")
+        except sj.BadType as e:
+            raise BatchflowError(f"task journal {path} is damaged: {e}") from None
+    return records
+
+
+def _replay(records: dict[str, TaskRecord], entry: object, where: str) -> None:
+    d = sj.mapping(entry, where)
+    task_id = sj.text(sj.required(d, "task", where), f"{where}.task")
+    event = sj.text(sj.required(d, "event", where), f"{where}.event")
+    if event == "started":
+        attempt = sj.whole(sj.required(d, "attempt", where), f"{where}.attempt")
+        at = sj.number(sj.required(d, "at", where), f"{where}.at")
+        before = records.get(task_id)
+        first = before.started_at if before is not None and before.started_at is not None else at
+        records[task_id] = TaskRecord(RecordState.RUNNING, attempts=attempt, started_at=first)
+    elif event == "ended":
+        records[task_id] = TaskRecord.from_json(
+            {k: v for k, v in d.items() if k not in ("event", "task")}, where
+        )
+    else:
+        raise sj.BadType(f"{where}.event: expected 'started' or 'ended', got {event!r}")
 
 
 def find_run(workspace: Path, run_id: str | None, workflow: Path | None = None) -> Path:

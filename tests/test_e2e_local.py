@@ -462,3 +462,58 @@ def test_network_guard_allows_loopback() -> None:
             pass
         with socket.socket() as s:
             s.connect(("localhost", port))
+
+
+@pytest.mark.e2e
+def test_status_is_live_while_a_run_goes_on(
+    write_workflow: WriteWorkflow, tmp_path: Path, reaper: Reaper
+) -> None:
+    """The local backend records each task as it starts and ends (tasks.jsonl): `batchflow status`
+    of a running run shows the tasks that run now and those already done, not only the last stage."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # item-01 ends at once; the others wait for the test to open the gate.
+    command = '[ "{{ input.stem }}" = item-01 ] || while [ ! -e {{ vars.gate }}/open ]; do sleep 0.05; done'
+    wf = write_workflow(command, inputs=3, extra={"vars": {"gate": "unset"}})
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    proc = start_batchflow(["run", str(wf), "--concurrency", "2", "--set", f"gate={gate}"], env)
+    reaper.procs.append(proc)
+
+    def status() -> dict[str, Any]:
+        r = subprocess.run(
+            [sys.executable, "-m", "batchflow", "status", "--workflow", str(wf), "--output", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return json.loads(r.stdout) if r.stdout.strip() else {}
+
+    deadline = time.monotonic() + SAFETY_NET
+    while True:
+        seen = status()
+        tasks = seen.get("tasks", {})
+        states = sorted((tid, t["state"]) for tid, t in tasks.items())
+        if states == [
+            ("task-item-01", "succeeded"),
+            ("task-item-02", "running"),
+            ("task-item-03", "running"),
+        ]:
+            break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"status never showed the live tasks; last: {seen}")
+        time.sleep(0.05)
+    assert seen["status"] == "running" and seen["exit_code"] == 0
+    assert tasks["task-item-01"]["exit_code"] == 0 and tasks["task-item-02"]["started_at"] is not None
+
+    (gate / "open").touch()
+    _, err = communicate(proc, "the gate opened")
+    assert proc.returncode == 0, err
+    final = status()
+    assert final["status"] == "succeeded"
+    assert {t["state"] for t in final["tasks"].values()} == {"succeeded"}

@@ -159,10 +159,10 @@ def test_a_second_azure_run_from_another_workspace_refuses_and_deletes_nothing_o
 
 
 def _state(workspace: Path, run_id: str, workflow: Path, status: str, *, pid: int | None = None) -> None:
-    from batchflow.state import RunState
+    from batchflow.state import RunState, RunStatus
 
     state = RunState.create(workspace, workflow, "local", run_id)
-    state.status = status
+    state.status = RunStatus(status)
     state.pid = pid if pid is not None else state.pid
     state.ended_at = None if status == "running" else time.time()
     state.save()
@@ -256,13 +256,14 @@ def test_the_progress_line_keeps_elapsed_time_and_eta_at_80_columns(monkeypatch:
     import io
     import re
 
+    from batchflow.events import TaskProgress
     from batchflow.model import TaskCounts
     from batchflow.report import Reporter
 
     monkeypatch.setenv("COLUMNS", "80")
     stream = io.StringIO()
     reporter = Reporter(stream, live=True)
-    reporter.progress(TaskCounts(active=800, running=2, succeeded=190, failed=8), 1000)
+    reporter.emit(TaskProgress(TaskCounts(active=800, running=2, succeeded=190, failed=8), 1000))
     reporter.close_progress()
 
     [line] = [line for line in stream.getvalue().splitlines() if line.startswith("Tasks")]
@@ -274,17 +275,18 @@ def test_the_progress_line_keeps_elapsed_time_and_eta_at_80_columns(monkeypatch:
 def test_plain_progress_lines_show_elapsed_time_and_eta() -> None:
     import io
 
+    from batchflow.events import TaskProgress
     from batchflow.model import TaskCounts
     from batchflow.report import Reporter
 
     now = [0.0]
     stream = io.StringIO()
     reporter = Reporter(stream, live=False, clock=lambda: now[0])
-    reporter.progress(TaskCounts(active=10), 10)
+    reporter.emit(TaskProgress(TaskCounts(active=10), 10))
     now[0] = 6.0
-    reporter.progress(TaskCounts(active=6, succeeded=4), 10)
+    reporter.emit(TaskProgress(TaskCounts(active=6, succeeded=4), 10))
     now[0] = 15.0
-    reporter.progress(TaskCounts(succeeded=10), 10)
+    reporter.emit(TaskProgress(TaskCounts(succeeded=10), 10))
 
     assert stream.getvalue().splitlines() == [
         "Tasks 0/10: queued 10  running 0  succeeded 0  failed 0 (elapsed 0:00:00)",
@@ -564,13 +566,13 @@ def test_cleanup_of_a_dead_run_refuses_while_a_new_run_of_the_workflow_uses_its_
 def test_json_output_and_the_state_file_are_redacted_but_paths_are_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from batchflow.state import RunState
+    from batchflow.state import RunState, RunStatus
 
     monkeypatch.setenv("MY_API_TOKEN", "tok-9f8e7d6c5b4a")
     monkeypatch.setenv("SECRETS_DIR", str(tmp_path))  # a folder under a credential-like name: a path
     workspace = tmp_path / "ws"
     state = RunState.create(workspace, tmp_path / "wf.yaml", "local", "20261201-000000-000-aaaaaa")
-    state.status, state.message, state.ended_at = "failed", "task said tok-9f8e7d6c5b4a", time.time()
+    state.status, state.message, state.ended_at = RunStatus.FAILED, "task said tok-9f8e7d6c5b4a", time.time()
     state.save()
 
     text = (state.folder / "state.json").read_text(encoding="utf-8")

@@ -77,6 +77,7 @@ class LocalBackend:
             ctx.run_dir,
             ctx.concurrency or settings.concurrency,
             pass_env=settings.pass_env,
+            observer=ctx.observer,
         )
 
     def clean_up(self, run: RunState, workflow: Workflow | None, cleanup: Cleanup) -> None:
