@@ -1,6 +1,7 @@
-"""One task contract (TASK_CONTRACT in batchflow/backends/base.py), two computes: LocalCompute on the folder
-storage, and AzureBatchCompute through the real azure-batch SDK against the Batch emulator, with
-AzureBlobStorage on Azurite. Both run tasks for real on this machine; each test drives them through the
+"""One task contract (TASK_CONTRACT in batchflow/backends/base.py), three computes: LocalCompute on the
+folder storage; AzureBatchCompute through the real azure-batch SDK against the Batch emulator, with
+AzureBlobStorage on Azurite; and the test-only thread backend (tests/thread_backend), written from base.py
+alone, on its in-memory storage. All run tasks for real on this machine; each test drives them through the
 Compute protocol only and asserts the same observable result. Test N proves clause N, every part of it
 (tests/test_docs.py checks the numbering). A difference between the backends is a finding, marked xfail
 (strict) for that backend with the difference named, after everything else the test asserts.
@@ -22,6 +23,8 @@ import pytest
 from azurite import AzuriteInfo
 from batch_emulator import BatchEmulator
 from fakes import FakeClock
+from thread_backend.compute import ThreadCompute
+from thread_backend.storage import MemoryStorage
 
 from batchflow.backends.azure.auth import blob_auth
 from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
@@ -159,7 +162,7 @@ def pool_spec(start_task: StartTaskSpec | None) -> PoolSpec:
     )
 
 
-@pytest.fixture(params=["local", "azure"])
+@pytest.fixture(params=["local", "azure", "thread"])
 def start(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Start]:
     """`start(start_task=None)`: a compute with a one-node pool of two slots (ready) and job JOB, on its
     storage. Each call makes a compute of its own."""
@@ -177,6 +180,10 @@ def start(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
             storage = LocalStorage(tmp_path / "storage")
             redirect = Redirected(storage)
             compute = LocalCompute(root / "ws", redirect, root / "run", 2, account_name="acct")
+        elif kind == "thread":  # the test-only backend (tests/thread_backend), built from base.py alone
+            storage = MemoryStorage(f"contract-{tag}")
+            redirect = Redirected(storage)
+            compute = ThreadCompute(root / "ws", redirect, root / "run", 2, account_name="acct")
         else:
             azurite: AzuriteInfo = request.getfixturevalue("azurite")
             emu = BatchEmulator(workdir=root / "batch")

@@ -95,14 +95,11 @@ def test_a_backend_package_imports_no_driving_module_and_no_other_backend(backen
     assert violations(folder, DRIVERS + others) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: backends/blob_urls.py, shared by both backends, imports batchflow.backends.local."
-    "storage (TMP_PREFIX, replace_with_clone, replace_with_link), so the Azure backend depends on the "
-    "local one through it (azure/storage.py -> blob_urls -> local/storage.py)",
-)
 def test_the_shared_backend_modules_import_no_backend_package() -> None:
-    shared = [PACKAGE / "backends" / f for f in ("__init__.py", "base.py", "registry.py", "blob_urls.py")]
+    shared = [
+        PACKAGE / "backends" / f
+        for f in ("__init__.py", "base.py", "registry.py", "blob_urls.py", "files.py")
+    ]
     found = [
         f"{module_name(p, ROOT)} imports {i}"
         for p in shared

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from batchflow.backends.local.storage import TMP_PREFIX, replace_with_clone, replace_with_link
+from batchflow.backends.files import TMP_PREFIX, replace_with_clone, replace_with_link
 from batchflow.errors import BatchflowError, first_line
 from batchflow.names import check_blob_name
 from batchflow.redact import redact

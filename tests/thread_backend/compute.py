@@ -215,6 +215,9 @@ class ThreadCompute:
         if self._pool_id == pool_id:
             self._pool_id, self._nodes = None, []
 
+    def close(self) -> None:
+        """Nothing to release: stop() ends the workers."""
+
     def _check_pool(self, pool_id: str) -> None:
         if self._pool_id != pool_id:
             raise BatchflowError(f"pool {pool_id!r} does not exist")
@@ -552,7 +555,7 @@ class ThreadCompute:
             "AZ_BATCH_POOL_ID": self._pool_id or "",
             "AZ_BATCH_NODE_ID": node.name,
             "AZ_BATCH_ACCOUNT_NAME": self._account,
-            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdminUser",
+            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
         }
 
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchflow.backends.blob_urls import fetch_url, put_to_container_url
+from batchflow.backends.files import replace_with_link
 from batchflow.backends.local.processes import ProcessLedger
-from batchflow.backends.local.storage import replace_with_link
 from batchflow.errors import BatchflowError
 from batchflow.globs import glob_literal, has_magic, iter_files
 from batchflow.model import (
