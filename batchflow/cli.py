@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` sta
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command whose reader went away
-RUNNING_SHOWN = 5  # `batchflow status` of a running run: the tasks running longest
 
 
 def _backend_choices() -> list[str]:
@@ -362,8 +361,8 @@ def _attach_run_log(path: Path) -> logging.Handler:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from batchflow.report import as_json, clock_text, tail
-    from batchflow.state import RecordState, RunState, RunStatus, find_run
+    from batchflow.report import as_json, status_lines
+    from batchflow.state import RunState, RunStatus, find_run
 
     state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
     status = state.effective_status
@@ -378,37 +377,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         data = {**as_json(state), "status": status.value, "exit_code": exit_code}
         print(redact(json.dumps(data, indent=2)))
         return exit_code
-    counts = state.counts()
-    not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
-    lines: list[str] = [
-        f"Run {state.run_id} ({state.backend}): {status.value}, stage {state.stage}",
-        f"Workflow: {state.workflow}",
-        f"Tasks: {state.task_count} total, {counts['succeeded']} succeeded, {counts['failed']} failed"
-        + not_started,
-    ]
-    if status is RunStatus.RUNNING and (running := state.running_tasks()):
-        now = time.time()
-        lines.append(f"Running: {len(running)} task{'s' if len(running) != 1 else ''}, the longest first")
-        for tid, t in running[:RUNNING_SHOWN]:
-            since = f"for {clock_text(now - t.started_at)}" if t.started_at is not None else "(start unknown)"
-            again = f", attempt {t.attempts}" if t.attempts > 1 else ""
-            lines.append(f"  {tid}: running {since}{again}")
-        if len(running) > RUNNING_SHOWN:
-            lines.append(f"  ... and {len(running) - RUNNING_SHOWN} more")
-    if status is RunStatus.DEAD:
-        lines.append(
-            f"Its batchflow process ({state.pid}) is gone without ending the run: "
-            f"`batchflow cleanup {state.run_id}` stops what it left running and removes its job and pool"
-        )
-    if state.message:
-        lines.append(f"Message: {state.message}")
-    for tid, t in sorted(state.tasks.items()):
-        if t.state is RecordState.FAILED:
-            lines.append(f"  {tid}: {t.failure or f'exit code {t.exit_code}'}")
-            if t.stderr:
-                lines.extend(f"    | {line}" for line in tail(state.folder / t.stderr, 5))
-    lines.append(f"Run folder: {state.folder}")
-    print(redact("\n".join(lines)))
+    print(redact("\n".join(status_lines(state, status, time.time()))))
     return exit_code
 
 

@@ -35,7 +35,7 @@ from batchflow.events import (
 )
 from batchflow.model import TaskCounts
 from batchflow.redact import redact
-from batchflow.state import RecordState, RunState
+from batchflow.state import RecordState, RunState, RunStatus
 
 _CUT_LAST = Column(no_wrap=True, overflow="ellipsis")  # cut, not wrapped, when the line is full
 
@@ -302,3 +302,40 @@ def tail(path: Path, n: int) -> list[str]:
 def as_json(state: RunState) -> dict[str, Any]:
     """The run as `--output json` prints it (and `--output jsonl`'s last line, with "event")."""
     return RunResult.of(state).to_json()
+
+
+RUNNING_SHOWN = 5  # `batchflow status` of a running run: the tasks running longest
+
+
+def status_lines(state: RunState, status: RunStatus, now: float) -> list[str]:
+    """`batchflow status`: where the run is, what runs now (the longest first), why tasks failed."""
+    counts = state.counts()
+    not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
+    lines: list[str] = [
+        f"Run {state.run_id} ({state.backend}): {status.value}, stage {state.stage}",
+        f"Workflow: {state.workflow}",
+        f"Tasks: {state.task_count} total, {counts['succeeded']} succeeded, {counts['failed']} failed"
+        + not_started,
+    ]
+    if status is RunStatus.RUNNING and (running := state.running_tasks()):
+        lines.append(f"Running: {len(running)} task{'s' if len(running) != 1 else ''}, the longest first")
+        for tid, t in running[:RUNNING_SHOWN]:
+            since = f"for {clock_text(now - t.started_at)}" if t.started_at is not None else "(start unknown)"
+            again = f", attempt {t.attempts}" if t.attempts > 1 else ""
+            lines.append(f"  {tid}: running {since}{again}")
+        if len(running) > RUNNING_SHOWN:
+            lines.append(f"  ... and {len(running) - RUNNING_SHOWN} more")
+    if status is RunStatus.DEAD:
+        lines.append(
+            f"Its batchflow process ({state.pid}) is gone without ending the run: "
+            f"`batchflow cleanup {state.run_id}` stops what it left running and removes its job and pool"
+        )
+    if state.message:
+        lines.append(f"Message: {state.message}")
+    for tid, t in sorted(state.tasks.items()):
+        if t.state is RecordState.FAILED:
+            lines.append(f"  {tid}: {t.failure or f'exit code {t.exit_code}'}")
+            if t.stderr:
+                lines.extend(f"    | {line}" for line in tail(state.folder / t.stderr, 5))
+    lines.append(f"Run folder: {state.folder}")
+    return lines
