@@ -1,4 +1,4 @@
-"""The one place enum values from the Batch service are compared (batchflow/backends/azure_enums.py)."""
+"""The one place enum values from the Batch service are compared (batchflow/backends/azure/enums.py)."""
 
 from __future__ import annotations
 

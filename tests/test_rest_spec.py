@@ -10,7 +10,7 @@ transport in this process.
 
 The bodies are batchflow's own: the example workflows loaded and rendered by batchflow.spec and
 batchflow.render, sent by AzureBatchCompute through the real azure-batch client (whatever the SDK
-serializes is what is checked), and the builders of batchflow/backends/azure_batch_build.py for the
+serializes is what is checked), and the builders of batchflow/backends/azure/batch_build.py for the
 cases the examples do not reach (autoscale, Spot, start task files, every output condition, ...).
 Planted wrong bodies show that the check does fail, with the message it gives.
 """

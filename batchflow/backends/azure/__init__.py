@@ -125,8 +125,9 @@ class AzureBackend:
         """The pools and jobs whose metadata names the run (account-wide: the run folder may be all
         that is left of it, or less)."""
         _need_sdk("azure.batch")
-        from batchflow.backends.azure.batch import AzureBatchCompute, find_run_resources
+        from batchflow.backends.azure.batch import AzureBatchCompute
         from batchflow.backends.azure.batch_client import batch_client
+        from batchflow.backends.azure.existing import find_run_resources
 
         client = batch_client()
         compute = AzureBatchCompute(client, None, run.folder, run.run_id, notify=cleanup.say)

@@ -1,19 +1,22 @@
-"""Azure Batch as batchflow's Compute (azure-batch 15.x). The request bodies come from azure_batch_build,
-task submission from azure_submit; this module decides what to send when, and what the answers mean.
+"""Azure Batch as batchflow's Compute (azure-batch 15.x): this module decides what to send when, and
+what the answers mean for the run. Its parts: the request bodies come from batch_build, the first
+request of a run from access, whose an existing pool or job is (and whether a pool fits) from
+existing, task submission from submit, what a pool's nodes say from pool_health, and the task
+results with their logs from results.
 
 - Pool: created if missing (its metadata names the run); an existing pool is reused if its VM size and
   image match, else the run stops before anything else. A pool still being deleted by an earlier run
   is waited for, then created anew. `wait_for_pool` returns as soon as one node can run tasks and
-  stops early, with the start task's stderr, when every node failed its start task or is unusable.
+  stops early, with the start task's stderr (pool_health), when every node failed its start task or
+  is unusable.
 - Job: created with "no action" when all tasks complete, switched to "terminate job" once every task
   is added (`seal_job`), so a client that dies leaves no active job holding the account's quota.
 - Monitor: `task_counts` is ONE Get Task Counts request, whatever the number of tasks. A 429 or 503
   answer (or a lost connection) keeps the last counts and stretches the next wait to the Retry-After
   the service asked for. Only when nothing has moved for `health_interval` while tasks wait does one
   more request look at the pool's node counts (all nodes unusable or start-task-failed -> stop).
-- Results: one listing of completed tasks with `$filter` and `$select` (1,000 per page), and for the
-  failed ones their stderr.txt / stdout.txt fetched into the run folder while the job still exists
-  (from the node, else from the log container where they were uploaded on completion).
+- Results: read by `results.TaskResults` for the jobs this compute created, while the job still
+  exists (the failed tasks' logs come from the nodes).
 - Deletes: the SDK's delete pollers swallow errors during polling, so their final status is checked.
   A delete already under way (PoolBeingDeleted / JobBeingDeleted, e.g. the SDK resent a DELETE whose
   answer was lost) is waited for like one this call started.
@@ -26,32 +29,26 @@ Every `except` names the errors it handles; Azure's messages reach the user reda
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.batch.models._models import BatchJobTerminateOptions  # not exported by azure-batch 15.1.0
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.polling import LROPoller
 
 from batchflow.backends.azure import batch_build as build
+from batchflow.backends.azure.access import check_reachable
 from batchflow.backends.azure.enums import among, is_
-from batchflow.backends.azure.errors import describe, error_code, retry_after
+from batchflow.backends.azure.errors import NO_ANSWER, batch_error, describe, error_code, retry_after
+from batchflow.backends.azure.existing import check_pool_fits, run_of
+from batchflow.backends.azure.pool_health import PoolHealth, describe_nodes, resize_failure
+from batchflow.backends.azure.results import TaskResults
 from batchflow.backends.azure.submit import TRANSIENT_STATUS, submit_tasks
 from batchflow.backends.base import Storage
 from batchflow.errors import BatchflowError, ConfigurationError, first_line
@@ -63,16 +60,11 @@ from batchflow.model import (
     StartTaskSpec,
     TaskCounts,
     TaskInput,
-    TaskLogs,
     TaskResult,
-    TaskState,
 )
-from batchflow.redact import redact
 
 log = logging.getLogger("batchflow")
 
-STDERR_TAIL_LINES = 20
-MAX_LOG_FETCHES = 100  # failed tasks whose logs are fetched into the run folder (the summary shows 20)
 _POOL_SELECT = [
     "id",
     "state",
@@ -87,22 +79,6 @@ _POOL_SELECT = [
     "targetLowPriorityNodes",
     "metadata",
 ]
-_TASK_SELECT = ["id", "state", "executionInfo"]
-_NO_ANSWER = (ServiceRequestError, ServiceResponseError)  # the connection failed, or the answer was lost
-# Node states, as the keys of a pool's node counts (BatchNodeCounts in the 2025-06-01 REST spec:
-# creating, idle, offline, preempted, rebooting, reimaging, running, starting, startTaskFailed,
-# leavingPool, unknown, unusable, waitingForStartTask, deallocated, deallocating, upgradingOS, total)
-# and of BatchNodeState, casefolded. Only these two sets matter: a node in any other state (including
-# states added after 2025-06-01) counts in the total, so it neither makes a healthy pool look broken
-# (broken == total) nor hides a broken one (usable stays 0).
-_USABLE = frozenset({"idle", "running"})
-_BROKEN = frozenset({"starttaskfailed", "unusable"})
-_STATE_WORDS = {
-    "starttaskfailed": "start task failed",
-    "waitingforstarttask": "waiting for start task",
-    "leavingpool": "leaving pool",
-    "upgradingos": "upgrading OS",
-}
 
 
 @dataclass(frozen=True)
@@ -116,15 +92,6 @@ class Timeouts:
     health_interval: float = 60.0  # no progress this long, tasks waiting: look at the nodes
     submit: float = 600.0  # all tasks added, retries included
     transient_limit: int = 20  # consecutive failed Get Task Counts before the run stops
-
-
-@dataclass(frozen=True)
-class _Health:
-    usable: int
-    broken: int
-    preempted: int
-    total: int
-    by_state: dict[str, int]
 
 
 class AzureBatchCompute:
@@ -148,7 +115,6 @@ class AzureBatchCompute:
             raise BatchflowError(f"submit concurrency must be at least 1, not {submit_concurrency}")
         self._client = client
         self._storage = storage
-        self._run_dir = run_dir
         self._run_id = run_id
         self._concurrency = submit_concurrency
         self._endpoint = endpoint  # for messages only
@@ -159,8 +125,6 @@ class AzureBatchCompute:
         self._pool: PoolSpec | None = None
         self._jobs: set[str] = set()  # jobs this compute created (or found created by this run)
         self._container_urls: dict[str, str] = {}
-        self._task_logs: dict[str, TaskLogs] = {}  # by casefolded task id: where the node put its logs
-        self._logs_fetched: dict[str, tuple[Path | None, Path | None]] = {}  # by casefolded task id
         self._last_counts: dict[str, TaskCounts] = {}
         self._progress_at: dict[str, float] = {}
         self._retry_at = 0.0  # the service asked for no request before this (clock time)
@@ -169,6 +133,8 @@ class AzureBatchCompute:
         self._warned_preempted = False
         self.requests: dict[str, int] = {}  # per operation, for the benchmark and the logs
         self._lock = threading.Lock()
+        self._pool_health = PoolHealth(client, run_dir, self._count)
+        self._results = TaskResults(client, storage, run_dir, self._count, submit_concurrency)
 
     def close(self) -> None:
         self._client.close()
@@ -178,9 +144,9 @@ class AzureBatchCompute:
         # The SDK's pollers sleep this long between GETs; typed int there, but time.sleep takes floats.
         return self.timeouts.delete_poll  # type: ignore[return-value]
 
-    def _count(self, op: str) -> None:
+    def _count(self, op: str, n: int = 1) -> None:
         with self._lock:
-            self.requests[op] = self.requests.get(op, 0) + 1
+            self.requests[op] = self.requests.get(op, 0) + n
 
     def check_access(self, job_id: str) -> None:
         """List at most one pool: one request that any role able to run batchflow may make. A wrong
@@ -188,11 +154,11 @@ class AzureBatchCompute:
         account (404, no answer) stops the run here, before the inputs are uploaded. Then one GET of
         the job: a job of that id already in the account (another run's, from this machine or
         another, live or left behind) stops the run too, before anything is created."""
-        self._check_reachable()
+        check_reachable(self._client, self._endpoint, self._count)
         found = self._get_job(job_id)
         if found is None or is_(found.state, bm.BatchJobState.DELETING):
             return  # a job being deleted is waited for by create_job
-        owner = _run_of(found)
+        owner = run_of(found)
         raise ConfigurationError(
             f"job {job_id!r} already exists in the Batch account"
             + (
@@ -202,34 +168,6 @@ class AzureBatchCompute:
             )
             + "; Batch job ids are unique in an account: wait for it, delete it, or change job.id"
         )
-
-    def _check_reachable(self) -> None:
-        where = self._endpoint
-        self._count("list_pools")
-        try:
-            next(iter(self._client.list_pools(max_results=1, select=["id"], retry_total=1)), None)
-        except ClientAuthenticationError as e:  # 401, or no token at all (Entra ID sign-in failed)
-            raise ConfigurationError(
-                f"Azure Batch at {where} refused the credentials, or none could be had: {describe(e)} "
-                "(shared key: set AZURE_BATCH_ACCOUNT and AZURE_BATCH_ACCESS_KEY; Entra ID: sign in, "
-                "e.g. `az login`, and check the identity's role on the account)"
-            ) from None
-        except HttpResponseError as e:
-            if e.status_code in (401, 403):
-                raise ConfigurationError(
-                    f"Azure Batch at {where} refused the credentials: {describe(e)} (check "
-                    "AZURE_BATCH_ACCOUNT and AZURE_BATCH_ACCESS_KEY, or the identity's role on the account)"
-                ) from None
-            if e.status_code in TRANSIENT_STATUS:
-                raise self._error(f"Azure Batch at {where} is not answering", e) from None
-            raise ConfigurationError(
-                f"{where} does not answer as an Azure Batch account: {describe(e)} "
-                "(check AZURE_BATCH_ENDPOINT)"
-            ) from None
-        except _NO_ANSWER as e:
-            raise ConfigurationError(
-                f"cannot reach Azure Batch at {where}: {describe(e)} (check AZURE_BATCH_ENDPOINT)"
-            ) from None
 
     # ---- pool -----------------------------------------------------------------------------
 
@@ -253,44 +191,22 @@ class AzureBatchCompute:
         except ResourceExistsError as e:
             # Created meanwhile: by another client, or by this one when a lost answer was resent.
             if not among(error_code(e), ("PoolExists", "PoolBeingDeleted")):
-                raise self._error(f"cannot create pool {pool.id!r}", e) from None
+                raise batch_error(f"cannot create pool {pool.id!r}", e) from None
             found = self._get_pool(pool.id)
             if found is None or is_(found.state, bm.BatchPoolState.DELETING):
-                raise self._error(f"cannot create pool {pool.id!r}", e) from None
-            if _run_of(found) == self._run_id:
+                raise batch_error(f"cannot create pool {pool.id!r}", e) from None
+            if run_of(found) == self._run_id:
                 return True
             return self._reuse(pool, found)
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot create pool {pool.id!r}", e) from None
+        except (HttpResponseError, *NO_ANSWER) as e:
+            raise batch_error(f"cannot create pool {pool.id!r}", e) from None
         log.info("created pool %s (run %s)", pool.id, self._run_id)
         return True
 
     def _reuse(self, pool: PoolSpec, found: bm.BatchPool) -> bool:
         """An existing pool runs the tasks if its VM size and image are the workflow's."""
-        problems = []
-        if not is_(found.vm_size, pool.vm_size):  # the service answers it lowercased (recordings)
-            problems.append(f"vm_size is {found.vm_size!r}, the workflow asks for {pool.vm_size!r}")
-        vmc = found.virtual_machine_configuration
-        image = vmc.image_reference if vmc is not None else None
-        want = pool.image
-        have = (
-            (image.publisher or "", image.offer or "", image.sku or "", image.version or "latest")
-            if image is not None
-            else ("", "", "", "")
-        )
-        # Any version fits "latest" (the service answers "latest" when the request named none).
-        wanted = (want.publisher, want.offer, want.sku, None if want.version == "latest" else want.version)
-        if not all(w is None or is_(h, w) for h, w in zip(have, wanted, strict=True)):
-            problems.append(
-                f"image is {'/'.join(have)}, the workflow asks for "
-                f"{want.publisher}/{want.offer}/{want.sku}/{want.version}"
-            )
-        if problems:
-            raise BatchflowError(
-                f"pool {pool.id!r} already exists and does not fit this workflow: {'; '.join(problems)}. "
-                "Change pool.id, or delete the pool"
-            )
-        owner = _run_of(found)
+        check_pool_fits(pool, found)
+        owner = run_of(found)
         self._notify(
             f"  reusing existing pool [{pool.id}]"
             + (f" (created by batchflow run {owner})" if owner else " (not created by batchflow)")
@@ -309,18 +225,18 @@ class AzureBatchCompute:
                 raise BatchflowError(f"pool {pool_id!r} disappeared while waiting for its nodes")
             if is_(pool.state, bm.BatchPoolState.DELETING):
                 raise BatchflowError(f"pool {pool_id!r} is being deleted")
-            health = self._health(pool_id)
+            health = self._pool_health.read(pool_id)
             steady = is_(pool.allocation_state, bm.AllocationState.STEADY)
             if health.usable:
                 return
             if steady and health.total and health.broken == health.total:
-                raise BatchflowError(self._broken_pool_message(pool_id, health))
-            failure = _resize_failure(pool, health)
+                raise BatchflowError(self._pool_health.broken_message(pool_id, health))
+            failure = resize_failure(pool, health)
             if failure is not None:  # fixed-size and autoscale pools alike
                 raise BatchflowError(failure)
             if pool.enable_auto_scale and steady and health.total == 0:
                 return  # an autoscale formula may wait for tasks before it adds nodes
-            text = _describe_nodes(health)
+            text = describe_nodes(health)
             if text != last_text:
                 self._notify(f"  nodes: {text}")
                 last_text = text
@@ -332,107 +248,14 @@ class AzureBatchCompute:
             self._sleep(min(interval, remaining))
             interval = min(interval * 1.5, self.timeouts.pool_poll * 6)
 
-    def _health(self, pool_id: str) -> _Health:
-        self._count("list_pool_node_counts")
-        try:
-            found = list(self._client.list_pool_node_counts(filter=f"poolId eq '{pool_id}'"))
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot read the node counts of pool {pool_id!r}", e) from None
-        by_state: dict[str, int] = {}
-        reported_total = 0
-        for entry in found:
-            if not is_(entry.pool_id, pool_id):  # the $filter narrows the list; this makes sure
-                continue
-            for counts in (entry.dedicated, entry.low_priority):
-                if counts is None:
-                    continue
-                # Dict-backed model: read every wire key, so no state the service reports is dropped.
-                for key, n in counts.items():
-                    if isinstance(n, int) and key.casefold() != "total":
-                        by_state[key.casefold()] = by_state.get(key.casefold(), 0) + n
-                reported_total += counts.get("total") or 0
-        return _Health(
-            usable=sum(n for s, n in by_state.items() if s in _USABLE),
-            broken=sum(n for s, n in by_state.items() if s in _BROKEN),
-            preempted=by_state.get("preempted", 0),
-            total=max(reported_total, sum(by_state.values())),
-            by_state=by_state,
-        )
-
-    def _broken_pool_message(self, pool_id: str, health: _Health) -> str:
-        """Why no node of the pool can run tasks: the start task's exit code and stderr, or node errors."""
-        self._count("list_nodes")
-        try:
-            nodes = list(
-                self._client.list_nodes(
-                    pool_id, select=["id", "state", "startTaskInfo", "errors"], max_results=50
-                )
-            )
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot list the nodes of pool {pool_id!r}", e) from None
-        failed = [n for n in nodes if is_(n.state, bm.BatchNodeState.START_TASK_FAILED)]
-        if failed:
-            node = failed[0]
-            info = node.start_task_info
-            exit_code = info.exit_code if info is not None else None
-            failure = info.failure_info if info is not None else None
-            why = f"exit code {exit_code}" if exit_code is not None else "did not run"
-            if failure is not None and failure.code and not is_(failure.code, "FailureExitCode"):
-                why += f", {failure.code}: {first_line(failure.message or '')}"
-            tail = self._node_file_tail(pool_id, node.id or "", "startup/stderr.txt")
-            saved = self._save_start_task_logs(pool_id, node.id or "")
-            start_failed = health.by_state.get("starttaskfailed", 0)
-            scope = (
-                f"all {health.total} node(s)"
-                if start_failed == health.total
-                else f"{start_failed} of {health.total} node(s) (the others are unusable)"
-            )
-            lines = [
-                f"the start task failed on {scope} of pool {pool_id!r} (node {node.id}: {why})"
-                + ("; last lines of its stderr:" if tail else "; its stderr is empty"),
-                *tail,
-            ]
-            if saved is not None:
-                lines.append(f"full logs: {saved}")
-            return "\n".join(lines)
-        errors = [f"{n.id}: " + _errors_text(n.errors) for n in nodes if n.errors]
-        return f"no node of pool {pool_id!r} can run tasks ({_describe_nodes(health)})" + (
-            ": " + " | ".join(errors[:5]) if errors else ""
-        )
-
-    def _node_file_tail(self, pool_id: str, node_id: str, path: str) -> list[str]:
-        try:
-            self._count("download_node_file")
-            data = b"".join(self._client.download_node_file(pool_id, node_id, path))
-        except ResourceNotFoundError:
-            return []
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            log.warning("cannot read %s of node %s: %s", path, node_id, describe(e))
-            return []
-        return data.decode("utf-8", errors="replace").splitlines()[-STDERR_TAIL_LINES:]
-
-    def _save_start_task_logs(self, pool_id: str, node_id: str) -> Path | None:
-        folder = self._run_dir / "start-task" / node_id
-        saved = False
-        for name in ("stdout.txt", "stderr.txt"):
-            try:
-                self._count("download_node_file")
-                data = b"".join(self._client.download_node_file(pool_id, node_id, f"startup/{name}"))
-            except (HttpResponseError, *_NO_ANSWER):  # 404 included: the file was never written
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-            saved = True
-        return folder if saved else None
-
     def _get_pool(self, pool_id: str) -> bm.BatchPool | None:
         self._count("get_pool")
         try:
             return self._client.get_pool(pool_id, select=_POOL_SELECT)
         except ResourceNotFoundError:
             return None
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot read pool {pool_id!r}", e) from None
+        except (HttpResponseError, *NO_ANSWER) as e:
+            raise batch_error(f"cannot read pool {pool_id!r}", e) from None
 
     # ---- job and tasks ----------------------------------------------------------------------
 
@@ -443,13 +266,13 @@ class AzureBatchCompute:
                 self._send_again_if_unanswered("create_job", lambda: self._client.create_job(request))
             except ResourceExistsError as e:
                 found = self._get_job(job.id)
-                if found is not None and _run_of(found) == run_id:
+                if found is not None and run_of(found) == run_id:
                     break  # ours: an earlier answer was lost and the request resent
                 if found is not None and is_(found.state, bm.BatchJobState.DELETING):
                     self._notify(f"  job [{job.id}] is still being deleted (an earlier run); waiting...")
                     self._wait_gone(lambda: self._get_job(job.id), f"job {job.id!r}")
                     continue
-                owner = _run_of(found) if found is not None else None
+                owner = run_of(found) if found is not None else None
                 raise BatchflowError(
                     f"job {job.id!r} already exists"
                     + (
@@ -460,8 +283,8 @@ class AzureBatchCompute:
                     + "; Batch job ids are unique in an account: delete it or change job.id"
                     + f" ({error_code(e)})"
                 ) from None
-            except (HttpResponseError, *_NO_ANSWER) as e:
-                raise self._error(f"cannot create job {job.id!r}", e) from None
+            except (HttpResponseError, *NO_ANSWER) as e:
+                raise batch_error(f"cannot create job {job.id!r}", e) from None
             else:
                 break
         else:
@@ -475,7 +298,7 @@ class AzureBatchCompute:
         requests = []
         for task in tasks:
             if task.logs is not None:
-                self._task_logs[task.id.casefold()] = task.logs
+                self._results.expect_logs(task.id, task.logs)
             names = {o.container for o in task.outputs} | ({task.logs.container} if task.logs else set())
             urls = {name: self._container_url(name) for name in names}
             requests.append(
@@ -496,10 +319,7 @@ class AzureBatchCompute:
             clock=self._clock,
             sleep=self._sleep,
         )
-        with self._lock:
-            self.requests["create_task_collection"] = (
-                self.requests.get("create_task_collection", 0) + report.requests
-            )
+        self._count("create_task_collection", report.requests)
         log.info(
             "added %d tasks to job %s (%d already there) in %d requests (%d retried, %d split)",
             report.submitted,
@@ -519,11 +339,11 @@ class AzureBatchCompute:
             # Completed already: sealed by a request whose answer was lost (a job whose tasks are all
             # done completes at once), or terminated. Either way nothing is left to seal.
             if not is_(error_code(e), "JobCompleted"):
-                raise self._error(
+                raise batch_error(
                     f"cannot set job {job_id!r} to terminate when its tasks complete", e
                 ) from None
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot set job {job_id!r} to terminate when its tasks complete", e) from None
+        except (HttpResponseError, *NO_ANSWER) as e:
+            raise batch_error(f"cannot set job {job_id!r} to terminate when its tasks complete", e) from None
 
     def task_counts(self, job_id: str) -> TaskCounts:
         """One Get Task Counts request. Throttled or failed: the last counts, and a longer next wait."""
@@ -533,9 +353,9 @@ class AzureBatchCompute:
             result = self._client.get_job_task_counts(job_id, retry_total=0)
         except HttpResponseError as e:
             if e.status_code not in TRANSIENT_STATUS:
-                raise self._error(f"cannot read the task counts of job {job_id!r}", e) from None
+                raise batch_error(f"cannot read the task counts of job {job_id!r}", e) from None
             return self._transient_failure(job_id, describe(e), retry_after(e), last)
-        except (ServiceRequestError, ServiceResponseError) as e:
+        except NO_ANSWER as e:
             return self._transient_failure(job_id, f"{type(e).__name__}: {first_line(str(e))}", None, last)
         self._transient = 0
         c = result.task_counts
@@ -570,20 +390,20 @@ class AzureBatchCompute:
         pool = self._pool
         if pool is None:
             return
-        health = self._health(pool.id)
+        health = self._pool_health.read(pool.id)
         if health.usable:
             return
         if health.total and health.broken == health.total:
-            raise BatchflowError(self._broken_pool_message(pool.id, health))
+            raise BatchflowError(self._pool_health.broken_message(pool.id, health))
         if health.total == 0:  # e.g. an autoscale formula that asked for nodes the quota refused
             found = self._get_pool(pool.id)
-            failure = _resize_failure(found, health) if found is not None else None
+            failure = resize_failure(found, health) if found is not None else None
             if failure is not None:
                 raise BatchflowError(failure)
         if health.preempted and not self._warned_preempted:
             self._warned_preempted = True
             self._notify(
-                f"  all Spot nodes of pool [{pool.id}] are preempted ({_describe_nodes(health)}); "
+                f"  all Spot nodes of pool [{pool.id}] are preempted ({describe_nodes(health)}); "
                 "waiting for Batch to bring nodes back"
             )
 
@@ -595,61 +415,7 @@ class AzureBatchCompute:
         """Completed tasks, from one paged listing ($filter, $select); failed ones with their logs."""
         if job_id not in self._jobs:
             return []
-        wanted = None if task_ids is None else {t.casefold() for t in task_ids}
-        self._count("list_tasks")
-        try:
-            tasks = [
-                t
-                for t in self._client.list_tasks(job_id, filter="state eq 'completed'", select=_TASK_SELECT)
-                if is_(t.state, bm.BatchTaskState.COMPLETED)  # the $filter asked for these; make sure
-                and (wanted is None or (t.id or "").casefold() in wanted)
-            ]
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot list the tasks of job {job_id!r}", e) from None
-        # A task's logs are fetched once: the runner may list again while the counts run ahead.
-        logs = self._logs_fetched
-        failed = [t for t in tasks if _failed(t) and (t.id or "").casefold() not in logs]
-        room = max(0, MAX_LOG_FETCHES - len(logs))
-        if failed and room:
-            with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="batchflow-logs") as ex:
-                fetched = ex.map(lambda t: (t.id or "", self._fetch_logs(job_id, t.id or "")), failed[:room])
-                logs.update((tid.casefold(), paths) for tid, paths in fetched)
-        return [_result(t, *logs.get((t.id or "").casefold(), (None, None))) for t in tasks]
-
-    def _fetch_logs(self, job_id: str, task_id: str) -> tuple[Path | None, Path | None]:
-        """stdout.txt and stderr.txt of a task's last attempt into the run folder, from the node."""
-        folder = self._run_dir / "tasks" / task_id
-        paths: list[Path | None] = []
-        for name in ("stdout.txt", "stderr.txt"):
-            try:
-                self._count("download_task_file")
-                data = b"".join(self._client.download_task_file(job_id, task_id, name))
-            except ResourceNotFoundError:
-                paths.append(None)  # never written (a resource file failed) or the node is gone
-                continue
-            except (HttpResponseError, *_NO_ANSWER) as e:
-                log.warning("cannot fetch %s of task %s: %s", name, task_id, describe(e))
-                paths.append(None)
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-            paths.append(folder / name)
-        if paths == [None, None]:
-            return self._stored_logs(task_id, folder)
-        return paths[0], paths[1]
-
-    def _stored_logs(self, task_id: str, folder: Path) -> tuple[Path | None, Path | None]:
-        """The copies the node uploaded to the log container on completion (the node may be gone)."""
-        logs = self._task_logs.get(task_id.casefold())
-        if logs is None or self._storage is None:
-            return None, None
-        try:
-            self._storage.download(logs.container, logs.blob(task_id, ""), folder)
-        except BatchflowError as e:
-            log.warning("cannot fetch the stored logs of task %s: %s", task_id, e)
-            return None, None
-        found = [folder / n if (folder / n).is_file() else None for n in ("stdout.txt", "stderr.txt")]
-        return found[0], found[1]
+        return self._results.completed(job_id, task_ids)
 
     def stop(self) -> None:
         """Ctrl-C or an error: terminate the jobs this run created, which ends their running tasks."""
@@ -671,7 +437,7 @@ class AzureBatchCompute:
                 if among(error_code(e), ("JobCompleted", "JobBeingTerminated", "JobBeingDeleted")):
                     continue
                 log.warning("cannot terminate job %s: %s", job_id, describe(e))
-            except _NO_ANSWER as e:
+            except NO_ANSWER as e:
                 log.warning("cannot terminate job %s: %s", job_id, describe(e))
 
     # ---- deletes --------------------------------------------------------------------------------
@@ -684,8 +450,8 @@ class AzureBatchCompute:
             found = self._get_job(job_id)
             if found is None:
                 return
-            if _run_of(found) != self._run_id:
-                log.info("job %s is not run %s's (run %s): kept", job_id, self._run_id, _run_of(found))
+            if run_of(found) != self._run_id:
+                log.info("job %s is not run %s's (run %s): kept", job_id, self._run_id, run_of(found))
                 return
         self._delete("job", job_id, self._client.begin_delete_job, self._get_job)
         self._jobs.discard(job_id)
@@ -710,10 +476,10 @@ class AzureBatchCompute:
             return
         except ResourceExistsError as e:
             if not is_(error_code(e), being_deleted):
-                raise self._error(f"cannot delete {kind} {name!r}", e) from None
+                raise batch_error(f"cannot delete {kind} {name!r}", e) from None
             poller = None
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot delete {kind} {name!r}", e) from None
+        except (HttpResponseError, *NO_ANSWER) as e:
+            raise batch_error(f"cannot delete {kind} {name!r}", e) from None
         if kind == "pool":
             self._notify(f"  pool [{name}] is being deleted; waiting for Batch to confirm...")
         if poller is None:
@@ -728,7 +494,7 @@ class AzureBatchCompute:
         self._count(op)
         try:
             send()
-        except _NO_ANSWER as e:
+        except NO_ANSWER as e:
             log.info("%s: no answer (%s); sending it again", op, first_line(str(e)))
             self._count(op)
             send()
@@ -755,8 +521,8 @@ class AzureBatchCompute:
             return self._client.get_job(job_id, select=["id", "state", "metadata"])
         except ResourceNotFoundError:
             return None
-        except (HttpResponseError, *_NO_ANSWER) as e:
-            raise self._error(f"cannot read job {job_id!r}", e) from None
+        except (HttpResponseError, *NO_ANSWER) as e:
+            raise batch_error(f"cannot read job {job_id!r}", e) from None
 
     # ---- storage URLs ----------------------------------------------------------------------------
 
@@ -773,91 +539,3 @@ class AzureBatchCompute:
         if self._storage is None:
             raise BatchflowError("this Azure Batch compute was made without storage: it cannot make SAS URLs")
         return self._storage
-
-    def _error(self, what: str, e: AzureError) -> BatchflowError:
-        return BatchflowError(f"{what}: {describe(e)}")
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-
-
-def _run_of(item: bm.BatchPool | bm.BatchJob | None) -> str | None:
-    """The batchflow run id in a pool's or job's metadata, if batchflow made it."""
-    for m in (item.metadata if item is not None else None) or []:
-        if m.name == build.RUN_ID_KEY:
-            return m.value
-    return None
-
-
-def _resize_failure(pool: bm.BatchPool, health: _Health) -> str | None:
-    """Why a pool with no node will get none: its last resize ended with errors (quota, allocation).
-    Batch sets resizeErrors "only if one or more errors occurred during the last Pool resize, and
-    only when the Pool allocationState is Steady" (BatchPool.resizeErrors, REST spec 2025-06-01)."""
-    if health.total or not pool.resize_errors or not is_(pool.allocation_state, bm.AllocationState.STEADY):
-        return None
-    errors = _errors_text(pool.resize_errors)
-    quota = any("quota" in (e.code or "").casefold() for e in pool.resize_errors)
-    return redact(f"pool {pool.id!r} could not get any node: {errors}") + (
-        " (the Batch account's core quota: Azure portal > Batch account > Quotas; ask for more, "
-        "or use a smaller vm_size or fewer nodes)"
-        if quota
-        else ""
-    )
-
-
-def _errors_text(errors: Iterable[bm.ResizeError | bm.BatchNodeError]) -> str:
-    """Batch's errors as "Code: first line of the message; ..."."""
-    return "; ".join(f"{e.code}: {first_line(e.message or '')}" for e in errors)
-
-
-def _describe_nodes(health: _Health) -> str:
-    parts = [f"{n} {_STATE_WORDS.get(state, state)}" for state, n in health.by_state.items() if n]
-    return ", ".join(parts) if parts else "no nodes yet"
-
-
-def _failed(task: bm.BatchTask) -> bool:
-    info = task.execution_info
-    return info is None or not is_(info.result, bm.BatchTaskExecutionResult.SUCCESS)
-
-
-def _epoch(when: datetime.datetime | None) -> float | None:
-    return when.timestamp() if when is not None else None
-
-
-def _result(task: bm.BatchTask, stdout: Path | None, stderr: Path | None) -> TaskResult:
-    info = task.execution_info
-    failure = None
-    if info is not None and info.failure_info is not None:
-        f = info.failure_info
-        if not is_(f.code, "FailureExitCode"):  # a plain nonzero exit is told by its exit code
-            failure = f"{f.code}: {first_line(f.message or '')}"
-    ok = not _failed(task)
-    return TaskResult(
-        id=task.id or "",
-        state=TaskState.SUCCEEDED if ok else TaskState.FAILED,
-        exit_code=info.exit_code if info is not None else None,
-        attempts=(info.retry_count or 0) + 1 if info is not None else 0,
-        started_at=_epoch(info.start_time) if info is not None else None,
-        ended_at=_epoch(info.end_time) if info is not None else None,
-        failure=failure,
-        stdout_path=stdout,
-        stderr_path=stderr,
-    )
-
-
-def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], list[str]]:
-    """The pools and jobs (not already being deleted) whose metadata names batchflow run `run_id`."""
-    try:
-        pools = [
-            p.id or ""
-            for p in client.list_pools(select=["id", "state", "metadata"])
-            if _run_of(p) == run_id and not is_(p.state, bm.BatchPoolState.DELETING)
-        ]
-        jobs = [
-            j.id or ""
-            for j in client.list_jobs(select=["id", "state", "metadata"])
-            if _run_of(j) == run_id and not is_(j.state, bm.BatchJobState.DELETING)
-        ]
-    except (HttpResponseError, *_NO_ANSWER) as e:
-        raise BatchflowError(f"cannot list the account's pools and jobs: {describe(e)}") from None
-    return pools, jobs

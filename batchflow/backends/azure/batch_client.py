@@ -4,7 +4,7 @@
   the submitter's concurrency).
 - The SDK's own retry policy covers ordinary calls with a short budget (3 retries, backing off from
   1 s): a call that fails for minutes should surface, not hang a run. Task submission and Get Task
-  Counts pass retry_total=0 and retry on their own terms (azure_submit, azure_batch).
+  Counts pass retry_total=0 and retry on their own terms (submit, batch).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def batch_client(
     connections: int = 16,
     **kwargs: Any,
 ) -> BatchClient:
-    """A BatchClient on the account named by the environment (see azure_auth.batch_auth). No I/O."""
+    """A BatchClient on the account named by the environment (see auth.batch_auth). No I/O."""
     auth = auth or batch_auth(environ)
     options: dict[str, Any] = {
         "transport": http_transport(auth.endpoint, RETRY, connections),

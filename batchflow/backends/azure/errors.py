@@ -10,12 +10,13 @@ import email.utils
 import re
 
 from azure.batch import models as bm
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.rest import HttpResponse
 
-from batchflow.errors import first_line
+from batchflow.errors import BatchflowError, first_line
 from batchflow.redact import redact
 
+NO_ANSWER = (ServiceRequestError, ServiceResponseError)  # the connection failed, or the answer was lost
 _NUMBER = re.compile(r"\d+(\.\d*)?")
 
 
@@ -38,6 +39,11 @@ def describe(e: AzureError) -> str:
     if isinstance(e, HttpResponseError) and e.status_code is not None:
         return redact(f"{e.status_code} {error_code(e) or e.reason}: {batch_message(e)}")
     return redact(f"{type(e).__name__}: {first_line(str(e))}")
+
+
+def batch_error(what: str, e: AzureError) -> BatchflowError:
+    """'cannot read pool 'p': 503 ServerBusy: ...': what batchflow was doing, then `describe(e)`."""
+    return BatchflowError(f"{what}: {describe(e)}")
 
 
 def retry_after(e: HttpResponseError) -> float | None:

@@ -1,0 +1,146 @@
+"""A job's completed tasks as batchflow's TaskResults, and the logs of the failed ones.
+
+- One listing of completed tasks with `$filter` and `$select` (1,000 per page).
+- For a failed task, its stderr.txt / stdout.txt are fetched into the run folder while the job
+  still exists: from the node, else from the log container where the node uploaded them on
+  completion (the node may be gone). Each task's logs are fetched once, for at most
+  `MAX_LOG_FETCHES` tasks, in parallel.
+- A failure other than a plain nonzero exit (Batch's FailureExitCode, told by the exit code) is
+  told by Batch's failure code and message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from azure.batch import BatchClient
+from azure.batch import models as bm
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from batchflow.backends.azure.enums import is_
+from batchflow.backends.azure.errors import NO_ANSWER, batch_error, describe
+from batchflow.backends.base import Storage
+from batchflow.errors import BatchflowError, first_line
+from batchflow.model import TaskLogs, TaskResult, TaskState
+
+log = logging.getLogger("batchflow")
+
+MAX_LOG_FETCHES = 100  # failed tasks whose logs are fetched into the run folder (the summary shows 20)
+_TASK_SELECT = ["id", "state", "executionInfo"]
+
+
+class TaskResults:
+    """Reads a job's task results over `client`; `count` is told the operation of every request
+    sent, and failed tasks' logs land in `run_dir`/tasks/<task id>."""
+
+    def __init__(
+        self,
+        client: BatchClient,
+        storage: Storage | None,
+        run_dir: Path,
+        count: Callable[[str], None],
+        concurrency: int,
+    ) -> None:
+        self._client = client
+        self._storage = storage
+        self._run_dir = run_dir
+        self._count = count
+        self._concurrency = concurrency
+        self._task_logs: dict[str, TaskLogs] = {}  # by casefolded task id: where the node put its logs
+        self._logs_fetched: dict[str, tuple[Path | None, Path | None]] = {}  # by casefolded task id
+
+    def expect_logs(self, task_id: str, logs: TaskLogs) -> None:
+        """The node uploads the task's logs there on completion: fetch them from there if need be."""
+        self._task_logs[task_id.casefold()] = logs
+
+    def completed(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
+        """Completed tasks, from one paged listing ($filter, $select); failed ones with their logs."""
+        wanted = None if task_ids is None else {t.casefold() for t in task_ids}
+        self._count("list_tasks")
+        try:
+            tasks = [
+                t
+                for t in self._client.list_tasks(job_id, filter="state eq 'completed'", select=_TASK_SELECT)
+                if is_(t.state, bm.BatchTaskState.COMPLETED)  # the $filter asked for these; make sure
+                and (wanted is None or (t.id or "").casefold() in wanted)
+            ]
+        except (HttpResponseError, *NO_ANSWER) as e:
+            raise batch_error(f"cannot list the tasks of job {job_id!r}", e) from None
+        # A task's logs are fetched once: the runner may list again while the counts run ahead.
+        logs = self._logs_fetched
+        failed = [t for t in tasks if _failed(t) and (t.id or "").casefold() not in logs]
+        room = max(0, MAX_LOG_FETCHES - len(logs))
+        if failed and room:
+            with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="batchflow-logs") as ex:
+                fetched = ex.map(lambda t: (t.id or "", self._fetch_logs(job_id, t.id or "")), failed[:room])
+                logs.update((tid.casefold(), paths) for tid, paths in fetched)
+        return [_result(t, *logs.get((t.id or "").casefold(), (None, None))) for t in tasks]
+
+    def _fetch_logs(self, job_id: str, task_id: str) -> tuple[Path | None, Path | None]:
+        """stdout.txt and stderr.txt of a task's last attempt into the run folder, from the node."""
+        folder = self._run_dir / "tasks" / task_id
+        paths: list[Path | None] = []
+        for name in ("stdout.txt", "stderr.txt"):
+            try:
+                self._count("download_task_file")
+                data = b"".join(self._client.download_task_file(job_id, task_id, name))
+            except ResourceNotFoundError:
+                paths.append(None)  # never written (a resource file failed) or the node is gone
+                continue
+            except (HttpResponseError, *NO_ANSWER) as e:
+                log.warning("cannot fetch %s of task %s: %s", name, task_id, describe(e))
+                paths.append(None)
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+            paths.append(folder / name)
+        if paths == [None, None]:
+            return self._stored_logs(task_id, folder)
+        return paths[0], paths[1]
+
+    def _stored_logs(self, task_id: str, folder: Path) -> tuple[Path | None, Path | None]:
+        """The copies the node uploaded to the log container on completion (the node may be gone)."""
+        logs = self._task_logs.get(task_id.casefold())
+        if logs is None or self._storage is None:
+            return None, None
+        try:
+            self._storage.download(logs.container, logs.blob(task_id, ""), folder)
+        except BatchflowError as e:
+            log.warning("cannot fetch the stored logs of task %s: %s", task_id, e)
+            return None, None
+        found = [folder / n if (folder / n).is_file() else None for n in ("stdout.txt", "stderr.txt")]
+        return found[0], found[1]
+
+
+def _failed(task: bm.BatchTask) -> bool:
+    info = task.execution_info
+    return info is None or not is_(info.result, bm.BatchTaskExecutionResult.SUCCESS)
+
+
+def _epoch(when: datetime.datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
+def _result(task: bm.BatchTask, stdout: Path | None, stderr: Path | None) -> TaskResult:
+    info = task.execution_info
+    failure = None
+    if info is not None and info.failure_info is not None:
+        f = info.failure_info
+        if not is_(f.code, "FailureExitCode"):  # a plain nonzero exit is told by its exit code
+            failure = f"{f.code}: {first_line(f.message or '')}"
+    ok = not _failed(task)
+    return TaskResult(
+        id=task.id or "",
+        state=TaskState.SUCCEEDED if ok else TaskState.FAILED,
+        exit_code=info.exit_code if info is not None else None,
+        attempts=(info.retry_count or 0) + 1 if info is not None else 0,
+        started_at=_epoch(info.start_time) if info is not None else None,
+        ended_at=_epoch(info.end_time) if info is not None else None,
+        failure=failure,
+        stdout_path=stdout,
+        stderr_path=stderr,
+    )
