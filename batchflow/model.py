@@ -362,3 +362,13 @@ class TransferResult:
     skipped: int = 0  # unchanged, not copied again
     bytes: int = 0
     files: tuple[str, ...] = ()  # what was transferred (blob names or local paths)
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    """What a storage tells of one blob's content: its size, and its MD5 (32 lowercase hex digits),
+    or None where the storage holds none (a blob someone else stored in Azure without a
+    Content-MD5)."""
+
+    size: int
+    md5: str | None

@@ -10,6 +10,7 @@ and every backend use these, so a name refused by one is refused by all.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from batchflow.errors import BatchflowError
 
@@ -35,6 +36,26 @@ def check_blob_name(name: str) -> None:
     reason = blob_name_problem(name)
     if reason is not None:
         raise BatchflowError(f"unsafe blob name {name!r}: {reason}")
+
+
+def check_copies(pairs: Sequence[tuple[str, str]]) -> None:
+    """Raise BatchflowError unless every name in `pairs` (source, destination) is safe, and the
+    copies are independent of their order (they run concurrently): no destination named twice, none
+    that is also a source (its own or another pair's)."""
+    sources: set[str] = set()
+    destinations: set[str] = set()
+    for src, dst in pairs:
+        check_blob_name(src)
+        check_blob_name(dst)
+        if src == dst:
+            raise BatchflowError(f"cannot copy blob {src!r} onto itself")
+        if dst in destinations:
+            raise BatchflowError(f"blob {dst!r} is the destination of more than one copy")
+        sources.add(src)
+        destinations.add(dst)
+    both = sorted(sources & destinations)
+    if both:
+        raise BatchflowError(f"blob {both[0]!r} is both the source and the destination of copies")
 
 
 def blob_name_problem(name: str, *, drive: bool = True) -> str | None:

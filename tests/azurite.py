@@ -176,13 +176,17 @@ class AzuriteServer:
         args = [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(self.port)]
         args += ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
         args += ["--silent", "--disableTelemetry", "--skipApiVersionCheck"]
+        env = dict(os.environ)
         if self.tls_dir is not None:
             cert, key = _self_signed_certificate(self.tls_dir)
             args += ["--oauth", "basic", "--cert", str(cert), "--key", str(key)]
+            # Azurite checks a copy source's SAS by requesting the source URL (from itself, over HTTPS).
+            env["NODE_EXTRA_CA_CERTS"] = str(cert)
         self._output = []
         process = subprocess.Popen(
             ["/bin/sh", "-c", _WATCHDOG, "azurite-watchdog", *args],
             cwd=self.location or ROOT,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

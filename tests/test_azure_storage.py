@@ -26,7 +26,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.core.pipeline import PipelineResponse
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.blob import (
+    AccountSasPermissions,
+    BlobBlock,
+    BlobServiceClient,
+    ContainerClient,
+    ContentSettings,
+    ResourceTypes,
+    generate_account_sas,
+)
 from azurite import (
     ACCOUNT_KEY,
     AzuriteInfo,
@@ -242,7 +250,14 @@ def test_entra_id_sign_in_signs_user_delegation_sas(tmp_path: Path, monkeypatch:
             account_name=None,
             token_credential=StaticTokenCredential(),
         )
-        with AzureBlobStorage(auth, sas_ttl=600) as s:
+        copy_sources: list[str] = []
+
+        def note_copy_source(response: PipelineResponse[Any, Any]) -> None:
+            if "x-ms-copy-source" in response.http_request.headers:
+                copy_sources.append(response.http_request.headers["x-ms-copy-source"])
+
+        options = {"raw_response_hook": note_copy_source}
+        with AzureBlobStorage(auth, sas_ttl=600, client_options=options) as s:
             assert s.ensure_container("entra") is True
             paths = _files(tmp_path / "src", 2)
             assert s.upload(_items(paths, "entra")).transferred == 2
@@ -265,6 +280,19 @@ def test_entra_id_sign_in_signs_user_delegation_sas(tmp_path: Path, monkeypatch:
             e.value.close()
             assert put_to_container_url(s.container_url("entra"), "out/x.bin", paths[1]) == "entra/out/x.bin"
             assert s.download("entra", "out/", tmp_path / "dl").files == (str(tmp_path / "dl" / "x.bin"),)
+            # Copies read their source through a read-only user delegation SAS, valid a little longer
+            # than the longest wait for the copy.
+            assert s.copy_blobs("entra", [("f000.bin", "copy/f000.bin")]).files == ("copy/f000.bin",)
+            assert s.stat_blobs("entra", "copy/") == {"copy/f000.bin": s.stat_blobs("entra")["f000.bin"]}
+            (source,) = copy_sources
+            q = parse_qs(urlsplit(source).query)
+            assert (q["sp"], q["skoid"], urlsplit(source).path) == (
+                ["r"],
+                ["00000000-0000-4000-8000-000000000002"],
+                f"/{info.account_name}/entra/f000.bin",
+            )
+            window = datetime.fromisoformat(q["se"][0]) - datetime.fromisoformat(q["st"][0])
+            assert window == timedelta(seconds=s.copy_timeout, minutes=15 + 5)
 
 
 def test_a_connection_string_with_only_a_sas_cannot_sign_urls(azurite: AzuriteInfo) -> None:
@@ -601,6 +629,132 @@ def test_azurite_stopped_mid_upload_then_restarted(tmp_path: Path) -> None:
             rerun = s.upload(items)
             assert (rerun.transferred, rerun.skipped) == (30 - len(stored), len(stored))
             assert s.list_blobs("media") == [p.name for p in paths]
+
+
+# ---- server-side copies ----------------------------------------------------------------------
+
+
+def test_a_copy_keeps_content_settings_md5_and_metadata(
+    storage: AzureBlobStorage, container: str, tmp_path: Path, service: BlobServiceClient
+) -> None:
+    song = tmp_path / "song.mp3"
+    song.write_bytes(b"ID3" * 1000)
+    storage.upload([UploadItem(song, container, "r1/song.mp3", song.stat().st_size)])
+    source = service.get_blob_client(container, "r1/song.mp3")
+    settings = source.get_blob_properties().content_settings
+    settings.cache_control = "max-age=60"
+    settings.content_disposition = "attachment"
+    source.set_http_headers(settings)
+
+    storage.copy_blobs(container, [("r1/song.mp3", "r2/song.mp3")])
+    before = source.get_blob_properties()
+    after = service.get_blob_client(container, "r2/song.mp3").get_blob_properties()
+    assert after.content_settings == before.content_settings
+    assert (after.content_settings.content_type, after.content_settings.content_md5) == (
+        "audio/mpeg",
+        bytearray(_md5(song.read_bytes())),
+    )
+    assert (after.size, after.metadata) == (3000, {"batchflow_mtime_ns": str(song.stat().st_mtime_ns)})
+    # So the copy passes the upload's quick check as its source does.
+    assert storage.upload([UploadItem(song, container, "r2/song.mp3", 3000)]).skipped == 1
+
+
+class CopyStatus:
+    """A raw_response_hook that makes the service's answers to Copy Blob and to each later Get Blob
+    Properties say `statuses`, one per answer (the last one repeats): Azurite copies at once."""
+
+    def __init__(self, *statuses: str, description: str = "") -> None:
+        self.statuses = list(statuses)
+        self.description = description
+        self.answers: list[str] = []  # "PUT success", "HEAD pending", ...
+
+    def __call__(self, response: PipelineResponse[Any, Any]) -> None:
+        request = response.http_request
+        if "x-ms-copy-source" in request.headers or request.method == "HEAD":
+            status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+            response.http_response.headers["x-ms-copy-status"] = status
+            if self.description:
+                response.http_response.headers["x-ms-copy-status-description"] = self.description
+            self.answers.append(f"{request.method} {status}")
+
+
+def _copying(azurite: AzuriteInfo, hook: CopyStatus | None, sleeps: list[float]) -> AzureBlobStorage:
+    options = {"raw_response_hook": hook} if hook else {}
+    return AzureBlobStorage(
+        blob_auth(azurite.environ()),
+        sas_ttl=600,
+        retry=FAST_RETRY,
+        client_options=options,
+        copy_timeout=1.0,
+        sleep=sleeps.append,
+    )
+
+
+def test_azurite_copies_at_once_so_a_copy_is_one_request(
+    azurite: AzuriteInfo, container: str, service: BlobServiceClient
+) -> None:
+    service.get_blob_client(container, "a.bin").upload_blob(b"a")
+    hook = CopyStatus("success")  # changes nothing: records what Azurite answered
+    sleeps: list[float] = []
+    with _copying(azurite, hook, sleeps) as s:
+        s.copy_blobs(container, [("a.bin", f"copy/{i}.bin") for i in range(3)])
+    assert (hook.answers, sleeps) == (["PUT success"] * 3, [])
+
+
+def test_a_pending_copy_is_polled_until_it_succeeds(
+    azurite: AzuriteInfo, container: str, service: BlobServiceClient
+) -> None:
+    service.get_blob_client(container, "a.bin").upload_blob(b"a")
+    hook = CopyStatus("pending", "pending", "pending", "success")
+    sleeps: list[float] = []
+    with _copying(azurite, hook, sleeps) as s:
+        assert s.copy_blobs(container, [("a.bin", "b.bin")]) == TransferResult(
+            transferred=1, files=("b.bin",)
+        )
+    assert hook.answers == ["PUT pending", "HEAD pending", "HEAD pending", "HEAD success"]
+    assert sleeps == [0.05, 0.1, 0.2]
+
+
+def test_a_copy_pending_too_long_is_aborted_and_fails_by_name(
+    azurite: AzuriteInfo, container: str, service: BlobServiceClient
+) -> None:
+    service.get_blob_client(container, "a.bin").upload_blob(b"a")
+    service.get_blob_client(container, "ok.bin").upload_blob(b"ok")
+    sleeps: list[float] = []
+    with _copying(azurite, CopyStatus("pending"), sleeps) as s, pytest.raises(TransferFailed) as e:
+        s.copy_blobs(container, [("a.bin", "b.bin")])
+    assert str(e.value) == (
+        f"cannot copy 1 of 1 files ({s.where}):\n"
+        f"  {container}/a.bin: copy to 'b.bin' was still pending after 1.55 s, and was aborted\n"
+        "0 copied"
+    )
+    assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8]  # 1.55 s >= copy_timeout
+
+
+def test_a_failed_copy_says_why(azurite: AzuriteInfo, container: str, service: BlobServiceClient) -> None:
+    service.get_blob_client(container, "a.bin").upload_blob(b"a")
+    service.get_blob_client(container, "ok.bin").upload_blob(b"ok")
+    hook = CopyStatus("pending", "failed", description="500 InternalError Copy failed.")
+    with _copying(azurite, hook, []) as s, pytest.raises(TransferFailed) as e:
+        s.copy_blobs(container, [("a.bin", "b.bin")])
+    assert e.value.failures == (f"{container}/a.bin: copy to 'b.bin' failed: 500 InternalError Copy failed.",)
+
+
+def test_copies_under_a_connection_string_sas_use_that_sas(
+    azurite: AzuriteInfo, container: str, service: BlobServiceClient
+) -> None:
+    service.get_blob_client(container, "a.bin").upload_blob(b"a")
+    sas = generate_account_sas(
+        azurite.account_name,
+        azurite.account_key,
+        ResourceTypes(container=True, object=True),
+        AccountSasPermissions(read=True, write=True, create=True, list=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    cs = f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}"
+    with AzureBlobStorage(blob_auth({"AZURE_STORAGE_CONNECTION_STRING": cs}), sas_ttl=60) as s:
+        assert s.copy_blobs(container, [("a.bin", "b.bin")]).files == ("b.bin",)
+        assert s.stat_blobs(container)["b.bin"].md5 == _md5(b"a").hex()
 
 
 # ---- redaction -------------------------------------------------------------------------------

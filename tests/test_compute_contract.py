@@ -34,6 +34,7 @@ from batchflow.backends.local.scheduler import LocalCompute
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
 from batchflow.model import (
+    BlobStat,
     ImageReference,
     JobSpec,
     OutputCondition,
@@ -112,6 +113,12 @@ class Redirected:
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         return self.inner.list_blobs(container, prefix)
+
+    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+        return self.inner.stat_blobs(container, prefix)
+
+    def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
+        return self.inner.copy_blobs(container, pairs)
 
     def delete_container(self, name: str) -> bool:
         return self.inner.delete_container(name)

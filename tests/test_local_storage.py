@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
-from batchflow.model import TransferResult, UploadItem
+from batchflow.model import BlobStat, TransferResult, UploadItem
 from batchflow.names import check_blob_name, download_name
 
 
@@ -201,3 +203,81 @@ def test_download_never_follows_a_symlink_out_of_the_destination(
         f"refusing to download blob 'sub/x.txt': {dest.resolve() / 'sub' / 'x.txt'} is outside {dest}"
     )
     assert list(elsewhere.iterdir()) == []
+
+
+# ---- stat_blobs' digest cache and copy_blobs' hard links ------------------------------------
+
+LONG_AGO = 1_000_000_000 * 1_600_000_000  # ns: a file hashed since is trusted at once (digests.RACY_NS)
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _aged(path: Path, mtime_ns: int = LONG_AGO) -> Path:
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def test_blob_md5s_are_kept_in_a_digest_cache_beside_the_containers(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    storage.ensure_container("out")
+    a = _aged(_write(storage.path_of("out", "runs/r1/a.txt"), "aaaa"))
+    assert storage.stat_blobs("out") == {"runs/r1/a.txt": BlobStat(4, _md5("aaaa"))}
+
+    cache = storage.root / ".batchflow-digests.json"
+    st = a.stat()
+    entries = json.loads(cache.read_text(encoding="utf-8"))["entries"]
+    assert entries == {str(a): [4, st.st_mtime_ns, st.st_ino, _md5("aaaa"), True]}
+    assert storage.digests.known(a, st) == _md5("aaaa")  # the next stat_blobs reads no file
+    assert storage.list_blobs("out") == ["runs/r1/a.txt"]
+    with pytest.raises(BatchflowError) as e:
+        storage.ensure_container(".batchflow-digests.json")
+    assert str(e.value) == "invalid container name '.batchflow-digests.json'"
+
+    _aged(_write(a, "AAAA"), LONG_AGO + 1)  # same size, new content and mtime: a new version
+    fresh = LocalStorage(storage.root)  # another process: the cache comes from the file
+    assert fresh.stat_blobs("out") == {"runs/r1/a.txt": BlobStat(4, _md5("AAAA"))}
+    assert json.loads(cache.read_text(encoding="utf-8"))["entries"][str(a)][3] == _md5("AAAA")
+
+
+def test_a_damaged_digest_cache_is_rebuilt(storage: LocalStorage) -> None:
+    storage.ensure_container("out")
+    _aged(_write(storage.path_of("out", "a.txt"), "a"))
+    cache = _write(storage.root / ".batchflow-digests.json", '{"format": "batchflow-dig')
+    assert storage.stat_blobs("out") == {"a.txt": BlobStat(1, _md5("a"))}
+    assert len(json.loads(cache.read_text(encoding="utf-8"))["entries"]) == 1
+
+
+def test_the_digest_cache_can_live_elsewhere(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "storage", digest_cache=tmp_path / "ws" / "digests.json")
+    storage.ensure_container("out")
+    _write(storage.path_of("out", "a.txt"), "a")
+    assert storage.stat_blobs("out") == {"a.txt": BlobStat(1, _md5("a"))}
+    assert (tmp_path / "ws" / "digests.json").is_file()
+    assert sorted(p.name for p in storage.root.iterdir()) == ["out"]
+
+
+def test_a_deleted_container_leaves_no_digests(storage: LocalStorage) -> None:
+    for container in ["keep", "gone"]:
+        storage.ensure_container(container)
+        _aged(_write(storage.path_of(container, "a.txt"), "a"))
+        storage.stat_blobs(container)
+    storage.delete_container("gone")
+    entries = json.loads((storage.root / ".batchflow-digests.json").read_text(encoding="utf-8"))["entries"]
+    assert list(entries) == [str(storage.path_of("keep", "a.txt"))]
+
+
+def test_copies_are_hard_links_that_inherit_the_known_digest(storage: LocalStorage) -> None:
+    storage.ensure_container("out")
+    src = _aged(_write(storage.path_of("out", "runs/r1/a.mp3"), "mp3 data"))
+    _write(storage.path_of("out", "runs/r2/a.mp3"), "an older copy")
+    storage.stat_blobs("out", "runs/r1/")
+    assert storage.copy_blobs("out", [("runs/r1/a.mp3", "runs/r2/a.mp3")]) == TransferResult(
+        transferred=1, files=("runs/r2/a.mp3",)
+    )
+    dst = storage.path_of("out", "runs/r2/a.mp3")
+    assert (dst.stat().st_ino, dst.stat().st_nlink) == (src.stat().st_ino, 2)  # no space taken
+    assert storage.digests.known(dst, dst.stat()) == _md5("mp3 data")  # known without reading it
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["a.mp3"]  # no temporary file left

@@ -15,6 +15,7 @@ import pytest
 
 from batchflow.errors import BatchflowError
 from batchflow.model import (
+    BlobStat,
     CleanupAction,
     CleanupSpec,
     DownloadSpec,
@@ -73,6 +74,13 @@ class ScriptedStorage:
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         return []
+
+    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+        return {}
+
+    def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
+        self.calls.append(f"copy {len(pairs)}")
+        return TransferResult(transferred=len(pairs), files=tuple(dst for _, dst in pairs))
 
     def resource_url(self, container: str, blob: str) -> str:
         return f"file:///{container}/{blob}"

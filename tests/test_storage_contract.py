@@ -6,6 +6,7 @@ of them does (quick-check by mtime, Content-MD5, SAS permissions) is in its own 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.request
 import uuid
@@ -23,7 +24,7 @@ from batchflow.backends.base import Storage
 from batchflow.backends.blob_urls import RetrySettings, fetch_url, put_to_container_url
 from batchflow.backends.local.storage import LocalStorage
 from batchflow.errors import BatchflowError
-from batchflow.model import TransferResult, UploadItem
+from batchflow.model import BlobStat, TransferResult, UploadItem
 
 pytest_plugins = ["azurite"]
 
@@ -238,3 +239,156 @@ def test_outputs_stored_through_the_container_url_can_be_downloaded_and_skipped(
     dest = tmp_path / "dest"
     assert s.download(container, "mp3/", dest).transferred == 1
     assert s.download(container, "mp3/", dest) == TransferResult(transferred=0, skipped=1, bytes=0, files=())
+
+
+# ---- stat_blobs and copy_blobs (content-keyed resume) -----------------------------------------
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _stored(subject: Subject, container: str, blobs: dict[str, bytes], tmp_path: Path) -> None:
+    """Store `blobs` through the storage's own upload, as batchflow stores inputs."""
+    items = [
+        _item(_write(tmp_path / "src" / f"{i}.bin", data), container, name)
+        for i, (name, data) in enumerate(blobs.items())
+    ]
+    subject.storage.upload(items)
+
+
+def test_stat_blobs_gives_each_blob_its_size_and_md5_by_prefix(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    blobs = {"a.txt": b"aaaa", "b/1.txt": b"", "b/2.txt": b"two" * 1000, "ba.txt": b"ba", AWKWARD: b"?"}
+    _stored(subject, container, blobs, tmp_path)
+    subject.put(container, "put-by-another-tool.txt", b"other")  # Azure: Put Blob sets the MD5 itself
+
+    every = {name: BlobStat(len(data), _md5(data)) for name, data in blobs.items()}
+    every["put-by-another-tool.txt"] = BlobStat(5, _md5(b"other"))
+    assert s.stat_blobs(container) == every
+    assert list(s.stat_blobs(container)) == s.list_blobs(container)
+    assert s.stat_blobs(container, "b") == {n: every[n] for n in ["b/1.txt", "b/2.txt", "ba.txt"]}
+    assert s.stat_blobs(container, "b/") == {n: every[n] for n in ["b/1.txt", "b/2.txt"]}
+    assert s.stat_blobs(container, "zzz/") == {}
+    assert s.stat_blobs(container) == every  # again (the folder storage: from its digest cache)
+
+
+def test_stat_blobs_of_a_missing_container_fails(subject: Subject, container: str) -> None:
+    with pytest.raises(BatchflowError) as e:
+        subject.storage.stat_blobs(container)
+    assert str(e.value) == f"container '{container}' does not exist in {subject.where}"
+
+
+def test_copying_in_a_missing_container_fails(subject: Subject, container: str) -> None:
+    with pytest.raises(BatchflowError) as e:
+        subject.storage.copy_blobs(container, [("a.txt", "b.txt"), ("c.txt", "d.txt")])
+    assert str(e.value) == f"container '{container}' does not exist in {subject.where}"
+
+
+def test_copies_have_the_content_and_md5_of_their_sources(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    blobs = {"runs/r1/a.mp3": b"a" * 3000, "runs/r1/deep/b.mp3": b"bb", f"runs/r1/{AWKWARD}": b"odd"}
+    _stored(subject, container, blobs, tmp_path)
+    pairs = [(name, name.replace("runs/r1/", "runs/r2/")) for name in blobs]
+
+    assert s.copy_blobs(container, pairs) == TransferResult(transferred=3, files=tuple(d for _, d in pairs))
+    old, new = s.stat_blobs(container, "runs/r1/"), s.stat_blobs(container, "runs/r2/")
+    assert {n.replace("runs/r1/", "runs/r2/"): st for n, st in old.items()} == new
+    for src, dst in pairs:
+        assert subject.get(container, dst) == blobs[src]
+    assert s.stat_blobs(container, "runs/r1/") == old  # the sources are untouched
+
+
+def test_a_copy_replaces_an_existing_destination(subject: Subject, container: str, tmp_path: Path) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    _stored(
+        subject,
+        container,
+        {"new/out.txt": b"new content", "old/out.txt": b"an older, longer content"},
+        tmp_path,
+    )
+    assert s.copy_blobs(container, [("new/out.txt", "old/out.txt")]).files == ("old/out.txt",)
+    assert subject.get(container, "old/out.txt") == b"new content"
+    assert s.stat_blobs(container)["old/out.txt"] == BlobStat(11, _md5(b"new content"))
+
+
+def test_a_missing_source_fails_by_name_and_the_other_copies_are_made(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    _stored(subject, container, {"a.txt": b"a", "sub/b.txt": b"b"}, tmp_path)
+    pairs = [("a.txt", "copy/a.txt"), ("gone.txt", "copy/gone.txt"), ("sub", "copy/sub")]  # sub: a folder
+    with pytest.raises(BatchflowError) as e:
+        s.copy_blobs(container, pairs)
+    assert "'gone.txt'" in str(e.value) or f"{container}/gone.txt" in str(e.value)
+    assert "source blob not found" in str(e.value)
+    assert s.list_blobs(container, "copy/") == ["copy/a.txt"]
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (("../evil.txt", "ok.txt"), "unsafe blob name '../evil.txt': contains a '..' segment"),
+        (("ok.txt", "../evil.txt"), "unsafe blob name '../evil.txt': contains a '..' segment"),
+        (("ok.txt", "a/../../evil.txt"), "unsafe blob name 'a/../../evil.txt': contains a '..' segment"),
+        (("ok.txt", "/abs.txt"), "unsafe blob name '/abs.txt': absolute path"),
+        (("ok.txt", "a//b.txt"), "unsafe blob name 'a//b.txt': contains an empty segment"),
+        (("ok.txt", "C:evil.txt"), "unsafe blob name 'C:evil.txt': starts with a drive letter"),
+        (("ok.txt", "a\\b.txt"), "unsafe blob name 'a\\\\b.txt': contains a backslash"),
+        (("ok.txt", ""), "unsafe blob name '': empty name"),
+        (("ok.txt", "ok.txt"), "cannot copy blob 'ok.txt' onto itself"),
+    ],
+)
+def test_copies_with_hostile_names_are_refused_before_any_copy(
+    subject: Subject, container: str, tmp_path: Path, pair: tuple[str, str], message: str
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    _stored(subject, container, {"ok.txt": b"ok"}, tmp_path)
+    with pytest.raises(BatchflowError) as e:
+        s.copy_blobs(container, [("ok.txt", "first.txt"), pair])
+    assert str(e.value) == message
+    assert s.list_blobs(container) == ["ok.txt"]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ([("a.txt", "x.txt"), ("b.txt", "x.txt")], "blob 'x.txt' is the destination of more than one copy"),
+        (
+            [("a.txt", "b.txt"), ("b.txt", "c.txt")],
+            "blob 'b.txt' is both the source and the destination of copies",
+        ),
+    ],
+)
+def test_copies_that_depend_on_their_order_are_refused(
+    subject: Subject, container: str, tmp_path: Path, pairs: list[tuple[str, str]], message: str
+) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    _stored(subject, container, {"a.txt": b"a", "b.txt": b"b"}, tmp_path)
+    with pytest.raises(BatchflowError) as e:
+        s.copy_blobs(container, pairs)
+    assert str(e.value) == message
+    assert s.list_blobs(container) == ["a.txt", "b.txt"]
+
+
+def test_five_hundred_copies_in_one_call(subject: Subject, container: str, tmp_path: Path) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    blobs = {f"runs/r1/{i:03d}.out": f"output {i}".encode() for i in range(500)}
+    _stored(subject, container, blobs, tmp_path)
+    pairs = [(name, name.replace("/r1/", "/r2/")) for name in blobs]
+    result = s.copy_blobs(container, pairs)
+    assert (result.transferred, result.files) == (500, tuple(d for _, d in pairs))
+    copied = s.stat_blobs(container, "runs/r2/")
+    assert copied == {d: BlobStat(len(blobs[src]), _md5(blobs[src])) for src, d in pairs}
+    assert s.copy_blobs(container, []) == TransferResult()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from batchflow.errors import BatchflowError
 from batchflow.model import (
+    BlobStat,
     DocPath,
     JobSpec,
     PoolSpec,
@@ -140,6 +141,21 @@ class Storage(Protocol):
         ...
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]: ...
+
+    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+        """Every blob under `prefix` (the names list_blobs gives, in its order) with its size and
+        MD5: from the listing on Azure (one request per 5,000 blobs; None for a blob stored without
+        a Content-MD5), computed from the file in folder storage, once per version of the file."""
+        ...
+
+    def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
+        """Copy each blob `src` to `dst` (replaced if there) within `container`, in the storage itself:
+        nothing passes through this machine (bytes is 0), and the copy keeps the source's content
+        settings and Content-MD5. Every copy reads its source as it was before the call, so no
+        destination may be named twice, be another pair's source, or be its own source. A name that
+        is unsafe (check_blob_name) fails the call before anything is copied; a missing source
+        fails with its name (the other copies are made). `files`: the destinations copied."""
+        ...
 
     def resource_url(self, container: str, blob: str) -> str:
         """Where a node GETs a task input from, as a Batch ResourceFile's http_url: an https URL with a

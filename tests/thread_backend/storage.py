@@ -9,6 +9,7 @@ under that container). `fetch` and `put` are what a node does with them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Sequence
@@ -17,8 +18,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from batchflow.errors import BatchflowError
-from batchflow.model import TransferResult, UploadItem
-from batchflow.names import BATCH_ID, check_blob_name, download_name
+from batchflow.model import BlobStat, TransferResult, UploadItem
+from batchflow.names import BATCH_ID, check_blob_name, check_copies, download_name
 
 SCHEME = "mem"
 
@@ -116,6 +117,27 @@ class MemoryStorage:
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         with self._store.lock:
             return sorted(b for b in self._store.container(container) if b.startswith(prefix))
+
+    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+        with self._store.lock:
+            blobs = {b: d for b, d in self._store.container(container).items() if b.startswith(prefix)}
+        return {
+            b: BlobStat(len(d), hashlib.md5(d, usedforsecurity=False).hexdigest())
+            for b, d in sorted(blobs.items())
+        }
+
+    def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
+        check_copies(pairs)
+        with self._store.lock:
+            blobs = self._store.container(container)
+            missing = [src for src, _ in pairs if src not in blobs]
+            copied = tuple(dst for src, dst in pairs if src in blobs)
+            for src, dst in pairs:
+                if src in blobs:
+                    blobs[dst] = blobs[src]
+        if missing:
+            raise BatchflowError(f"cannot copy in container {container!r}: source blob not found: {missing}")
+        return TransferResult(transferred=len(copied), files=copied)
 
     def resource_url(self, container: str, blob: str) -> str:
         check_blob_name(blob)

@@ -10,6 +10,9 @@
   missing; after a service failure no new transfer starts.
 - Task inputs are read-only SAS URLs, task outputs go through a create/write-only container SAS URL, both
   valid for `sas_ttl` seconds: user delegation SAS under Entra ID, account-key SAS otherwise.
+- Blobs are copied by the service (Copy Blob, from a short-lived read-only SAS URL of the source), in
+  parallel like transfers; a copy the service answers "pending" is polled until it ends, within
+  `copy_timeout` seconds (Azurite 3.37 copies at once; Azure may take a while for large blobs).
 - No key or signature reaches a message or a log: every text from the SDK goes through `redact`.
 """
 
@@ -20,6 +23,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +35,14 @@ from types import TracebackType
 from typing import Any
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import (
+    BlobClient,
     BlobSasPermissions,
     BlobServiceClient,
     ContainerSasPermissions,
@@ -53,8 +63,8 @@ from batchflow.backends.blob_urls import (
     temp_beside,
 )
 from batchflow.errors import BatchflowError
-from batchflow.model import TransferResult, UploadItem
-from batchflow.names import check_blob_name, download_name
+from batchflow.model import BlobStat, TransferResult, UploadItem
+from batchflow.names import check_blob_name, check_copies, download_name
 from batchflow.redact import redact
 
 log = logging.getLogger(__name__)
@@ -70,6 +80,11 @@ MAX_BLOB_NAME = 1024
 _CONTAINER_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _LISTED_FAILURES = 10
 _LIST_SAS_TTL = timedelta(minutes=15)
+# A copy's source SAS outlives the longest wait for the copy by this much.
+_COPY_SAS_MARGIN = timedelta(minutes=15)
+DEFAULT_COPY_TIMEOUT = 600.0
+_COPY_POLL_FIRST = 0.05  # seconds; doubled after each poll, up to _COPY_POLL_MAX
+_COPY_POLL_MAX = 2.0
 # Files up to azure-storage-blob's single-request size are read into memory once, as the SDK
 # itself would, hashed and sent from there; larger ones are hashed first, then streamed in blocks.
 _READ_WHOLE = 64 * 1024 * 1024
@@ -127,11 +142,16 @@ class AzureBlobStorage:
         retry: RetrySettings | None = None,
         client_options: Mapping[str, Any] | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        copy_timeout: float = DEFAULT_COPY_TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`client_options`: more keyword arguments for the azure-storage-blob clients (e.g. `transport`,
-        `proxies`, `raw_response_hook`); `clock` returns an aware UTC datetime (SAS start and expiry)."""
+        `proxies`, `raw_response_hook`); `clock` returns an aware UTC datetime (SAS start and expiry);
+        `copy_timeout`: how long, in seconds of `sleep` between polls, a pending copy is waited for."""
         if sas_ttl <= 0:
             raise BatchflowError(f"SAS lifetime must be positive, not {sas_ttl} seconds")
+        if copy_timeout < 0:
+            raise BatchflowError(f"copy timeout must not be negative, not {copy_timeout} seconds")
         if max_workers < 1:
             raise BatchflowError(f"max_workers must be at least 1, not {max_workers}")
         if (
@@ -147,6 +167,8 @@ class AzureBlobStorage:
         self.max_workers = max_workers
         self.retry = retry or RetrySettings()
         self._clock = clock
+        self.copy_timeout = copy_timeout
+        self._sleep = sleep
         credential: Any
         if auth.account_key is not None:
             credential = AzureNamedKeyCredential(auth.account_name or "", auth.account_key)
@@ -241,6 +263,13 @@ class AzureBlobStorage:
         """Every blob under `prefix`, with size and Content-MD5: one request per 5,000 blobs."""
         check_container_name(container)
         return self._lister.list(container, prefix)
+
+    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+        """Size and Content-MD5 (None if the blob has none) of every blob under `prefix`, by name."""
+        return {
+            b.name: BlobStat(b.size, b.md5.hex() if b.md5 is not None and len(b.md5) == 16 else None)
+            for b in sorted(self.remote_blobs(container, prefix), key=lambda b: b.name)
+        }
 
     def _list_sas(self, container: str) -> str:
         """A list-only SAS for the lister, valid for a quarter of an hour (or the connection string's)."""
@@ -387,6 +416,102 @@ class AzureBlobStorage:
         log.debug("downloaded %s to %s (%d bytes)", where, target, size)
         return _Outcome(str(target), size=size)
 
+    # ---- copy -----------------------------------------------------------------------------
+
+    def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
+        """Copy Blob, for each pair, on at most max_workers threads (one request per copy that the
+        service completes at once). Content settings, Content-MD5 and metadata come with the copy."""
+        check_container_name(container)
+        check_copies(pairs)
+        for _, dst in pairs:
+            check_upload_name(dst)
+        jobs = [(container, src, partial(self._copy_one, container, src, dst)) for src, dst in pairs]
+        outcomes = self._run(jobs)
+        if any(o.error is not None for o in outcomes) and not self._container_exists(container):
+            raise BatchflowError(f"container {container!r} does not exist in {self.where}")
+        return self._finish("copy", outcomes, past="copied")
+
+    def _container_exists(self, container: str) -> bool:
+        """False only if the service says there is no such container (Azurite answers a copy in a
+        missing container as if its source were missing)."""
+        try:
+            self._service.get_container_client(container).get_container_properties()
+        except ResourceNotFoundError as e:
+            if is_(azure_error_code(e), "ContainerNotFound"):
+                return False
+            raise self._error(f"cannot read container {container!r}", e) from None
+        except AzureError as e:
+            raise self._error(f"cannot read container {container!r}", e) from None
+        return True
+
+    def _copy_one(self, container: str, src: str, dst: str) -> _Outcome:
+        where = f"{container}/{src}"
+        client = self._service.get_blob_client(container, dst)
+        try:
+            started = client.start_copy_from_url(self._copy_source(container, src))
+            status = started.get("copy_status")
+            why = None if is_(status, "success") else self._await_copy(client, started.get("copy_id"))
+        except ResourceNotFoundError as e:
+            code = azure_error_code(e)
+            if is_(code, "CannotVerifyCopySource") or is_(code, "BlobNotFound"):
+                return _Outcome(dst, error=f"{where}: source blob not found (to copy to {dst!r})")
+            if is_(code, "ContainerNotFound"):  # (copy_blobs then says so)
+                return _Outcome(dst, error=f"{where}: no container", service_failed=True)
+            error = f"{where}: {describe_azure_error(e, self.retry)}"
+            return _Outcome(dst, error=error, service_failed=True)
+        except AzureError as e:
+            error = f"{where}: {describe_azure_error(e, self.retry)} (copying to {dst!r})"
+            return _Outcome(dst, error=error, service_failed=True)
+        if why is not None:
+            return _Outcome(dst, error=f"{where}: copy to {dst!r} {why}")
+        log.debug("copied %s to %s", where, dst)
+        return _Outcome(dst)
+
+    def _copy_source(self, container: str, blob: str) -> str:
+        """The source blob's URL with a read-only SAS that outlives the wait for the copy, or the
+        connection string's SAS when signed in with one (it cannot sign another)."""
+        url = self._service.get_blob_client(container, blob).url
+        if self.auth.account_key is None and self.auth.token_credential is None:
+            return f"{url}?{self.auth.sas_token}" if self.auth.sas_token else url
+        now = self._clock().replace(microsecond=0)
+        expiry = now + timedelta(seconds=self.copy_timeout) + _COPY_SAS_MARGIN
+        key, udk = self._signing_key(expiry)
+        token = generate_blob_sas(
+            self.account_name,
+            container,
+            blob,
+            account_key=key,
+            user_delegation_key=udk,
+            permission=BlobSasPermissions(read=True),
+            start=now - SAS_CLOCK_SKEW,
+            expiry=expiry,
+            protocol=self._sas_protocol(),
+        )
+        return f"{url}?{token}"
+
+    def _await_copy(self, client: BlobClient, copy_id: object) -> str | None:
+        """Poll a pending copy until it ends: None if it succeeded, else why not ("failed: ...").
+        A copy still pending after copy_timeout seconds is aborted."""
+        delay, waited = _COPY_POLL_FIRST, 0.0
+        while waited < self.copy_timeout:
+            self._sleep(delay)
+            waited += delay
+            delay = min(2 * delay, _COPY_POLL_MAX)
+            copy = client.get_blob_properties().copy
+            if copy.id != copy_id:
+                return "was replaced by another copy to the same blob"
+            if not is_(copy.status, "pending"):
+                return _copy_ended(copy.status, copy.status_description)
+        try:
+            client.abort_copy(str(copy_id))
+        except HttpResponseError as e:
+            if not is_(azure_error_code(e), "NoPendingCopyOperation"):
+                raise
+            copy = client.get_blob_properties().copy  # it ended between the last poll and the abort
+            if copy.id == copy_id and not is_(copy.status, "pending"):
+                return _copy_ended(copy.status, copy.status_description)
+        return f"was still pending after {waited:g} s, and was aborted"
+
     # ---- SAS URLs -------------------------------------------------------------------------
 
     def resource_url(self, container: str, blob: str) -> str:
@@ -490,7 +615,7 @@ class AzureBlobStorage:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _finish(self, verb: str, outcomes: Sequence[_Outcome]) -> TransferResult:
+    def _finish(self, verb: str, outcomes: Sequence[_Outcome], *, past: str = "") -> TransferResult:
         done = [o for o in outcomes if o.error is None and not o.skipped]
         result = TransferResult(
             transferred=len(done),
@@ -508,10 +633,19 @@ class AzureBlobStorage:
                 *(f"  {line}" for line in shown),
                 *([f"  ... and {more} more"] if more else []),
                 f"{result.transferred} {verb}ed and {result.skipped} unchanged; "
-                f"running again transfers only what is missing or changed",
+                f"running again transfers only what is missing or changed"
+                if not past
+                else f"{result.transferred} {past}",
             ]
             raise TransferFailed("\n".join(lines), result, failed_first)
         return result
+
+
+def _copy_ended(status: object, description: object) -> str | None:
+    """None for a copy that succeeded, else why it did not."""
+    if is_(status, "success"):
+        return None
+    return f"{status}: {description or 'the service gave no reason'}"
 
 
 def _quick_check(there: RemoteBlob | None, stat: os.stat_result) -> bool:

@@ -7,6 +7,10 @@ then renamed over the real one, so a crash never leaves half a file under a blob
 Blob names come from outside (other tools may fill a container), so every name is checked
 before it becomes a path: `check_blob_name` refuses anything that could leave the container
 or a download folder.
+
+Blob MD5s (stat_blobs) are computed from the files, once per version of a file: a DigestCache
+keeps them in `<root>/.batchflow-digests.json`, beside the containers (a name starting with '.' is
+never a container). Copies (copy_blobs) are hard links, which cost no space.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from stat import S_ISREG
 
 from batchflow.backends.files import (
     TMP_PREFIX,
@@ -22,21 +28,31 @@ from batchflow.backends.files import (
     replace_with_link,
     same_file_stat,
 )
+from batchflow.digests import DigestCache, FileChanged
 from batchflow.errors import BatchflowError
-from batchflow.model import TransferResult, UploadItem
-from batchflow.names import blob_name_problem, check_blob_name, download_name
+from batchflow.model import BlobStat, TransferResult, UploadItem
+from batchflow.names import blob_name_problem, check_blob_name, check_copies, download_name
+
+DIGEST_CACHE = ".batchflow-digests.json"
+# Files hashed at once by stat_blobs (hashlib releases the GIL while it hashes).
+_HASHERS = min(8, os.cpu_count() or 1)
+_READ_ATTEMPTS = 3  # reads of a file that keeps changing while it is hashed
 
 
 class LocalStorage:
     """The Storage protocol over a folder. Not a cache: the folder is the storage."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, digest_cache: Path | None = None) -> None:
+        """`digest_cache`: where the blobs' MD5s are kept (default `<root>/.batchflow-digests.json`);
+        read on first use."""
         self.root = root.absolute()
+        self.digests = DigestCache(digest_cache or self.root / DIGEST_CACHE)
 
     # ---- containers -----------------------------------------------------------------------
 
     def container_path(self, name: str) -> Path:
-        if not name or "/" in name or blob_name_problem(name) is not None:
+        # Names starting with '.' are batchflow's own files beside the containers (the digest cache).
+        if not name or "/" in name or name.startswith(".") or blob_name_problem(name) is not None:
             raise BatchflowError(f"invalid container name {name!r}")
         return self.root / name
 
@@ -52,6 +68,8 @@ class LocalStorage:
         if not path.is_dir():
             return False
         shutil.rmtree(path)
+        self.digests.forget(path)
+        self.digests.save()
         return True
 
     def _existing(self, container: str) -> Path:
@@ -93,8 +111,101 @@ class LocalStorage:
         names.sort()
         return names
 
+    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+        """Size and MD5 of every blob under `prefix`; an MD5 is read from the file only the first time
+        this version of the file is seen (and again once if it was written just before: see
+        batchflow.digests on racy entries)."""
+        base = self._existing(container)
+        found: dict[str, BlobStat | None] = {}
+        unknown: list[tuple[str, Path, os.stat_result]] = []
+        for name in self.list_blobs(container, prefix):
+            path = base.joinpath(*name.split("/"))
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            md5 = self.digests.known(path, stat)
+            found[name] = None if md5 is None else BlobStat(stat.st_size, md5)
+            if md5 is None:
+                unknown.append((name, path, stat))
+        if unknown:
+            try:
+                if len(unknown) == 1:
+                    hashed = [self._hash(*unknown[0])]
+                else:
+                    with ThreadPoolExecutor(_HASHERS, thread_name_prefix="batchflow-md5") as pool:
+                        hashed = list(pool.map(lambda job: self._hash(*job), unknown))
+            finally:
+                self.digests.save()  # what was hashed stays hashed, even if a file failed
+            found.update(hashed)
+        return {name: stat for name, stat in found.items() if stat is not None}
+
+    def _hash(self, name: str, path: Path, stat: os.stat_result) -> tuple[str, BlobStat | None]:
+        """(name, its BlobStat), None for a file deleted meanwhile. A file that changes while it is
+        read is stat'ed and read again."""
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                return name, BlobStat(stat.st_size, self.digests.md5(path, stat))
+            except FileChanged:
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    return name, None
+            except FileNotFoundError:
+                return name, None
+            except OSError as e:
+                raise BatchflowError(f"cannot read blob {name!r} ({path}): {e.strerror or e}") from e
+        raise BatchflowError(f"cannot read blob {name!r} ({path}): it keeps changing while it is read")
+
+    def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
+        """Each copy is a hard link (a copy where links are impossible), replacing `dst` atomically.
+        A destination whose source digest is known gets the same digest, without reading it."""
+        check_copies(pairs)
+        base = self._existing(container)
+        missing: list[str] = []
+        files: list[str] = []
+        try:
+            for src, dst in pairs:
+                if self._copy_one(base, src, dst):
+                    files.append(dst)
+                else:
+                    missing.append(src)
+        finally:
+            self.digests.save()
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
+            raise BatchflowError(
+                f"cannot copy {len(missing)} of {len(pairs)} blobs in container {container!r} of "
+                f"{self.root}: source blob not found: {shown} ({len(files)} copied)"
+            )
+        return TransferResult(transferred=len(files), files=tuple(files))
+
+    def _copy_one(self, base: Path, src: str, dst: str) -> bool:
+        """Link blob `src` at `dst`. False if there is no blob `src`."""
+        src_path = base.joinpath(*src.split("/"))
+        dst_path = base.joinpath(*dst.split("/"))
+        try:
+            src_stat = src_path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not S_ISREG(src_stat.st_mode):  # a folder: no blob of that name
+            return False
+        try:
+            dst_path.parent.mkdir(parents=True, exist_ok=True)
+            replace_with_link(src_path, dst_path)
+            dst_stat = dst_path.stat()
+        except OSError as e:
+            raise BatchflowError(f"cannot copy blob {src!r} to {dst!r} in {base}: {e.strerror or e}") from e
+        md5 = self.digests.known(src_path, src_stat)
+        if md5 is not None and dst_stat.st_ino == src_stat.st_ino:  # linked, not copied
+            self.digests.record(dst_path, dst_stat, md5, trusted=True)
+        return True
+
     def close(self) -> None:
-        """Nothing to release (the Storage protocol's close)."""
+        """Save the digest cache (the Storage protocol's close)."""
+        self.digests.save()
 
     def put_file(self, src: Path, container: str, blob: str) -> None:
         """Store `src` as `blob`, replacing any previous blob atomically. A hard link where possible:
