@@ -24,11 +24,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from batchflow import __version__
-from batchflow.errors import BatchflowError, InvalidWorkflow, Problem, Terminated, first_line
+from batchflow.errors import BatchflowError, InvalidWorkflow, JobExists, Problem, Terminated, first_line
 from batchflow.redact import RedactingFilter, redact
 
 if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
-    from batchflow.model import Workflow
+    from batchflow.ledger import TaskKey
+    from batchflow.model import Plan, Workflow
+    from batchflow.resume import Decision
     from batchflow.state import RunState
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -89,6 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--concurrency", type=_positive_int, help="local backend: tasks at once")
     sp.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    sp.add_argument(
+        "--force", action="store_true", help="run every task, even those an earlier run already did"
+    )
+
+    sp = sub.add_parser("attach", help="take over a run whose batchflow process died while its job ran")
+    sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough; default: the latest)")
+    sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
+    sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
+    sp.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    sp.add_argument("--concurrency", type=_positive_int, help=argparse.SUPPRESS)
+    output_arg(sp, stream=True)
+
+    sp = sub.add_parser("retry", help="run again only the tasks that failed in a run (default: the latest)")
+    sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough; default: the latest)")
+    sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
+    sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
+    sp.add_argument("--backend", choices=_backend_choices(), help="where tasks run (default: the run's)")
+    sp.add_argument("--storage", choices=_backend_choices(), help="where files live (default: the run's)")
+    sp.add_argument("--concurrency", type=_positive_int, help="local backend: tasks at once")
+    sp.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
+    output_arg(sp, stream=True)
 
     sp = sub.add_parser("status", help="show the state of a run (default: the latest)")
     sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough)")
@@ -250,12 +273,43 @@ def cmd_plan(args: argparse.Namespace) -> int:
     wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
     plan = build_plan(wf, args.backend)
     _warn(plan.warnings)
-    run = plan_run(plan, RUN_ID_PLACEHOLDER)
+    decisions, keys = _resume_view(wf, plan, args.backend)
+    run = plan_run(plan, RUN_ID_PLACEHOLDER, keys)
     if args.output == "json":
-        print(json.dumps({**plan_as_json(run), "warnings": list(plan.warnings)}, indent=2))
+        print(json.dumps({**plan_as_json(run, decisions), "warnings": list(plan.warnings)}, indent=2))
     else:
-        print_plan(run, limit=None if args.all else 20)
+        print_plan(run, limit=None if args.all else 20, decisions=decisions)
     return EXIT_OK
+
+
+def _resume_view(
+    wf: Workflow, plan: Plan, backend_name: str
+) -> tuple[list[Decision] | None, dict[str, TaskKey]]:
+    """What a run would take from earlier ones: the workspace's runs and the storage's ledger, read
+    only. Without a reachable storage (no credentials here), `plan` says so and shows every task."""
+    from batchflow.backends import registry
+    from batchflow.backends.base import Context
+    from batchflow.digests import DigestCache
+    from batchflow.ledger import task_keys
+    from batchflow.resume import decide, load_ledger
+
+    workspace = (wf.workspace or wf.base_dir / ".batchflow").resolve()
+    backend = registry.get(backend_name)
+    digests = DigestCache(workspace / "cache" / "digests.json")
+    keys = task_keys(plan, backend.name, digests.md5)  # not saved: `plan` writes nothing
+    try:
+        ctx = Context(workflow=wf, workspace=workspace, run_dir=workspace / "runs" / "plan")
+        storage = registry.get(backend.default_storage).storage(ctx)
+    except BatchflowError as e:
+        print(f"note: not checking earlier runs' outputs ({first_line(str(e))})", file=sys.stderr)
+        return None, keys
+    try:
+        return decide(keys, load_ledger(workspace, wf, storage), storage), keys
+    except BatchflowError as e:
+        print(f"note: not checking earlier runs' outputs ({first_line(str(e))})", file=sys.stderr)
+        return None, keys
+    finally:
+        storage.close()
 
 
 def _warn(warnings: Sequence[str]) -> None:
@@ -265,10 +319,78 @@ def _warn(warnings: Sequence[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args, args.workflow, _parse_overrides(args.overrides))
+    except _AttachInstead as e:
+        return _attach(args, e.state)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """Take over a run whose batchflow process died while its job ran on: monitor it to the end,
+    collect its results and logs, download and clean up, as the run itself would have."""
+    from batchflow.state import RunState, find_run
+
+    state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
+    if state.still_running():
+        raise BatchflowError(f"run {state.run_id} is still running (process {state.pid}): nothing to attach")
+    args.backend, args.storage, args.force = state.backend, state.storage, False
+    return _attach(args, state)
+
+
+class _AttachInstead(Exception):
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+
+def _attach(args: argparse.Namespace, state: RunState) -> int:
+    from batchflow.backends import registry
+    from batchflow.state import RunStatus
+
+    if not registry.get(state.backend).attachable:
+        raise BatchflowError(
+            f"run {state.run_id} ran on the {state.backend} backend, whose tasks do not outlive "
+            "batchflow: `batchflow run` runs what it left undone "
+            f"(and `batchflow cleanup {state.run_id}` stops leftovers)"
+        )
+    if state.effective_status is not RunStatus.DEAD and state.status is not RunStatus.DEAD:
+        raise BatchflowError(f"run {state.run_id} ended ({state.status.value}): nothing to attach to")
+    print(f"Attaching to run {state.run_id}, whose batchflow process is gone...", file=sys.stderr)
+    return _run(args, Path(state.workflow), dict(state.overrides), attach_to=state)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """A new run of a run's workflow (with its --set values) that executes only the tasks that failed
+    in it, and takes the others from the ledger where it can."""
+    from batchflow.state import RecordState, RunState, find_run
+
+    state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
+    if state.still_running():
+        raise BatchflowError(f"run {state.run_id} is still running (process {state.pid}): let it end first")
+    failed = sorted(tid for tid, t in state.tasks.items() if t.state is RecordState.FAILED)
+    if not failed:
+        print(f"Run {state.run_id} has no failed task: nothing to retry.", file=sys.stderr)
+        return EXIT_OK
+    args.backend = args.backend or state.backend
+    args.storage = args.storage or state.storage
+    args.force = False
+    print(f"Retrying {len(failed)} failed task(s) of run {state.run_id}...", file=sys.stderr)
+    return _run(args, Path(state.workflow), dict(state.overrides), only=failed)
+
+
+def _run(
+    args: argparse.Namespace,
+    workflow: Path,
+    overrides: dict[str, str],
+    *,
+    only: Sequence[str] | None = None,
+    attach_to: RunState | None = None,
+) -> int:
     from batchflow import runlock
     from batchflow.backends import registry
     from batchflow.backends.base import Context
+    from batchflow.digests import DigestCache
     from batchflow.events import EventSink, RunResult, RunStarted, Warn, info_lines
+    from batchflow.ledger import task_keys
     from batchflow.render import build_plan
     from batchflow.report import FanOut, JsonLinesReporter, Reporter, as_json
     from batchflow.runner import Runner, check_destinations
@@ -276,8 +398,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from batchflow.spec import load_workflow
     from batchflow.state import RunState, TaskJournal, new_run_id
 
-    overrides = _parse_overrides(args.overrides)
-    wf = load_workflow(args.workflow, overrides)
+    wf = load_workflow(workflow, overrides)
     workspace = (args.workspace or wf.workspace or wf.base_dir / ".batchflow").resolve()
     backend = registry.get(args.backend)
     plan = build_plan(wf, backend, exclude=[workspace])  # the workspace is never an input
@@ -289,7 +410,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Backends are built (and requirements checked) before the run folder exists: a run that
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
-    run_id = new_run_id()
+    run_id = attach_to.run_id if attach_to is not None else new_run_id()
     ctx = Context(
         workflow=wf,
         workspace=workspace,
@@ -306,15 +427,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Cheap requests before the run folder, the containers or any upload: a wrong key or
         # endpoint, or the job of another run, ends the run in seconds with exit 2, having created
         # nothing. Then the workspace's locks: a second run of the workflow refuses at once.
-        compute.check_access(wf.job.id)
+        try:
+            compute.check_access(wf.job.id)
+        except JobExists as e:
+            dead = _dead_run(workspace, e.owner, wf)
+            if attach_to is None and dead is not None and backend.attachable:
+                raise _AttachInstead(dead) from None
+            raise
         stack.enter_context(runlock.exclusive(workspace, [f"job {wf.job.id}", f"pool {wf.pool.id}"], run_id))
         check_destinations(wf)
-        state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
-        state.overrides = overrides  # `batchflow download` loads the workflow as this run did
-        state.save()
+        if attach_to is not None:
+            state = attach_to
+            state.reopen()
+        else:
+            state = RunState.create(workspace, wf.path, args.backend, run_id, storage=storage_name)
+            state.overrides = overrides  # `batchflow download` loads the workflow as this run did
+            state.save()
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
         reporter.emit(RunStarted(state.run_id, len(plan.tasks), args.backend, storage_name, state.folder))
-        runner = Runner(plan_run(plan, state.run_id), storage, compute, state, reporter)
+        digests = DigestCache(workspace / "cache" / "digests.json")
+        keys = task_keys(plan, backend.name, digests.md5)
+        digests.save()
+        run_plan = plan_run(plan, state.run_id, keys)
+        runner = Runner(
+            run_plan,
+            storage,
+            compute,
+            state,
+            reporter,
+            workspace=workspace,
+            force=args.force,
+            only=only,
+            attach=attach_to is not None,
+        )
         try:
             outcome = runner.run()
         except BatchflowError:
@@ -327,6 +472,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.output == "json":
             print(redact(json.dumps(as_json(outcome.state), indent=2)))
         return outcome.exit_code
+
+
+def _dead_run(workspace: Path, run_id: str | None, wf: Workflow) -> RunState | None:
+    """Run `run_id` of this workspace and workflow, if its batchflow process died without ending it."""
+    from batchflow.state import RunState, RunStatus
+
+    folder = workspace / "runs" / run_id if run_id else None
+    if folder is None or not folder.is_dir():
+        return None
+    try:
+        state = RunState.load(folder)
+    except BatchflowError:
+        return None
+    if Path(state.workflow).resolve() != wf.path.resolve():
+        return None
+    return state if state.effective_status is RunStatus.DEAD else None
 
 
 def _drop_terminal_output() -> None:
@@ -494,6 +655,8 @@ COMMANDS: dict[str, Any] = {
     "plan": cmd_plan,
     "run": cmd_run,
     "status": cmd_status,
+    "retry": cmd_retry,
+    "attach": cmd_attach,
     "cleanup": cmd_cleanup,
     "download": cmd_download,
     "schema": cmd_schema,

@@ -76,3 +76,12 @@ class Terminated(KeyboardInterrupt):
     @property
     def signal_name(self) -> str:
         return str(self.args[0]) if self.args else "SIGTERM"
+
+
+class JobExists(ConfigurationError):
+    """The job id is taken in the account: by batchflow run `owner` (its metadata says so), or by
+    something else (None). A run of this workspace that died while its job ran can be attached to."""
+
+    def __init__(self, message: str, owner: str | None) -> None:
+        super().__init__(message)
+        self.owner = owner

@@ -27,6 +27,7 @@ class StageName(str, enum.Enum):
     """The stages of a run, in order (download may come again after cleanup, for a failed run)."""
 
     UPLOAD = "upload"
+    REUSE = "reuse"  # what earlier runs already did (resume.py)
     POOL = "pool"
     JOB = "job"
     TASKS = "tasks"

@@ -5,6 +5,7 @@ A run's own files are shown under `<run id>` (runplan.RUN_ID_PLACEHOLDER): the i
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from batchflow.model import RenderedTask
 from batchflow.redact import redact
+from batchflow.resume import Decision, summary
 from batchflow.runplan import RunPlan
 
 
@@ -37,8 +39,16 @@ def _task_json(t: RenderedTask) -> dict[str, Any]:
     }
 
 
-def plan_as_json(run: RunPlan) -> dict[str, Any]:
+def _decision_json(d: Decision | None) -> dict[str, Any]:
+    if d is None:
+        return {}
+    return {"run": d.run, "reason": d.reason, "reuse_from": d.reuse.run if d.reuse else None}
+
+
+def plan_as_json(run: RunPlan, decisions: Sequence[Decision] | None = None) -> dict[str, Any]:
+    """`decisions` (resume.decide): whether each task would run, and why."""
     plan = run.plan
+    why = {d.task: d for d in decisions or ()}
     wf = plan.workflow
     pool = wf.pool
     return {
@@ -58,7 +68,8 @@ def plan_as_json(run: RunPlan) -> dict[str, Any]:
             for u in plan.uploads
         ],
         "task_count": len(run.tasks),
-        "tasks": [_task_json(t) for t in run.tasks],
+        "tasks": [{**_task_json(t), **_decision_json(why.get(t.id))} for t in run.tasks],
+        "resume": None if decisions is None else summary(decisions),
         "logs": None if run.logs is None else {"container": run.logs.container, "prefix": run.logs.prefix},
         "downloads": [
             {
@@ -77,8 +88,17 @@ def plan_as_json(run: RunPlan) -> dict[str, Any]:
     }
 
 
-def print_plan(run: RunPlan, limit: int | None = 20) -> None:
+def _decision_text(d: Decision | None) -> str:
+    if d is None:
+        return ""
+    if d.reuse is not None:
+        return f"no: unchanged since run {d.reuse.run}"
+    return f"yes: {d.reason}" if d.run else f"no: {d.reason}"
+
+
+def print_plan(run: RunPlan, limit: int | None = 20, decisions: Sequence[Decision] | None = None) -> None:
     plan = run.plan
+    why = {d.task: d for d in decisions or ()}
     wf = plan.workflow
     pool = wf.pool
     # soft_wrap: the lines above the table are never broken, whatever the width (a pipe gets 80).
@@ -94,8 +114,11 @@ def print_plan(run: RunPlan, limit: int | None = 20) -> None:
     if plan.start_task is not None:
         console.print(f"Start task: {redact(plan.start_task.command)}", markup=False)
     console.print(f"Job [{wf.job.id}]: {len(plan.tasks)} tasks", markup=False)
+    if decisions is not None:
+        console.print(f"Resume: {summary(decisions)}", markup=False)
     table = Table(show_lines=False)
-    for col in ("task id", "command", "inputs", "outputs"):
+    columns = ("task id", "command", "inputs", "outputs") + (("runs?",) if decisions is not None else ())
+    for col in columns:
         table.add_column(col, overflow="fold")
     shown = run.tasks if limit is None else run.tasks[:limit]
     for t in shown:
@@ -104,6 +127,7 @@ def print_plan(run: RunPlan, limit: int | None = 20) -> None:
             redact(t.command),
             "\n".join(i.file_path for i in t.inputs),
             "\n".join(f"{o.pattern} -> {o.container}/{o.destination}" for o in t.outputs),
+            *((_decision_text(why.get(t.id)),) if decisions is not None else ()),
             end_section=False,
         )
     console.print(table)

@@ -12,7 +12,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +30,11 @@ from batchflow.events import (
     Warn,
     info_lines,
 )
-from batchflow.model import CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
+from batchflow.ledger import Entry, StoredOutput, TaskKey, ledger_blob, write_keys, write_ledger
+from batchflow.model import BlobStat, CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
+from batchflow.resume import Decision, copies, decide, load_ledger, reused_outputs, summary
 from batchflow.runplan import Download, RunPlan
-from batchflow.state import RunState, RunStatus
+from batchflow.state import RecordState, RunState, RunStatus, TaskRecord
 
 log = logging.getLogger("batchflow")
 
@@ -71,8 +73,19 @@ class Runner:
         reporter: EventSink,
         *,
         clock: Callable[[], float] = time.monotonic,
+        workspace: Path | None = None,
+        force: bool = False,
+        only: Collection[str] | None = None,
+        attach: bool = False,
     ) -> None:
+        """`workspace` (where earlier runs' folders are): resume from them (and from the ledger in
+        storage) when the run plan has task keys; `force` runs every task; `only` (`batchflow
+        retry`): run these, take the others from earlier runs or leave them out."""
         self.run_plan = run_plan
+        self.workspace = workspace
+        self.force = force
+        self.only = only
+        self.attach = attach  # the run's job is there already (`batchflow attach`): no resume
         self.plan = run_plan.plan
         self.storage = storage
         self.compute = compute
@@ -84,6 +97,7 @@ class Runner:
         self._job_attempted = False  # create_job was called (it may have been interrupted)
         self._fetch_after_failure = False  # the run failed after tasks finished: fetch their outputs
         self._results: list[TaskResult] | None = None  # the monitor's last list of completed tasks
+        self.decisions: list[Decision] = []  # what resume decided for each task (none: no resume)
 
     # ---- the whole run ------------------------------------------------------------------
 
@@ -92,12 +106,16 @@ class Runner:
         self.state.task_count = len(self.plan.tasks)
         self.state.pool_id = wf.pool.id
         self.state.job_id = wf.job.id
+        if self.run_plan.keys:
+            write_keys(self.state.folder, self.run_plan.keys)
         try:
             self._upload()
-            self._pool()
-            self._job_and_tasks()
-            self._monitor()
-            self._collect()
+            self._reuse()
+            if self.run_plan.tasks:  # nothing to run: no pool, no job, nothing billed
+                self._pool()
+                self._job_and_tasks()
+                self._monitor()
+                self._collect()
             self._download()
             self.state.status = (
                 RunStatus.SUCCEEDED if self.state.counts()["failed"] == 0 else RunStatus.FAILED
@@ -137,6 +155,7 @@ class Runner:
             raise
         finally:
             try:
+                self._record_ledger()
                 self._cleanup()
                 self._download_after_failure()  # after the cleanup: no pool bills while it downloads
             finally:
@@ -192,13 +211,94 @@ class Runner:
                     Info(f"  {done - skipped} uploaded ({human_bytes(sent)}), {skipped} unchanged")
                 )
 
+    def _reuse(self) -> None:
+        """Tasks whose key matches a succeeded task whose outputs are still stored are not run: their
+        outputs are copied under this run's prefix and they count as succeeded."""
+        if not self.run_plan.keys or self.workspace is None or self.attach:
+            return
+        with self._stage("reuse"):
+            wf = self.plan.workflow
+            ledger = load_ledger(self.workspace, wf, self.storage, skip_run=self.state.run_id)
+            decisions = decide(self.run_plan.keys, ledger, self.storage, force=self.force, only=self.only)
+            by_container: dict[str, list[tuple[str, str]]] = defaultdict(list)
+            for c in copies(decisions, wf, self.state.run_id):
+                by_container[c.container].append((c.source, c.destination))
+            for container, pairs in by_container.items():
+                self.storage.copy_blobs(container, pairs)
+            for d in decisions:
+                if d.reuse is not None:
+                    outputs = reused_outputs(d.reuse, wf, self.state.run_id)
+                    self.state.tasks[d.task] = TaskRecord(
+                        RecordState.SUCCEEDED, exit_code=0, outputs=outputs, reused_from=d.reuse.run
+                    )
+            self.decisions = decisions
+            self.reporter.emit(Info(summary(decisions)))
+            self.run_plan = self.run_plan.narrowed({d.task for d in decisions if d.run})
+            self.state.save()
+
+    def _record_ledger(self) -> None:
+        """This run's entries (each finished task, its key and its outputs' sizes and MD5s), in the run
+        folder and beside the outputs in storage, for the runs that come after (on any machine)."""
+        keys = self.run_plan.keys
+        if not keys:
+            return
+        wf = self.plan.workflow
+        try:
+            entries = self._entries(keys)
+            path = write_ledger(self.state.folder, entries)
+            if wf.logs is not None:
+                blob = ledger_blob(wf.name, self.state.run_id)
+                self.storage.upload([UploadItem(path, wf.logs.container, blob, path.stat().st_size)])
+        except (BatchflowError, OSError) as e:
+            log.warning("could not record the run's ledger: %s", e)
+            self.reporter.emit(Warn(f"  could not record which tasks finished ({e}): a re-run may redo them"))
+
+    def _entries(self, keys: Mapping[str, TaskKey]) -> list[Entry]:
+        wf = self.plan.workflow
+        prefix = self.run_plan.output_prefix
+        stats: dict[str, dict[str, BlobStat]] = {}
+        for container in sorted({o.container for o in wf.tasks.outputs}):
+            try:
+                stats[container] = self.storage.stat_blobs(container, prefix)
+            except BatchflowError as e:
+                log.warning("cannot list the outputs in %s: %s", container, e)
+                stats[container] = {}
+        entries = []
+        for tid, record in self.state.tasks.items():
+            key = keys.get(tid)
+            if key is None or record.state not in (RecordState.SUCCEEDED, RecordState.FAILED):
+                continue
+            outputs = []
+            for o in record.outputs:
+                container, _, blob = o.partition("/")
+                found = stats.get(container, {}).get(blob)
+                outputs.append(
+                    StoredOutput(container, blob, *((found.size, found.md5) if found else (None, None)))
+                )
+            succeeded = record.state is RecordState.SUCCEEDED
+            if succeeded and any(o.size is None for o in outputs):
+                succeeded = False  # an output is not where it should be: never reuse this one
+            entries.append(
+                Entry(
+                    key.key,
+                    tid,
+                    self.state.run_id,
+                    succeeded,
+                    key.parts,
+                    tuple(outputs),
+                    record.ended_at or time.time(),
+                    record.reused_from,
+                )
+            )
+        return entries
+
     def _pool(self) -> None:
         pool = self.plan.workflow.pool
         with self._stage("pool"):
             self.reporter.emit(Info(f"Creating pool [{pool.id}]..."))
             self._pool_touched = True
             created = self.compute.create_pool(pool, self.plan.start_task, self.plan.start_task_inputs)
-            self.state.pool_created = created
+            self.state.pool_created = created or (self.attach and self.state.pool_created)
             self.state.save()
             self.compute.wait_for_pool(pool.id)  # (a reused pool: the compute says so, once)
 
@@ -211,13 +311,13 @@ class Runner:
             self.state.job_created = True  # recorded when created: only then is it this run's to delete
             self.state.save()
         with self._stage("tasks"):
-            self.reporter.emit(Info(f"Adding {len(self.plan.tasks)} tasks to job [{job.id}]..."))
+            self.reporter.emit(Info(f"Adding {len(self.run_plan.tasks)} tasks to job [{job.id}]..."))
             self.compute.add_tasks(job.id, self.run_plan.tasks)
             self.compute.seal_job(job.id)
 
     def _monitor(self) -> None:
         wf = self.plan.workflow
-        total = len(self.plan.tasks)
+        total = len(self.run_plan.tasks)
         with self._stage("monitor"):
             self.reporter.emit(
                 Info(f"Monitoring all tasks for 'Completed' state, timeout in {_fmt(wf.monitor.timeout)}...")

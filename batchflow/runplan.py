@@ -8,9 +8,11 @@ Pure: no file system, no network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from batchflow.ledger import LEDGER_PREFIX, TaskKey
 from batchflow.model import CleanupAction, Plan, RenderedTask, TaskLogs, Workflow
 
 # `batchflow plan` knows no run id yet: it shows where a run's own files go with this in its place.
@@ -46,13 +48,18 @@ class RunPlan:
     logs: TaskLogs | None  # where each task's stdout.txt and stderr.txt go
     downloads: tuple[Download, ...]
     cleanup: CleanupPlan
+    keys: Mapping[str, TaskKey] = field(default_factory=dict)  # by task id (ledger.py); {} -> no resume
 
     @property
     def workflow(self) -> Workflow:
         return self.plan.workflow
 
+    def narrowed(self, to_run: Collection[str]) -> RunPlan:
+        """The same run, executing only the tasks `to_run` (resume took the others from earlier runs)."""
+        return replace(self, tasks=tuple(t for t in self.tasks if t.id in to_run))
 
-def plan_run(plan: Plan, run_id: str) -> RunPlan:
+
+def plan_run(plan: Plan, run_id: str, keys: Mapping[str, TaskKey] | None = None) -> RunPlan:
     wf = plan.workflow
     prefix = output_prefix(wf, run_id)
     logs = task_logs(wf, run_id)
@@ -69,7 +76,7 @@ def plan_run(plan: Plan, run_id: str) -> RunPlan:
     cleanup = CleanupPlan(
         job=wf.cleanup.job is CleanupAction.DELETE, pool=wf.cleanup.pool, containers=doomed_containers(wf)
     )
-    return RunPlan(plan, run_id, tasks, prefix, logs, downloads(wf, run_id), cleanup)
+    return RunPlan(plan, run_id, tasks, prefix, logs, downloads(wf, run_id), cleanup, dict(keys or {}))
 
 
 def output_prefix(wf: Workflow, run_id: str) -> str:
@@ -93,10 +100,17 @@ def downloads(wf: Workflow, run_id: str) -> tuple[Download, ...]:
             d.container,
             (run_prefix if d.container in output_containers else "") + d.prefix,
             d.destination,
-            (wf.logs.prefix,) if wf.logs is not None and wf.logs.container == d.container else (),
+            (wf.logs.prefix, LEDGER_PREFIX)
+            if wf.logs is not None and wf.logs.container == d.container
+            else (),
         )
         for d in wf.downloads
     )
+
+
+def _not_outputs(wf: Workflow, container: str) -> tuple[str, ...]:
+    """What a download of `container` never fetches: the task logs and the ledger kept beside them."""
+    return (wf.logs.prefix, LEDGER_PREFIX) if wf.logs is not None and wf.logs.container == container else ()
 
 
 def doomed_containers(wf: Workflow) -> tuple[str, ...]:

@@ -77,6 +77,7 @@ class TaskRecord:
     stderr: str | None = None
     outputs: tuple[str, ...] = ()
     unmatched_outputs: tuple[str, ...] = ()
+    reused_from: str | None = None  # not run: its outputs are copies of this earlier run's (resume.py)
 
     @classmethod
     def of(cls, result: TaskResult, folder: Path) -> TaskRecord:
@@ -105,6 +106,7 @@ class TaskRecord:
             "stderr": self.stderr,
             "outputs": list(self.outputs),
             "unmatched_outputs": list(self.unmatched_outputs),
+            "reused_from": self.reused_from,
         }
 
     @classmethod
@@ -122,6 +124,7 @@ class TaskRecord:
             stderr=sj.opt_text(d.get("stderr"), f"{where}.stderr"),
             outputs=tuple(sj.texts(d.get("outputs", []), f"{where}.outputs")),
             unmatched_outputs=tuple(sj.texts(d.get("unmatched_outputs", []), f"{where}.unmatched_outputs")),
+            reused_from=sj.opt_text(d.get("reused_from"), f"{where}.reused_from"),
         )
 
 
@@ -172,6 +175,16 @@ class RunState:
         except PermissionError:
             return True
         return is_running(self.pid, self.pid_start)
+
+    def reopen(self) -> None:
+        """`batchflow attach`: this process goes on with the run its dead process left."""
+        self.status = RunStatus.RUNNING
+        self.ended_at = None
+        self.message = None
+        self.pid = os.getpid()
+        self.pid_start = process_start(self.pid)
+        self.host = socket.gethostname()
+        self.save()
 
     @property
     def effective_status(self) -> RunStatus:
@@ -422,7 +435,7 @@ def find_run(workspace: Path, run_id: str | None, workflow: Path | None = None) 
     runs = workspace / "runs"
     names = sorted(p.name for p in runs.iterdir() if (p / STATE_FILE).is_file()) if runs.is_dir() else []
     if workflow is not None:
-        names = [n for n in names if _workflow_of(runs / n) == workflow.resolve()]
+        names = [n for n in names if workflow_of(runs / n) == workflow.resolve()]
     if not names:
         raise BatchflowError(f"no runs in {runs}" + (f" of {workflow}" if workflow is not None else ""))
     if run_id is None:
@@ -435,7 +448,7 @@ def find_run(workspace: Path, run_id: str | None, workflow: Path | None = None) 
     raise BatchflowError(f"run id {run_id!r} is ambiguous: {', '.join(matches[:5])}")
 
 
-def _workflow_of(folder: Path) -> Path | None:
+def workflow_of(folder: Path) -> Path | None:
     try:
         data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         return Path(data["workflow"]).resolve()

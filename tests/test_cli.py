@@ -191,7 +191,8 @@ def test_plan_table(
     # After the table, the rest of the run plan: logs, downloads, cleanup.
     assert lines[-3:] == [
         "Task logs: output/batchflow-logs/<run id>/<task id>/",
-        f"Download: output/runs/<run id>/ (not batchflow-logs/) -> {wf.parent / 'out' / 'mp3'}",
+        "Download: output/runs/<run id>/ (not batchflow-logs/, batchflow-ledger/) -> "
+        f"{wf.parent / 'out' / 'mp3'}",
         "Cleanup: job deleted; pool delete-if-created",
     ]
     assert tree(wf.parent) == before

@@ -90,7 +90,8 @@ def test_mp4_to_mp3_on_blob_storage_gives_the_same_mp3s_as_folder_storage(
     logs = sorted(
         f"batchflow-logs/{run.name}/{t}/{f}" for t in state["tasks"] for f in ("stderr.txt", "stdout.txt")
     )
-    assert in_output == sorted(mp3s + logs)
+    ledger = [f"batchflow-ledger/mp4-to-mp3/{run.name}.jsonl"]  # what a second machine resumes from
+    assert in_output == sorted(mp3s + logs + ledger)
     for task_id, task in state["tasks"].items():
         assert (task["state"], task["exit_code"], task["failure"]) == ("succeeded", 0, None), task_id
         assert task["outputs"] == [f"{names['output']}/runs/{run.name}/{Path(task['outputs'][0]).name}"]
@@ -225,6 +226,7 @@ def test_outputs_in_one_shared_folder_are_downloaded_without_the_logs(
     (run,) = run_folders(wf.parent / ".batchflow")
     stored = wf.parent / ".batchflow" / "storage" / "outputs"
     assert sorted(str(p.relative_to(stored)) for p in stored.rglob("*") if p.is_file()) == [
+        f"batchflow-ledger/test-workflow/{run.name}.jsonl",
         "item-01.out",
         "item-02.out",
         f"logs/{run.name}/task-item-01/stderr.txt",

@@ -33,7 +33,7 @@ from batchflow.model import TaskCounts, TaskResult, TaskState
 from batchflow.report import FanOut, JsonLinesReporter, Reporter, as_json
 from batchflow.state import RunState, RunStatus
 
-STAGES = ["upload", "pool", "job", "tasks", "monitor", "download", "cleanup"]
+STAGES = ["upload", "reuse", "pool", "job", "tasks", "monitor", "download", "cleanup"]
 SAFETY_NET = 60.0  # seconds; only so a broken run fails instead of hanging the suite
 
 

@@ -88,6 +88,7 @@ def test_state_json_keeps_its_shape_and_loads_back_typed(tmp_path: Path) -> None
             "stderr": "tasks/t1/stderr.txt",
             "outputs": ["out/t1.mp3"],
             "unmatched_outputs": [],
+            "reused_from": None,
         },
         "t2": {
             "state": "failed",
@@ -100,6 +101,7 @@ def test_state_json_keeps_its_shape_and_loads_back_typed(tmp_path: Path) -> None
             "stderr": "tasks/t2/stderr.txt",
             "outputs": [],
             "unmatched_outputs": ["*.mp3"],
+            "reused_from": None,
         },
         "t3": {
             "state": "not_started",
@@ -112,6 +114,7 @@ def test_state_json_keeps_its_shape_and_loads_back_typed(tmp_path: Path) -> None
             "stderr": None,
             "outputs": [],
             "unmatched_outputs": [],
+            "reused_from": None,
         },
     }
     loaded = RunState.load(state.folder)

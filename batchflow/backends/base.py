@@ -308,6 +308,9 @@ class Backend(Protocol):
     settings_schema: Mapping[str, Any] | None
     # The key, in its block, of a start task that replaces pool.start_task on this backend (None).
     start_task_key: str | None
+    # Its tasks go on without batchflow (a service runs them): a run whose batchflow process died can
+    # be attached to (`batchflow attach`), its job monitored to the end. False: they die or are stopped.
+    attachable: bool
 
     def read_settings(self, block: SettingsBlock) -> object:
         """The block as this backend's own typed settings (Workflow.settings[name])."""

@@ -55,6 +55,7 @@ class ThreadBackend:
         Path(__file__).with_name("settings.schema.json").read_text(encoding="utf-8")
     )
     start_task_key = "start_task"
+    attachable = False
 
     def read_settings(self, block: SettingsBlock) -> ThreadSettings:
         return ThreadSettings(

@@ -55,6 +55,7 @@ class AzureBackend:
         Path(__file__).with_name("settings.schema.json").read_text(encoding="utf-8")
     )
     start_task_key = None  # pool.start_task is the Batch pool's own
+    attachable = True
 
     def read_settings(self, block: SettingsBlock) -> AzureSettings:
         return AzureSettings(

@@ -51,7 +51,7 @@ from batchflow.backends.azure.pool_health import PoolHealth, describe_nodes, res
 from batchflow.backends.azure.results import TaskResults
 from batchflow.backends.azure.submit import TRANSIENT_STATUS, submit_tasks
 from batchflow.backends.base import Storage
-from batchflow.errors import BatchflowError, ConfigurationError, first_line
+from batchflow.errors import BatchflowError, JobExists, first_line
 from batchflow.model import (
     JobSpec,
     PoolSpec,
@@ -124,6 +124,7 @@ class AzureBatchCompute:
         self._sleep = sleep
         self._pool: PoolSpec | None = None
         self._jobs: set[str] = set()  # jobs this compute created (or found created by this run)
+        self._sealed: set[str] = set()  # jobs of this run found sealed already (`batchflow attach`)
         self._container_urls: dict[str, str] = {}
         self._last_counts: dict[str, TaskCounts] = {}
         self._progress_at: dict[str, float] = {}
@@ -159,14 +160,17 @@ class AzureBatchCompute:
         if found is None or is_(found.state, bm.BatchJobState.DELETING):
             return  # a job being deleted is waited for by create_job
         owner = run_of(found)
-        raise ConfigurationError(
+        if owner == self._run_id:
+            return  # this run's own job: `batchflow attach` takes it over
+        raise JobExists(
             f"job {job_id!r} already exists in the Batch account"
             + (
                 f" (batchflow run {owner}: if that run is over, `batchflow cleanup {owner}` removes it)"
                 if owner
                 else " (not made by batchflow)"
             )
-            + "; Batch job ids are unique in an account: wait for it, delete it, or change job.id"
+            + "; Batch job ids are unique in an account: wait for it, delete it, or change job.id",
+            owner,
         )
 
     # ---- pool -----------------------------------------------------------------------------
@@ -183,6 +187,8 @@ class AzureBatchCompute:
             self._wait_gone(lambda: self._get_pool(pool.id), f"pool {pool.id!r}")
             existing = None
         if existing is not None:
+            if run_of(existing) == self._run_id:
+                return True  # this run's own pool (`batchflow attach`, or a resent create)
             return self._reuse(pool, existing)
         inputs = [self._resolve(i) for i in start_task_inputs]
         request = build.pool_request(pool, start_task, inputs, self._run_id)
@@ -267,7 +273,14 @@ class AzureBatchCompute:
             except ResourceExistsError as e:
                 found = self._get_job(job.id)
                 if found is not None and run_of(found) == run_id:
-                    break  # ours: an earlier answer was lost and the request resent
+                    # Ours: an earlier answer was lost and the request resent, or `batchflow attach`.
+                    # Sealed already (set to terminate once its tasks complete, or completed):
+                    # the run that sealed it had added every task.
+                    if is_(
+                        found.all_tasks_complete_mode, bm.BatchAllTasksCompleteMode.TERMINATE_JOB
+                    ) or among(found.state, (bm.BatchJobState.TERMINATING, bm.BatchJobState.COMPLETED)):
+                        self._sealed.add(job.id)
+                    break
                 if found is not None and is_(found.state, bm.BatchJobState.DELETING):
                     self._notify(f"  job [{job.id}] is still being deleted (an earlier run); waiting...")
                     self._wait_gone(lambda: self._get_job(job.id), f"job {job.id!r}")
@@ -295,6 +308,12 @@ class AzureBatchCompute:
         self._progress_at[job.id] = self._clock()
 
     def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
+        if job_id in self._sealed:
+            for task in tasks:
+                if task.logs is not None:
+                    self._results.expect_logs(task.id, task.logs)
+            self._notify(f"  job [{job_id}] already has every task (the run added them all before it died)")
+            return
         requests = []
         for task in tasks:
             if task.logs is not None:
@@ -310,15 +329,18 @@ class AzureBatchCompute:
                     task.logs.prefix if task.logs else "",
                 )
             )
-        report = submit_tasks(
-            self._client,
-            job_id,
-            requests,
-            concurrency=self._concurrency,
-            deadline=self.timeouts.submit,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
+        try:
+            report = submit_tasks(
+                self._client,
+                job_id,
+                requests,
+                concurrency=self._concurrency,
+                deadline=self.timeouts.submit,
+                clock=self._clock,
+                sleep=self._sleep,
+            )
+        except HttpResponseError as e:  # refused as a whole (JobCompleted: ended meanwhile, ...)
+            raise batch_error(f"cannot add tasks to job {job_id!r}", e) from None
         self._count("create_task_collection", report.requests)
         log.info(
             "added %d tasks to job %s (%d already there) in %d requests (%d retried, %d split)",
@@ -518,7 +540,7 @@ class AzureBatchCompute:
     def _get_job(self, job_id: str) -> bm.BatchJob | None:
         self._count("get_job")
         try:
-            return self._client.get_job(job_id, select=["id", "state", "metadata"])
+            return self._client.get_job(job_id, select=["id", "state", "metadata", "onAllTasksComplete"])
         except ResourceNotFoundError:
             return None
         except (HttpResponseError, *NO_ANSWER) as e:

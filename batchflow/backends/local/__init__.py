@@ -47,6 +47,7 @@ class LocalBackend:
         Path(__file__).with_name("settings.schema.json").read_text(encoding="utf-8")
     )
     start_task_key = "start_task"
+    attachable = False
 
     def read_settings(self, block: SettingsBlock) -> LocalSettings:
         data = block.data

@@ -1,0 +1,119 @@
+"""A run whose batchflow process died while its Azure job ran on is taken over, not redone: a plain
+`batchflow run` of the same workflow (or `batchflow attach RUN`) finds the dead run's live job, adds no
+task twice, monitors it to the end, downloads and cleans up as the run itself would have.
+
+Real `python -m batchflow` processes killed with SIGKILL, the Batch emulator running the tasks on this
+machine, Azurite as the storage.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure_env import AzureEnv, rename_containers, unique_containers
+from conftest import REPO, WriteWorkflow, in_out_storage
+from test_e2e_azure import leftovers
+
+from batchflow.cli import main
+
+pytest_plugins = ["azurite", "azure_env"]
+
+# Each task notes that it started, waits for the gate, then writes its output.
+COMMAND = (
+    "echo {{ input.stem }} >> {{ vars.dir }}/started; "
+    "while [ ! -e {{ vars.dir }}/gate ]; do sleep 0.05; done; "
+    "tr a-z A-Z < {{ input.path }} > {{ input.stem }}.out"
+)
+
+
+def _workflow(write_workflow: WriteWorkflow, tmp_path: Path, n: int) -> tuple[Path, Path]:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    wf = write_workflow(
+        COMMAND,
+        inputs=n,
+        tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}]},
+        extra={
+            "storage": in_out_storage(),
+            "vars": {"dir": str(shared)},
+            "monitor": {"poll_interval": "100ms"},
+        },
+    )
+    rename_containers(wf, unique_containers("inputs", "outputs"))
+    return wf, shared
+
+
+def _kill_while_running(wf: Path, shared: Path, azure_env: AzureEnv, running: int) -> None:
+    """SIGKILL the run once `running` tasks started (the pool's two nodes run two at a time)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchflow", "run", str(wf), "--backend", "azure", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    started = shared / "started"
+    try:
+        azure_env.emulator.wait_for(
+            lambda: started.exists() and len(started.read_text().split()) >= running,
+            timeout=60,
+            what=f"{running} tasks running",
+        )
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _state(wf: Path) -> dict[str, Any]:
+    (folder,) = sorted((wf.parent / ".batchflow" / "runs").iterdir())
+    data: dict[str, Any] = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    return data
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", ["run", "attach"])
+def test_a_run_killed_while_its_job_runs_is_taken_over_not_redone(
+    how: str,
+    write_workflow: WriteWorkflow,
+    azure_env: AzureEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    n = 3
+    wf, shared = _workflow(write_workflow, tmp_path, n)
+    _kill_while_running(wf, shared, azure_env, 2)  # two running, the third still queued
+    dead = _state(wf)
+    assert dead["status"] == "running"  # as the killed process left it
+    assert leftovers(azure_env) == (["TestPool"], ["TestJob"])
+
+    (shared / "gate").touch()
+    args = ["run", str(wf), "--backend", "azure"] if how == "run" else ["attach", "--workflow", str(wf)]
+    assert main(args) == 0
+
+    err = capsys.readouterr().err
+    assert f"Attaching to run {dead['run_id']}" in err
+    # One run folder: the dead run's, finished by this process; each task ran once.
+    state = _state(wf)
+    assert state["run_id"] == dead["run_id"] and state["status"] == "succeeded"
+    assert sorted((shared / "started").read_text().split()) == [f"item-{i:02d}" for i in range(1, n + 1)]
+    out = wf.parent / "out"
+    assert {p.name: p.read_text() for p in out.glob("*.out")} == {
+        f"item-{i:02d}.out": f"ITEM {i}\n" for i in range(1, n + 1)
+    }
+    assert leftovers(azure_env) == ([], [])  # cleaned up as the run would have
+
+
+@pytest.mark.e2e
+def test_attach_refuses_a_local_run_and_a_run_that_ended(
+    write_workflow: WriteWorkflow, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wf = write_workflow("true", inputs=1)
+    assert main(["run", str(wf), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["attach", "--workflow", str(wf)]) == 1
+    assert "whose tasks do not outlive batchflow" in capsys.readouterr().err
