@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchflow import __version__
 from batchflow.errors import BatchflowError, InvalidWorkflow, JobExists, Problem, Terminated, first_line
-from batchflow.redact import RedactingFilter, redact
+from batchflow.redact import RedactingFilter, redact, redact_json
 
 if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
     from batchflow.ledger import TaskKey
@@ -41,6 +40,20 @@ def _backend_choices() -> list[str]:
     from batchflow.backends import registry
 
     return registry.names()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """`--backend`'s help lists each backend with its description, read from the registry only when
+    help is shown: `batchflow --version` and every command still import no backend."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if action.dest == "backend" and text is not None:
+            from batchflow.backends import registry
+
+            listed = "; ".join(f"{b.name}: {b.description}" for b in registry.all_backends())
+            text = f"{text} ({listed.replace('%', '%%')})"  # argparse %-formats help
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,20 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
         more = "; jsonl: every event as it happens, one JSON object a line" if stream else ""
         sp.add_argument("--output", choices=choices, default="text", help="output format on stdout" + more)
 
-    sp = sub.add_parser("validate", help="check a workflow file and report every problem")
+    sp = sub.add_parser(
+        "validate", help="check a workflow file and report every problem", formatter_class=_HelpFormatter
+    )
     workflow_args(sp)
     output_arg(sp)
     sp.add_argument(
         "--backend", choices=_backend_choices(), default="local", help="check it for this backend"
     )
 
-    sp = sub.add_parser("plan", help="show what a run would do, creating nothing")
+    sp = sub.add_parser(
+        "plan", help="show what a run would do, creating nothing", formatter_class=_HelpFormatter
+    )
     workflow_args(sp)
     output_arg(sp)
-    sp.add_argument("--backend", choices=_backend_choices(), default="local")
+    sp.add_argument("--backend", choices=_backend_choices(), default="local", help="plan it for this backend")
     sp.add_argument("--all", action="store_true", help="list every task, not only the first 20")
 
-    sp = sub.add_parser("run", help="run a workflow")
+    sp = sub.add_parser("run", help="run a workflow", formatter_class=_HelpFormatter)
     workflow_args(sp)
     output_arg(sp, stream=True)
     sp.add_argument("--backend", choices=_backend_choices(), default="local", help="where tasks run")
@@ -173,17 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except InvalidWorkflow as e:
-        _json_error(output, {"valid": False, "problems": [p.as_dict() for p in e.problems]})
+        n = len(e.problems)
+        summary = f"{n} problem{'s' if n != 1 else ''}; nothing was created."
+        problems = [p.as_dict() for p in e.problems]
+        _json_error(
+            output, {"valid": False, "problems": problems, "error": summary, "exit_code": EXIT_INVALID}
+        )
         for problem in e.problems:
             print(redact(str(problem)), file=sys.stderr)
-        n = len(e.problems)
-        print(f"{n} problem{'s' if n != 1 else ''}; nothing was created.", file=sys.stderr)
+        print(summary, file=sys.stderr)
         return EXIT_INVALID
     except BatchflowError as e:  # machine-readable on stdout, as the success output would have been
         _json_error(output, {"error": redact(str(e)), "exit_code": e.exit_code})
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before a run began (a run that began ends with its "result")
+        _json_error(output, {"error": "interrupted", "exit_code": EXIT_INTERRUPTED})
         print("Interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:  # the world said no (disk full, permission denied, read-only): not a bug
@@ -207,9 +229,9 @@ def _json_error(output: str, error: dict[str, Any], indent: int | None = 2) -> N
     """An error on stdout too, for `--output json` (an object) or `--output jsonl` (a last line,
     {"event": "error", ...}); nothing for text."""
     if output == "json":
-        print(json.dumps(error, indent=indent))
+        print(redact_json(error, indent=indent))
     elif output == "jsonl":
-        print(json.dumps({"event": "error", **error}), flush=True)
+        print(redact_json({"event": "error", **error}), flush=True)
 
 
 def _crash_log(exc: BaseException) -> Path:
@@ -258,7 +280,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _warn(plan.warnings)
     if args.output == "json":
         result = {"valid": True, "problems": [], "warnings": list(plan.warnings), "tasks": len(plan.tasks)}
-        print(json.dumps(result, indent=2))
+        print(redact_json(result, indent=2))
     else:
         print(f"{args.workflow}: valid ({len(plan.tasks)} tasks)", file=sys.stderr)
     return EXIT_OK
@@ -276,7 +298,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     decisions, keys = _resume_view(wf, plan, args.backend)
     run = plan_run(plan, RUN_ID_PLACEHOLDER, keys)
     if args.output == "json":
-        print(json.dumps({**plan_as_json(run, decisions), "warnings": list(plan.warnings)}, indent=2))
+        print(redact_json({**plan_as_json(run, decisions), "warnings": list(plan.warnings)}, indent=2))
     else:
         print_plan(run, limit=None if args.all else 20, decisions=decisions)
     return EXIT_OK
@@ -402,11 +424,12 @@ def _run(
     workspace = (args.workspace or wf.workspace or wf.base_dir / ".batchflow").resolve()
     backend = registry.get(args.backend)
     plan = build_plan(wf, backend, exclude=[workspace])  # the workspace is never an input
-    _warn(plan.warnings)
     storage_name = args.storage or backend.default_storage
     reporter: EventSink = Reporter(quiet=args.quiet)  # text on stderr, whatever the --output
     if args.output == "jsonl":
         reporter = FanOut(reporter, JsonLinesReporter(sys.stdout))
+    for warning in plan.warnings:  # what input discovery skipped: stderr, and the stream's "warning"
+        reporter.emit(Warn(f"warning: {warning}"))
 
     # Backends are built (and requirements checked) before the run folder exists: a run that
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
@@ -470,7 +493,7 @@ def _run(
             raise
         reporter.emit(RunResult.of(outcome.state, outcome.outputs))
         if args.output == "json":
-            print(redact(json.dumps(as_json(outcome.state), indent=2)))
+            print(redact_json(as_json(outcome.state), indent=2))
         return outcome.exit_code
 
 
@@ -536,7 +559,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     exit_code = codes.get(status, EXIT_FAILED)
     if args.output == "json":
         data = {**as_json(state), "status": status.value, "exit_code": exit_code}
-        print(redact(json.dumps(data, indent=2)))
+        print(redact_json(data, indent=2))
         return exit_code
     print(redact("\n".join(status_lines(state, status, time.time()))))
     return exit_code
@@ -559,7 +582,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from batchflow.state import RunState, find_run
 
     workspace = _workspace_of(args)
-    state = RunState.load(find_run(workspace, args.run, args.workflow))
+    state = RunState.load(find_run(workspace, args.run, args.workflow), journal=False)
     if state.still_running():
         raise BatchflowError(
             f"run {state.run_id} is still running (process {state.pid}): stop it first (Ctrl-C cleans up)"
@@ -598,10 +621,12 @@ def _cleanup(
             RunStatus.DEAD,
             "the batchflow process died; `batchflow cleanup` cleaned up",
         )
+        # Its task processes are stopped now: none of its tasks runs, whatever the journal said.
+        state.end_dead_tasks("its batchflow process died; stopped by batchflow cleanup", time.time())
     state.save()
     if args.output == "json":
         result = {"run_id": state.run_id, "deleted": report.deleted, "kept": report.kept}
-        print(json.dumps({**result, "failed": report.failed}, indent=2))
+        print(redact_json({**result, "failed": report.failed}, indent=2))
     for line in report.kept:
         print(redact(f"  kept {line}"), file=sys.stderr)
     for line in report.failed:
@@ -622,7 +647,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     from batchflow.state import RunState, find_run
 
     workspace = _workspace_of(args)
-    state = RunState.load(find_run(workspace, args.run, args.workflow))
+    state = RunState.load(find_run(workspace, args.run, args.workflow), journal=False)
     if state.still_running():
         raise BatchflowError(
             f"run {state.run_id} is still running (process {state.pid}): it downloads itself"
@@ -637,7 +662,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     if args.output == "json":
-        print(json.dumps({"run_id": state.run_id, "outputs": lines}, indent=2))
+        print(redact_json({"run_id": state.run_id, "outputs": lines}, indent=2))
     for line in lines:
         print(redact(f"Outputs: {line}"), file=sys.stderr)
     return EXIT_OK

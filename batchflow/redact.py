@@ -9,10 +9,13 @@ as it is at each call, whether batchflow uses the variable or not.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from batchflow.credentials import is_credential_variable
 
@@ -29,6 +32,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
 )
 
+# What each of _PATTERNS starts with (case aside): text without any of these matches none of them.
+_ANY_PATTERN = re.compile(r"(?i)sig=|AccountKey=|SharedAccessSignature=|Authorization")
 
 # Secret values known at run time (account keys read from the environment): replaced wherever they
 # appear, whatever the text around them.
@@ -67,13 +72,48 @@ def _is_local_path(value: str) -> bool:
 
 
 def redact(text: str) -> str:
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+    return _redact(text, _secrets_now())
+
+
+def _secrets_now() -> list[str]:
     # Longest first, so a secret containing another is replaced whole.
-    for secret in sorted(_SECRETS | environment_secrets(), key=len, reverse=True):
+    return sorted(_SECRETS | environment_secrets(), key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    if _ANY_PATTERN.search(text):  # one scan for the common case: none of them
+        for pattern, repl in _PATTERNS:
+            text = pattern.sub(repl, text)
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, "REDACTED")
     return text
+
+
+def redact_json(obj: object, **dumps: Any) -> str:
+    """`obj` as JSON text (json.dumps with `dumps`' options), every string in it, keys included,
+    redacted before it is dumped. Redacting the dumped text instead misses a secret whose JSON
+    form is not its raw text (`ä` dumped as `\\u00e4`, a `"` or `\\` escaped), and a pattern that
+    stops at a quote cuts an escape in two (`sig=abc\\"` -> `sig=REDACTED"`): invalid JSON."""
+    secrets = _secrets_now()
+    seen: dict[str, str] = {}  # the same text (a state, a folder name) is redacted once per call
+
+    def clean(text: str) -> str:
+        done = seen.get(text)
+        if done is None:
+            done = seen[text] = _redact(text, secrets)
+        return done
+
+    def walk(value: object) -> object:
+        if isinstance(value, str):
+            return clean(value)
+        if isinstance(value, Mapping):
+            return {clean(k) if isinstance(k, str) else k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        return value
+
+    return json.dumps(walk(obj), **dumps)
 
 
 class RedactingFilter(logging.Filter):

@@ -8,7 +8,6 @@ stdout is kept for machine-useful output (`--output json`, `--output jsonl`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -34,7 +33,7 @@ from batchflow.events import (
     event_json,
 )
 from batchflow.model import TaskCounts
-from batchflow.redact import redact
+from batchflow.redact import redact, redact_json
 from batchflow.state import RecordState, RunState, RunStatus
 
 _CUT_LAST = Column(no_wrap=True, overflow="ellipsis")  # cut, not wrapped, when the line is full
@@ -235,7 +234,7 @@ class JsonLinesReporter:
         self._gone = False
 
     def emit(self, event: Event) -> None:
-        line = redact(json.dumps(event_json(event))) + "\n"
+        line = redact_json(event_json(event)) + "\n"
         with self._lock:
             if self._gone:
                 return
@@ -311,6 +310,7 @@ def status_lines(state: RunState, status: RunStatus, now: float) -> list[str]:
     """`batchflow status`: where the run is, what runs now (the longest first), why tasks failed."""
     counts = state.counts()
     not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
+    not_started += f", {counts['active']} queued" if counts["active"] else ""
     lines: list[str] = [
         f"Run {state.run_id} ({state.backend}): {status.value}, stage {state.stage}",
         f"Workflow: {state.workflow}",

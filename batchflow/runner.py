@@ -417,7 +417,7 @@ class Runner:
             if delete_pool and self._pool_touched:
                 self._try(f"Deleting pool [{wf.pool.id}]...", lambda: self.compute.delete_pool(wf.pool.id))
             elif self.state.pool_created:
-                self.reporter.emit(Warn(f"Pool [{wf.pool.id}] kept (cleanup.pool: {policy.pool.value}))."))
+                self.reporter.emit(Warn(f"Pool [{wf.pool.id}] kept (cleanup.pool: {policy.pool.value})."))
             # Data is deleted only when asked, only after a run in which everything succeeded, and
             # only the containers this run created (another run may be using one it found).
             if succeeded:

@@ -29,7 +29,7 @@ from batchflow import strict_json as sj
 from batchflow.errors import BatchflowError
 from batchflow.model import TaskResult, TaskState
 from batchflow.procinfo import is_running, process_start
-from batchflow.redact import redact
+from batchflow.redact import redact_json
 
 log = logging.getLogger("batchflow")
 
@@ -221,10 +221,14 @@ class RunState:
                 self.tasks[task_id] = replace(record, state=RecordState.NOT_STARTED, failure=None, attempts=0)
 
     def counts(self) -> dict[str, int]:
-        """Tasks per state, every state named (keys: RecordState values)."""
+        """Tasks per state, every state named (keys: RecordState values). While the run goes on,
+        the tasks it has no record of yet (the journal names a task once it starts) are queued,
+        "active": the counts add up to task_count."""
         out = {s.value: 0 for s in RecordState}
         for t in self.tasks.values():
             out[t.state.value] += 1
+        if self.status is RunStatus.RUNNING:
+            out[RecordState.ACTIVE.value] += max(0, self.task_count - len(self.tasks))
         return out
 
     def running_tasks(self) -> list[tuple[str, TaskRecord]]:
@@ -251,7 +255,7 @@ class RunState:
         (it still cleans up); the failure is logged, and the next save tries again."""
         tmp = self.folder / (STATE_FILE + ".tmp")
         try:  # redacted: messages and failures may quote a service's answer or a task's words
-            tmp.write_text(redact(json.dumps(self.to_json(), indent=1, sort_keys=True)), encoding="utf-8")
+            tmp.write_text(redact_json(self.to_json(), indent=1, sort_keys=True), encoding="utf-8")
             tmp.replace(self.folder / STATE_FILE)
         except OSError as e:
             log.warning("cannot save the run state in %s: %s", self.folder, e)
@@ -284,9 +288,11 @@ class RunState:
         return state
 
     @classmethod
-    def load(cls, folder: Path) -> RunState:
+    def load(cls, folder: Path, *, journal: bool = True) -> RunState:
         """state.json, with the task journal merged in: a task state.json records (at the end of the
-        run) as recorded, any other task the journal knows as running or as it ended."""
+        run) as recorded, any other task the journal knows as running or as it ended. Without
+        `journal`, state.json alone: what `cleanup` and `download` need (a journal they cannot read
+        never stops them)."""
         path = folder / STATE_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -298,9 +304,25 @@ class RunState:
             state = cls.from_json(data, folder)
         except sj.BadType as e:
             raise BatchflowError(f"run state {path} is damaged: {e}") from None
-        for task_id, record in read_journal(folder).items():
-            state.tasks.setdefault(task_id, record)
+        if journal:
+            for task_id, record in read_journal(folder).items():
+                state.tasks.setdefault(task_id, record)
         return state
+
+    def end_dead_tasks(self, why: str, at: float) -> None:
+        """A dead run, its task processes stopped (`batchflow cleanup`): its record takes what the
+        journal knows, and every task still recorded running or queued fails with `why`. state.json
+        wins over the journal, so no task stays "running" in it, or in `status`, forever."""
+        try:
+            journal = read_journal(self.folder)
+        except BatchflowError as e:
+            log.warning("%s", e)
+            journal = {}
+        for task_id, record in journal.items():
+            self.tasks.setdefault(task_id, record)
+        for task_id, record in self.tasks.items():
+            if record.state in (RecordState.RUNNING, RecordState.ACTIVE):
+                self.tasks[task_id] = replace(record, state=RecordState.FAILED, failure=why, ended_at=at)
 
     @classmethod
     def from_json(cls, data: object, folder: Path) -> RunState:
@@ -369,7 +391,7 @@ class TaskJournal:
         self._append({"event": "ended", "task": result.id, **TaskRecord.of(result, self.folder).to_json()})
 
     def _append(self, entry: Mapping[str, Any]) -> None:
-        line = redact(json.dumps(entry, sort_keys=True)) + "\n"
+        line = redact_json(entry, sort_keys=True) + "\n"
         with self._lock:
             try:
                 with open(self.path, "a", encoding="utf-8") as f:
@@ -386,8 +408,9 @@ class TaskJournal:
 
 def read_journal(folder: Path) -> dict[str, TaskRecord]:
     """Each task the run folder's journal names, as its last line left it: running (since its
-    first start), or as it ended. A line cut short (a full disk, a crash) is skipped; a whole line
-    of the wrong shape is an error, as in state.json."""
+    first start), or as it ended. A line cut short (a full disk, a crash) is skipped; so is a whole
+    line of the wrong shape or of an event this version does not know (another version's), with one
+    warning for the file: the journal only makes `status` live, one odd line must not hide the run."""
     path = folder / JOURNAL_FILE
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -396,6 +419,7 @@ def read_journal(folder: Path) -> dict[str, TaskRecord]:
     except OSError as e:
         raise BatchflowError(f"cannot read the task journal {path}: {e}") from None
     records: dict[str, TaskRecord] = {}
+    skipped: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -407,7 +431,14 @@ def read_journal(folder: Path) -> dict[str, TaskRecord]:
         try:
             _replay(records, entry, f"line {number}")
         except sj.BadType as e:
-            raise BatchflowError(f"task journal {path} is damaged: {e}") from None
+            skipped.append(str(e))
+    if skipped:
+        log.warning(
+            "task journal %s: %d line(s) skipped, not understood (the first: %s)",
+            path,
+            len(skipped),
+            skipped[0],
+        )
     return records
 
 

@@ -23,6 +23,7 @@ from thread_backend.storage import MemoryStorage
 from batchflow import spec
 from batchflow.backends import registry
 from batchflow.cli import main
+from batchflow.errors import ConfigurationError
 from batchflow.state import RunState
 
 SAFETY_NET = 60.0  # seconds; only so a broken run fails instead of hanging the suite
@@ -127,6 +128,48 @@ def test_backend_thread_is_a_cli_choice_only_while_registered(
     assert main(["validate", str(wf), "--backend", "thread"]) == 2
 
     assert "argument --backend: invalid choice: 'thread'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_backend_help_lists_every_backend_with_its_description(
+    thread: None, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    assert main([command, "--help"]) == 0
+
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for backend in registry.all_backends():
+        assert f"{backend.name}: {backend.description}" in shown
+    assert "thread: test only: tasks run from worker threads on folder nodes; files live in memory" in shown
+
+
+class _NamedPool(thread_backend.ThreadBackend):
+    name = "pool"
+
+
+NAMED_POOL = _NamedPool()  # a backend whose block would be the workflow's own `pool:`
+REFUSED = (
+    "backend test_backend_plugin:NAMED_POOL cannot be named 'pool': its block would be the workflow "
+    "file's own 'pool' key. Name it otherwise (the workflow's keys: cleanup, description, job, monitor, "
+    "name, pool, storage, tasks, vars, version)"
+)
+
+
+def test_a_backend_named_like_a_key_of_the_workflow_file_is_refused(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Such a backend made the schema raise ValueError: every command exited 3, "unexpected error"."""
+    wf = write_workflow("true")
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            registry.register("pool", "test_backend_plugin:NAMED_POOL")
+        assert str(caught.value) == REFUSED
+        assert "pool" not in registry.BACKENDS
+
+        registry.BACKENDS["pool"] = "test_backend_plugin:NAMED_POOL"  # past register, by hand
+        assert main(["validate", str(wf)]) == 2
+        assert capsys.readouterr().err == f"error: {REFUSED}\n"
+    finally:
+        registry.unregister("pool")
 
 
 def test_plan_uses_the_thread_start_task(

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, WriteWorkflow
 
 from batchflow.cli import main
-from batchflow.state import RunState
+from batchflow.state import JOURNAL_FILE, STATE_FILE, RecordState, RunState
 
 
 def _started(pool: Path) -> list[Path]:
@@ -28,14 +29,9 @@ def _wait_for_start(pool: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.e2e
-def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_run(
-    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """SIGKILL of batchflow: its tasks, in sessions of their own, live on, and `status` said
-    "running" forever. Now status says dead (exit 1) and cleanup stops the tasks, then removes the
-    node folders."""
-    wf = write_workflow("echo $$ > ../pid; touch ../started; sleep 60", inputs=1)
+def _killed_run(write_workflow: WriteWorkflow, **extra: Any) -> tuple[Path, Path, int]:
+    """A real `batchflow run` SIGKILLed while its one task runs: (workflow, pool folder, task pid)."""
+    wf = write_workflow("echo $$ > ../pid; touch ../started; sleep 60", inputs=1, extra=extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchflow", "run", str(wf), "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -59,6 +55,19 @@ def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_
     assert pool.is_dir()
     task_pid = int((_started(pool)[0].parent / "pid").read_text())
     assert _alive(task_pid)  # the task outlived batchflow
+    return wf, pool, task_pid
+
+
+@pytest.mark.e2e
+def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_run(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL of batchflow: its tasks, in sessions of their own, live on, and `status` said
+    "running" forever. Now status says dead (exit 1) and cleanup stops the tasks, then removes the
+    node folders."""
+    wf, pool, task_pid = _killed_run(write_workflow)
+    (run_folder,) = (wf.parent / ".batchflow" / "runs").iterdir()
+    assert RunState.load(run_folder).tasks["task-item-01"].state is RecordState.RUNNING  # the journal's
 
     assert main(["status", "--workflow", str(wf)]) == 1
     out = capsys.readouterr().out
@@ -74,8 +83,94 @@ def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_
     state = RunState.load(wf.parent / ".batchflow" / "runs" / report["run_id"])
     assert state.cleaned_up == ["process of task task-item-01", "pool TestPool"]
     assert state.status == "dead"
+    # The task cleanup stopped is failed in state.json (which wins over the journal), not running forever.
+    saved = json.loads((run_folder / STATE_FILE).read_text(encoding="utf-8"))["tasks"]["task-item-01"]
+    assert (saved["state"], saved["failure"]) == (
+        "failed",
+        "its batchflow process died; stopped by batchflow cleanup",
+    )
+    assert saved["started_at"] is not None and saved["ended_at"] >= saved["started_at"]
+    assert main(["status", "--workflow", str(wf), "--output", "json"]) == 1
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert (counts["running"], counts["failed"]) == (0, 1)
+
+
+@pytest.mark.e2e
+def test_an_unexpected_journal_line_blocks_neither_status_nor_cleanup(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A well-formed line batchflow does not know (another version's event) in the journal of a
+    killed run made status and cleanup fail ("damaged"), leaving its task processes running."""
+    wf, pool, task_pid = _killed_run(write_workflow)
+    (run_folder,) = (wf.parent / ".batchflow" / "runs").iterdir()
+    with open(run_folder / JOURNAL_FILE, "a", encoding="utf-8") as f:
+        f.write('{"event": "queued", "task": "task-item-02", "at": 1764760000.0}\n')
+
     assert main(["status", "--workflow", str(wf)]) == 1
-    capsys.readouterr()
+    assert ": dead, stage monitor" in capsys.readouterr().out
+
+    assert main(["cleanup", "--workflow", str(wf), "--yes"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        err.splitlines()[-1]
+        == f"Cleanup of run {run_folder.name}: process of task task-item-01, pool TestPool."
+    )
+    assert not _alive(task_pid)
+    assert not pool.exists()
+
+
+@pytest.mark.e2e
+def test_the_runner_says_it_kept_the_pool(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wf = write_workflow("true", inputs=1, extra={"cleanup": {"pool": "keep"}})
+
+    assert main(["run", str(wf)]) == 0
+
+    assert "Pool [TestPool] kept (cleanup.pool: keep)." in capsys.readouterr().err.splitlines()
+    assert (wf.parent / ".batchflow" / "pools" / "TestPool").is_dir()
+
+
+@pytest.mark.e2e
+def test_cleanup_keeps_a_pool_the_workflow_keeps_and_removes_the_job(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cleanup.pool: keep was honoured by the run's own cleanup, not by `batchflow cleanup`, which
+    removed the pool folder of a killed run whatever the workflow said."""
+    wf, pool, task_pid = _killed_run(write_workflow, cleanup={"pool": "keep"})
+    assert list(pool.glob("nodes/*/workitems/TestJob"))
+
+    assert main(["cleanup", "--workflow", str(wf), "--yes", "--output", "json"]) == 0
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"] == ["process of task task-item-01", "job TestJob"]
+    assert report["kept"] == ["pool TestPool (cleanup.pool: keep)"]
+    assert not _alive(task_pid)
+    assert pool.is_dir() and list(pool.glob("nodes/*/workitems/TestJob")) == []
+
+
+@pytest.mark.e2e
+def test_cleanup_reports_a_pool_folder_it_cannot_remove(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error from the file system while removing the pool folder (here a busy mount point) is one
+    line of the report and exit 1, not an unexpected error with a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    wf, pool, task_pid = _killed_run(write_workflow)
+    busy = pool / "nodes" / "node-0" / "shared"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(busy)], check=True)
+    try:
+        assert main(["cleanup", "--workflow", str(wf), "--yes", "--output", "json"]) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(busy)], check=False)
+
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["deleted"] == ["process of task task-item-01"]
+    assert report["failed"] == [f"pool TestPool: Device or resource busy: {busy}"]
+    assert f"  failed: pool TestPool: Device or resource busy: {busy}" in err.splitlines()
+    assert not _alive(task_pid)
 
 
 def _alive(pid: int) -> bool:

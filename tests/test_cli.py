@@ -107,6 +107,8 @@ def test_validate_broken_yaml_as_json(tmp_path: Path, capsys: pytest.CaptureFixt
                 "(while parsing a flow sequence at line 2, column 7)",
             }
         ],
+        "error": "1 problem; nothing was created.",
+        "exit_code": 2,
     }
     assert err.endswith("1 problem; nothing was created.\n")
 

@@ -333,15 +333,19 @@ def test_no_signature_or_key_in_any_output_or_state_file(
     azure_env.emulator.override_start_task(POOL, azure_env.local_start_task(wf))
     caplog.set_level("DEBUG", logger="batchflow")
 
-    assert main(["run", str(wf), "--backend", "azure", "--output", "json"]) == 0
+    # Every event as JSON lines (the last, "result", is what --output json prints), then status as JSON.
+    assert main(["run", str(wf), "--backend", "azure", "--output", "jsonl"]) == 0
+    stream, run_err = capsys.readouterr()
+    assert [json.loads(line)["event"] for line in stream.splitlines()][-1] == "result"  # every line JSON
     assert main(["plan", str(wf), "--backend", "azure", "--all"]) == 0
     assert main(["status", "--workflow", str(wf)]) == 0
+    assert main(["status", "--workflow", str(wf), "--output", "json"]) == 0
     out, err = capsys.readouterr()
 
     records = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("batchflow"))
-    texts: dict[str, str] = {"stdout": out, "stderr": err, "batchflow log records": records}
+    texts = {"stdout": out, "jsonl stream": stream, "stderr": run_err + err, "batchflow log records": records}
     for path in (wf.parent / ".batchflow").rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".log", ".txt"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".log", ".txt"):
             texts[str(path)] = path.read_text(encoding="utf-8", errors="replace")
     assert any(p.endswith("state.json") for p in texts)
     for where, text in texts.items():

@@ -288,5 +288,26 @@ def test_run_output_jsonl_of_a_failing_run_and_of_an_invalid_workflow(
     assert main(["run", str(wf), "--output", "jsonl"]) == 2
     [line] = capsys.readouterr().out.splitlines()
     error = json.loads(line)
+    # As every error line: "error" and "exit_code" (README), and the problems, as validate gives them.
     assert (error["event"], error["valid"]) == ("error", False)
+    assert (error["error"], error["exit_code"]) == ("1 problem; nothing was created.", 2)
     assert [p["path"] for p in error["problems"]] == ["pool.dedicated_nodes"]
+
+
+@pytest.mark.e2e
+def test_run_output_jsonl_streams_what_input_discovery_skipped(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The warnings input discovery gives (a broken link skipped) reached stderr only, not the stream."""
+    wf = write_workflow("true", inputs=1)
+    (wf.parent / "inputs" / "broken.txt").symlink_to(wf.parent / "inputs" / "missing.txt")
+
+    assert main(["run", str(wf), "--output", "jsonl"]) == 0
+
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines()]
+    skipped = f"skipped 'broken.txt': a broken link (to {wf.parent / 'inputs' / 'missing.txt'})"
+    [warning] = [e for e in events if e["event"] == "warning"]
+    assert warning["message"].startswith("warning: ") and warning["message"].endswith(skipped)
+    assert warning["message"] in err.splitlines()  # stderr shows the same line, as before
+    assert (events[0]["event"], events[1]["event"], events[-1]["event"]) == ("warning", "run", "result")

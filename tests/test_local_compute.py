@@ -626,7 +626,7 @@ def test_the_observer_hears_a_timeout(observed: LocalCompute, recorder: Recorder
     assert recorder.of("t1") == [("t1", 1, result.started_at), result]
 
 
-def test_the_observer_hears_of_tasks_stop_ended(
+def test_the_observer_hears_of_a_running_task_stop_ended(
     observed: LocalCompute, recorder: Recorder, workspace: Path
 ) -> None:
     marker = node_dir(workspace, 0) / "shared" / "running"
@@ -643,7 +643,28 @@ def test_the_observer_hears_of_tasks_stop_ended(
     started_at = results["running"].started_at
     assert started_at is not None
     assert recorder.of("running") == [("running", 1, started_at), results["running"]]
-    assert recorder.of("queued") == [results["queued"]]
+    assert recorder.of("queued") == []  # it never started: the run's results say so, not the observer
+
+
+def test_stop_tells_the_observer_nothing_of_the_queue_it_drops(
+    observed: LocalCompute, recorder: Recorder, workspace: Path
+) -> None:
+    """One journal line per queued task, written under the compute's lock, held stop() ~5 s with
+    100,000 tasks queued; the run marks them "not started" from task_results anyway."""
+    marker = node_dir(workspace, 0) / "shared" / "running"
+    queued = [make_task(f"q{i:04d}", "true") for i in range(2000)]
+    observed.add_tasks(JOB, [make_task("running", f'touch "{marker}"; sleep 100'), *queued])
+    deadline = time.monotonic() + SAFETY_NET
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the task never started"
+        observed.wait(0.05)
+    observed.stop()
+
+    results = {r.id: r for r in observed.task_results(JOB)}
+    dropped = {tid for tid, r in results.items() if r.started_at is None}
+    assert dropped == {t.id for t in queued}  # one slot: the first task held it
+    assert {results[t].failure for t in dropped} == {"cancelled"}
+    assert not [c for c in recorder.calls if (c.id if isinstance(c, TaskResult) else c[0]) in dropped]
 
 
 class Broken:

@@ -8,6 +8,7 @@ environment variables of this process.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterable
@@ -17,7 +18,19 @@ import pytest
 from conftest import WriteWorkflow
 
 from batchflow.cli import main
+from batchflow.events import Info
+from batchflow.model import TaskResult, TaskState
 from batchflow.redact import redact
+from batchflow.report import JsonLinesReporter
+from batchflow.state import (
+    JOURNAL_FILE,
+    RecordState,
+    RunState,
+    RunStatus,
+    TaskJournal,
+    TaskRecord,
+    read_journal,
+)
 
 # Shaped like the real thing: a Batch shared key, an Entra client secret, a storage account key, a PAT.
 SECRETS = {
@@ -189,6 +202,71 @@ def test_a_secret_passed_to_a_task_is_redacted_from_batchflow_output(
     # The task's own stderr is kept as the task wrote it; batchflow's state and log are not.
     task_stderr = (folder / "tasks" / "task-item-01" / "stderr.txt").read_text(encoding="utf-8")
     assert task_stderr == f"token is {token}\n"
+
+
+# ---- 2b. JSON is redacted value by value, never as dumped text -----------------------------------
+
+# A secret whose JSON form is not its raw text: json.dumps writes "p\u00e4ssw\u00f6rd1".
+UMLAUT_SECRET = "pässwörd1"  # noqa: S105 (a made-up secret, for the test)
+
+
+def test_a_json_line_stays_json_and_hides_a_secret_json_would_escape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reviewer's reproduction: `sig=` in a message holding quotes took the backslash of an
+    escaped quote with it (an unreadable line), and a non-ASCII secret, escaped, was never matched."""
+    monkeypatch.setenv("MY_PASSWORD", UMLAUT_SECRET)
+    stream = io.StringIO()
+    reporter = JsonLinesReporter(stream)
+    reporter.emit(Info('{"url": "https://h/c?sv=1&sig=abc"}'))
+    reporter.emit(Info(f"login with {UMLAUT_SECRET} refused"))
+
+    first, second = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert first == {"event": "info", "message": '{"url": "https://h/c?sv=1&sig=REDACTED"}'}
+    assert second == {"event": "info", "message": "login with REDACTED refused"}
+    assert "abc" not in stream.getvalue() and "w\\u00f6rd1" not in stream.getvalue()
+
+
+def test_a_journal_line_quoting_a_signed_url_reads_back_as_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_PASSWORD", UMLAUT_SECRET)
+    state = RunState.create(tmp_path / "ws", tmp_path / "wf.yaml", "local", "20261201-000000-000-aaaaaa")
+    journal = TaskJournal(state.folder)
+    journal.task_started("t1", 1, 100.0)
+    journal.task_ended(
+        TaskResult(
+            "t1", TaskState.FAILED, 1, 1, 100.0, 101.0, failure=f'GET "https://h/c?sig=abc" {UMLAUT_SECRET}'
+        )
+    )
+
+    record = read_journal(state.folder)["t1"]
+    assert (record.state, record.failure) == (RecordState.FAILED, 'GET "https://h/c?sig=REDACTED" REDACTED')
+    assert UMLAUT_SECRET.encode() not in (state.folder / JOURNAL_FILE).read_bytes()
+
+
+def test_state_json_and_json_output_hide_a_secret_json_would_escape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = tmp_path / "ws"
+    state = RunState.create(workspace, tmp_path / "wf.yaml", "local", "20261201-000000-000-aaaaaa")
+    state.status, state.ended_at, state.task_count = RunStatus.FAILED, 200.0, 1
+    failure = f'GET "https://h/c?sig=abc" refused \\ {UMLAUT_SECRET}'
+    state.tasks["t1"] = TaskRecord(RecordState.FAILED, exit_code=1, failure=failure)
+    state.message = f"stopped: {UMLAUT_SECRET}"
+    monkeypatch.setenv("MY_PASSWORD", UMLAUT_SECRET)
+    state.save()
+
+    saved = RunState.load(state.folder)
+    assert saved.tasks["t1"].failure == 'GET "https://h/c?sig=REDACTED" refused \\ REDACTED'
+    assert saved.message == "stopped: REDACTED"
+
+    # A secret batchflow's environment holds now, not when the state was saved: --output json hides it.
+    monkeypatch.delenv("MY_PASSWORD")
+    state.save()
+    monkeypatch.setenv("MY_PASSWORD", UMLAUT_SECRET)
+    assert main(["status", state.run_id, "--workspace", str(workspace), "--output", "json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["tasks"]["t1"]["failure"] == 'GET "https://h/c?sig=REDACTED" refused \\ REDACTED'
+    assert shown["message"] == "stopped: REDACTED"
 
 
 # ---- 3. a var never reads a credential ----------------------------------------------------------

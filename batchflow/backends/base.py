@@ -117,7 +117,9 @@ TASK_CONTRACT: tuple[tuple[int, str], ...] = (
 class TaskObserver(Protocol):
     """Told of each task attempt as it starts and ends, by a compute that knows at once (the local
     backend runs the tasks itself), so a run's record of its tasks is live on disk. Called from the
-    compute's worker threads: an observer is thread-safe, and never raises for a full disk."""
+    compute's worker threads: an observer is thread-safe, and never raises for a full disk. A task
+    that ends without ever leaving the queue (dropped by stop() or by its job's end) is not told of:
+    it never started, and the run records it from the compute's task results."""
 
     def task_started(self, task_id: str, attempt: int, at: float) -> None: ...
 
@@ -282,12 +284,17 @@ class Cleanup:
     failed: list[str] = field(default_factory=list)
 
     def attempt(self, what: str, action: Callable[[], object]) -> None:
-        """Delete `what` by calling `action` (False back: it was already gone)."""
+        """Delete `what` by calling `action` (False back: it was already gone). A BatchflowError or
+        an OSError (permission denied, a busy file) is reported in `failed`, never raised."""
         self.say(f"Deleting {what}...")
         try:
             result = action()
         except BatchflowError as e:
             self.failed.append(f"{what}: {e}")
+            return
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            self.failed.append(f"{what}: {e.strerror}{where}" if e.strerror else f"{what}: {e}")
             return
         if result is False:
             self.kept.append(f"{what} (already gone)")

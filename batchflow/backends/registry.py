@@ -9,8 +9,11 @@ backend"); `register` does the same at run time, for plugins and tests.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from batchflow.backends.base import Backend
@@ -23,6 +26,8 @@ BACKENDS: dict[str, str] = {
 }
 
 _loaded: dict[str, Backend] = {}
+# The workflow schema's core (spec.CORE_SCHEMA_FILE): its top-level keys are no backend's block key.
+_CORE_SCHEMA_FILE = Path(__file__).parent.parent / "core.schema.json"
 _generation = 0  # bumped by register/unregister: what is derived from the list is computed again
 
 
@@ -35,12 +40,28 @@ def generation() -> int:
     return _generation
 
 
+@functools.cache
+def _core_keys() -> frozenset[str]:
+    return frozenset(json.loads(_CORE_SCHEMA_FILE.read_text(encoding="utf-8"))["properties"])
+
+
+def _check_name(name: str, target: str) -> None:
+    """A backend's name is also its block's key in the workflow file: not one of the file's own."""
+    if name in _core_keys():
+        taken = ", ".join(sorted(_core_keys()))
+        raise ConfigurationError(
+            f"backend {target} cannot be named {name!r}: its block would be the workflow file's own "
+            f"{name!r} key. Name it otherwise (the workflow's keys: {taken})"
+        )
+
+
 def get(name: str) -> Backend:
     try:
         target = BACKENDS[name]
     except KeyError:
         known = ", ".join(BACKENDS)
         raise ConfigurationError(f"no backend {name!r} (known: {known})") from None
+    _check_name(name, target)  # BACKENDS may have been changed by hand
     backend = _loaded.get(name)
     if backend is None:
         module, _, attribute = target.partition(":")
@@ -61,8 +82,10 @@ def settings_schemas() -> Mapping[str, Mapping[str, Any]]:
 
 
 def register(name: str, target: str) -> None:
-    """Add (or replace) backend `name`, held at "module:attribute"."""
+    """Add (or replace) backend `name`, held at "module:attribute". ConfigurationError if `name` is
+    a key of the workflow file itself (`pool`, `tasks`, ...)."""
     global _generation
+    _check_name(name, target)
     BACKENDS[name] = target
     _loaded.pop(name, None)
     _generation += 1

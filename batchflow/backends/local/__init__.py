@@ -6,6 +6,7 @@ the process ledger are imported when a run builds them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchflow.backends.base import Cleanup, Compute, Context, SettingsBlock, Storage
 from batchflow.errors import MissingRequirement
-from batchflow.model import DocPath, StartTaskSpec, Workflow
+from batchflow.model import CleanupAction, CleanupSpec, DocPath, StartTaskSpec, Workflow
 
 if TYPE_CHECKING:
     from batchflow.state import RunState
@@ -93,13 +94,43 @@ class LocalBackend:
         if run.pool_id is None:
             return
         folder = cleanup.workspace / "pools" / run.pool_id
-        if folder.is_dir():
-            cleanup.say(f"Deleting local pool [{run.pool_id}] ({folder})...")
-            shutil.rmtree(folder)
-            cleanup.deleted.append(f"pool {run.pool_id}")
+        if not folder.is_dir():
+            return
+        policy = workflow.cleanup if workflow is not None else CleanupSpec()
+        if policy.pool is CleanupAction.KEEP:
+            cleanup.kept.append(f"pool {run.pool_id} (cleanup.pool: keep)")
+        elif policy.pool is CleanupAction.DELETE or run.pool_created:
+            # The job's folders go with the pool's.
+            cleanup.attempt(f"pool {run.pool_id}", functools.partial(_remove_tree, folder))
+            return
+        else:  # the run died before making it: the folder is another run's kept pool
+            cleanup.kept.append(f"pool {run.pool_id} (not created by this run)")
+        jobs = sorted(folder.glob(f"nodes/*/workitems/{run.job_id}")) if run.job_id else []
+        if jobs and policy.job is CleanupAction.DELETE:
+            cleanup.attempt(f"job {run.job_id}", functools.partial(_remove_all, jobs))
 
 
 BACKEND = LocalBackend()
+
+
+def _remove_all(folders: list[Path]) -> None:
+    for folder in folders:
+        _remove_tree(folder)
+
+
+def _remove_tree(folder: Path) -> None:
+    """shutil.rmtree, its OSError naming the whole path of what could not be removed (rmtree's own
+    may name it relative to its folder: "shared")."""
+
+    def whole_path(function: object, path: str, error: BaseException) -> None:
+        if isinstance(error, OSError):
+            raise OSError(error.errno, error.strerror, path) from error
+        raise error
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(folder, onexc=whole_path)
+    else:
+        shutil.rmtree(folder, onerror=lambda function, path, info: whole_path(function, path, info[1]))
 
 
 def local_task_path() -> str:

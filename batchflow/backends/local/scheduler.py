@@ -97,8 +97,8 @@ class _Pool:
 
 
 class LocalCompute:
-    """`observer` is called from worker threads, and with this compute's lock held for tasks that
-    end without running (stop(), a job's end): it must not call back into this compute."""
+    """`observer` is called from worker threads, never with this compute's lock held, and only of
+    tasks a worker took from the queue: it must not call back into this compute."""
 
     def __init__(
         self,
@@ -347,10 +347,12 @@ class LocalCompute:
         self._bump()
 
     def _fail_unstarted(self, task: _Task, reason: str) -> None:
+        """A task dropped from the queue. The observer is not told: it never started, and the run
+        records it from task_results (not started, after an interrupt). Telling it, one journal line
+        each under the lock, held stop() for seconds with 100,000 tasks queued."""
         task.failure = reason
         task.ended_at = time.time()
         self._set_state(task, TaskState.FAILED)
-        self._observer.task_ended(_result(task))
 
     def _end_job(self, job: _Job, reason: str) -> None:
         if job.ended is not None:
