@@ -143,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
     output_arg(sp)
 
+    sp = sub.add_parser("gc", help="remove what batchflow made for runs that are over (pools, jobs, folders)")
+    sp.add_argument("--workflow", type=Path, help="the workspace of this workflow")
+    sp.add_argument("--workspace", type=Path, help="this workspace (default: ./.batchflow)")
+    sp.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="AGE",
+        help="also prune run folders, and what runs unknown here left, older than AGE (7d, 12h, 30m)",
+    )
+    sp.add_argument("--yes", "-y", action="store_true", help="remove without asking")
+    output_arg(sp)
+
     sp = sub.add_parser("download", help="fetch the outputs of a run (finished, failed or interrupted)")
     sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough; default: the latest)")
     sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
@@ -151,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the workflow JSON Schema")
     return p
+
+
+def _duration(text: str) -> float:
+    from batchflow.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -636,6 +657,56 @@ def _cleanup(
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from batchflow import gc
+
+    workspace = _workspace_of(args).resolve()
+    survey = gc.survey(workspace, args.older_than)
+
+    def say(message: str) -> None:
+        print(redact(message), file=sys.stderr)
+
+    for note in survey.notes:
+        say(f"note: {note}")
+    for item in survey.keep:
+        say(f"  keep {item.line()}")
+    for item in survey.remove:
+        say(f"  remove {item.line()}")
+    removed: list[str] = []
+    failed: list[str] = []
+    if not survey.remove:
+        say("Nothing to remove.")
+    elif args.yes or _confirmed(f"Remove these {len(survey.remove)}?"):
+        report = gc.remove(survey.remove, say, workspace)
+        removed, failed = report.deleted, report.failed
+        for line in failed:
+            say(f"  failed: {line}")
+        say(f"Removed {len(removed)} of {len(survey.remove)}.")
+    else:
+        say(
+            "Nothing removed"
+            + ("" if sys.stdin.isatty() else " (no terminal to ask on: --yes removes them)")
+            + "."
+        )
+    if args.output == "json":
+        result = {
+            "remove": [i.line() for i in survey.remove],
+            "keep": [i.line() for i in survey.keep],
+            "removed": removed,
+            "failed": failed,
+            "notes": survey.notes,
+        }
+        print(redact_json(result, indent=2))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _confirmed(question: str) -> bool:
+    """Asked on a terminal only: without one (a script, CI) nothing is removed without --yes."""
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     """The outputs a run's tasks stored, into the workflow's download destinations: for a run that
     failed, was interrupted, or whose download stage could not finish (a full disk)."""
@@ -684,6 +755,7 @@ COMMANDS: dict[str, Any] = {
     "attach": cmd_attach,
     "cleanup": cmd_cleanup,
     "download": cmd_download,
+    "gc": cmd_gc,
     "schema": cmd_schema,
 }
 

@@ -302,6 +302,18 @@ class Cleanup:
             self.deleted.append(what)
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """Something a backend's compute holds that batchflow made for a run (`batchflow gc`)."""
+
+    kind: str  # "pool", "job", "task processes", "pool folder"
+    name: str
+    run_id: str | None  # the run that made it, as its metadata or ledger says (None: unknown)
+    created: float | None  # epoch seconds, where known
+    size: int | None  # bytes, where it has a size
+    remove: Callable[[], object]  # False back: it was already gone
+
+
 class Backend(Protocol):
     """A backend: where tasks run and where files live. One object, one entry in the registry
     (backends/registry.py); the core reaches a backend only through this. Importing the module that
@@ -343,6 +355,13 @@ class Backend(Protocol):
         task processes) and remove it through `cleanup.attempt`, also when the run's process died
         without a word. A pool the run did not create is kept (and the workflow's cleanup.pool
         policy, when the workflow can be read, is honoured). Containers are not its business."""
+        ...
+
+    def leftovers(self, workspace: Path) -> list[Leftover]:
+        """Everything batchflow made on this backend's compute that is still there, for any run
+        (account-wide on a service: found by the run id in its metadata), with the run that made it.
+        `batchflow gc` decides which runs are dead. ConfigurationError or MissingRequirement when it
+        cannot look (no credentials here): gc then says so and goes on."""
         ...
 
 

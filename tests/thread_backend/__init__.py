@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchflow.backends.base import Cleanup, Compute, Context, SettingsBlock, Storage
+from batchflow.backends.base import Cleanup, Compute, Context, Leftover, SettingsBlock, Storage
 from batchflow.errors import ConfigurationError
 from batchflow.model import CleanupAction, DocPath, StartTaskSpec, Workflow
 
@@ -105,6 +105,26 @@ class ThreadBackend:
             cleanup.kept.append(f"pool {pool_id} (cleanup.pool: keep)")
             return
         cleanup.attempt(f"pool {pool_id}", functools.partial(folders.remove_tree, root))
+
+    def leftovers(self, workspace: Path) -> list[Leftover]:
+        """Each run's pool under <workspace>/thread/<run id>/, with its commands still running."""
+        from thread_backend import folders
+
+        found = []
+        base = workspace / "thread"
+        for root in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+            groups = folders.leftovers(root)
+            for pgid, what in groups.items():
+                found.append(
+                    Leftover(
+                        "process", what, root.name, None, None, functools.partial(folders.stop_group, pgid)
+                    )
+                )
+            pool_id = folders.pool_of(root)
+            if pool_id is not None:
+                remove = functools.partial(folders.remove_tree, root)
+                found.append(Leftover("pool", pool_id, root.name, root.stat().st_mtime, None, remove))
+        return found
 
 
 BACKEND = ThreadBackend()

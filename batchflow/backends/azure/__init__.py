@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchflow.backends.base import Cleanup, Compute, Context, SettingsBlock, Storage
+from batchflow.backends.base import Cleanup, Compute, Context, Leftover, SettingsBlock, Storage
 from batchflow.errors import ConfigurationError, MissingRequirement
 from batchflow.model import CleanupAction, DocPath, Workflow
 
@@ -151,6 +151,23 @@ class AzureBackend:
                     cleanup.kept.append(f"pool {run.pool_id} (not created by this run)")
         finally:
             compute.close()
+
+    def leftovers(self, workspace: Path) -> list[Leftover]:
+        """Every pool and job of the account whose metadata names a batchflow run (whichever machine
+        ran it: the run folders may be gone). Each is removed as its own run's cleanup would."""
+        _need_sdk("azure.batch")
+        from batchflow.backends.azure.auth import batch_auth
+        from batchflow.backends.azure.batch import AzureBatchCompute
+        from batchflow.backends.azure.batch_client import batch_client
+        from batchflow.backends.azure.existing import batchflow_resources
+
+        client = batch_client(batch_auth())
+        found = []
+        for kind, name, run, created in batchflow_resources(client):
+            compute = AzureBatchCompute(client, None, workspace / "runs" / run, run)
+            remove = compute.delete_pool if kind == "pool" else compute.delete_job
+            found.append(Leftover(kind, name, run, created, None, functools.partial(remove, name)))
+        return found
 
 
 BACKEND = AzureBackend()

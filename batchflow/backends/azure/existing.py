@@ -5,6 +5,8 @@ and what a run left behind (for `batchflow cleanup`).
 
 from __future__ import annotations
 
+import datetime
+
 from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError
@@ -67,3 +69,29 @@ def find_run_resources(client: BatchClient, run_id: str) -> tuple[list[str], lis
     except (HttpResponseError, *NO_ANSWER) as e:
         raise BatchflowError(f"cannot list the account's pools and jobs: {describe(e)}") from None
     return pools, jobs
+
+
+def batchflow_resources(client: BatchClient) -> list[tuple[str, str, str, float | None]]:
+    """Every pool and job (not being deleted) that batchflow made, account-wide: (kind, id, run id,
+    creation time as epoch seconds)."""
+    found: list[tuple[str, str, str, float | None]] = []
+    try:
+        for p in client.list_pools(select=["id", "state", "metadata", "creationTime"]):
+            run = run_of(p)
+            if run is not None and not is_(p.state, bm.BatchPoolState.DELETING):
+                found.append(
+                    ("pool", p.id or "", run, p.creation_time.timestamp() if p.creation_time else None)
+                )
+        for j in client.list_jobs(select=["id", "state", "metadata", "creationTime"]):
+            run = run_of(j)
+            if run is not None and not is_(j.state, bm.BatchJobState.DELETING):
+                found.append(
+                    ("job", j.id or "", run, j.creation_time.timestamp() if j.creation_time else None)
+                )
+    except (HttpResponseError, *NO_ANSWER) as e:
+        raise BatchflowError(f"cannot list the account's pools and jobs: {describe(e)}") from None
+    return found
+
+
+def _epoch(when: datetime.datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchflow.backends.base import Cleanup, Compute, Context, SettingsBlock, Storage
+from batchflow.backends.base import Cleanup, Compute, Context, Leftover, SettingsBlock, Storage
 from batchflow.errors import MissingRequirement
 from batchflow.model import CleanupAction, CleanupSpec, DocPath, StartTaskSpec, Workflow
 
@@ -108,6 +108,57 @@ class LocalBackend:
         jobs = sorted(folder.glob(f"nodes/*/workitems/{run.job_id}")) if run.job_id else []
         if jobs and policy.job is CleanupAction.DELETE:
             cleanup.attempt(f"job {run.job_id}", functools.partial(_remove_all, jobs))
+
+    def leftovers(self, workspace: Path) -> list[Leftover]:
+        """Task processes still running for a run (its process ledger says so), and pool folders
+        (<workspace>/pools/<pool id>, with the nodes' task folders), each with the latest run that
+        used that pool."""
+        from batchflow.backends.local import processes
+        from batchflow.diskuse import folder_size
+
+        found: list[Leftover] = []
+        runs = workspace / "runs"
+        folders = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+        pool_run: dict[str, str] = {}
+        for folder in folders:
+            groups = processes.leftovers(folder)
+            if groups:
+                tasks = ", ".join(sorted(set(groups.values()))[:5])
+                found.append(
+                    Leftover(
+                        "task processes",
+                        f"{len(groups)} process group(s) of tasks {tasks}",
+                        folder.name,
+                        None,
+                        None,
+                        functools.partial(processes.stop, groups),
+                    )
+                )
+            pool_id = _pool_of(folder)
+            if pool_id is not None:
+                pool_run[pool_id] = folder.name  # folders sort by run id, so the latest wins
+        pools = workspace / "pools"
+        for folder in sorted(p for p in pools.iterdir() if p.is_dir()) if pools.is_dir() else []:
+            found.append(
+                Leftover(
+                    "pool folder",
+                    str(folder),
+                    pool_run.get(folder.name),
+                    folder.stat().st_mtime,
+                    folder_size(folder),
+                    functools.partial(shutil.rmtree, folder),
+                )
+            )
+        return found
+
+
+def _pool_of(run_folder: Path) -> str | None:
+    try:
+        data = json.loads((run_folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pool = data.get("pool_id") if isinstance(data, dict) else None
+    return pool if isinstance(pool, str) else None
 
 
 BACKEND = LocalBackend()
