@@ -102,6 +102,8 @@ class Bench:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
         concurrency: int = 8,
+        auto_pool: bool = False,
+        job_wall_clock: float | None = None,
     ) -> AzureBatchCompute:
         compute = AzureBatchCompute(
             client or self.emu.client(retry_total=0),
@@ -113,6 +115,8 @@ class Bench:
             notify=self.notes.append,
             clock=clock or self.clock,
             sleep=sleep or self.clock.sleep,
+            auto_pool=auto_pool,
+            job_wall_clock=job_wall_clock,
         )
         self._computes.append(compute)
         return compute

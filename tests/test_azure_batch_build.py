@@ -15,6 +15,7 @@ from azure.batch import models as bm
 from batch_bodies import rendered_task, sent_body
 
 from batchflow.backends.azure.batch_build import (
+    auto_pool_specification,
     job_request,
     pool_request,
     seal_job_request,
@@ -197,6 +198,53 @@ def test_job_without_wall_clock_sends_no_wall_clock() -> None:
     request = job_request(JobSpec(id="J"), "P", "run-20250101-abc")
 
     assert wire(request)["constraints"] == {"maxTaskRetryCount": 0}
+
+
+def test_the_default_wall_clock_applies_only_when_the_workflow_gives_none() -> None:
+    derived = job_request(JobSpec(id="J"), "P", "run-20250101-abc", default_wall_clock=4800.0)
+    given = job_request(
+        JobSpec(id="J", max_wall_clock=600.0), "P", "run-20250101-abc", default_wall_clock=4800.0
+    )
+
+    assert wire(derived)["constraints"] == {"maxWallClockTime": "PT01H20M00S", "maxTaskRetryCount": 0}
+    assert wire(given)["constraints"] == {"maxWallClockTime": "PT10M00S", "maxTaskRetryCount": 0}
+
+
+def test_a_job_on_an_auto_pool_carries_the_pool_batch_deletes_with_it() -> None:
+    pool = PoolSpec(
+        id="LinuxFFmpegPool", vm_size="Standard_A1_v2", image=UBUNTU, node_agent_sku_id=AGENT, spot_nodes=5
+    )
+    start = StartTaskSpec(command="apt-get install -y ffmpeg", elevated=True)
+    files = [ResolvedFile("https://acct.blob.core.windows.net/input/setup.sh?sig=x", "setup.sh")]
+    auto = auto_pool_specification(pool, start, files, "run-20250101-abc")
+    request = job_request(JobSpec(id="LinuxFFmpegJob"), auto, "run-20250101-abc", default_wall_clock=4800.0)
+
+    named = wire(pool_request(pool, start, files, "run-20250101-abc"))
+    del named["id"]  # the rest of the pool is exactly the named pool's, its metadata included
+    assert wire(request) == {
+        "id": "LinuxFFmpegJob",
+        "poolInfo": {
+            "autoPoolSpecification": {
+                "autoPoolIdPrefix": "LinuxFFmpegPool",
+                "poolLifetimeOption": "job",
+                "keepAlive": False,
+                "pool": named,
+            }
+        },
+        "onAllTasksComplete": "noaction",
+        "constraints": {"maxWallClockTime": "PT01H20M00S", "maxTaskRetryCount": 0},
+        "metadata": METADATA,
+    }
+    assert named["metadata"] == METADATA
+    assert sent_body(request) == wire(request)
+
+
+def test_an_auto_pool_id_prefix_is_the_pool_id_cut_to_20_characters() -> None:
+    pool = PoolSpec(
+        id="A" * 30 + "-pool", vm_size="V", image=UBUNTU, node_agent_sku_id=AGENT, dedicated_nodes=1
+    )
+
+    assert wire(auto_pool_specification(pool, None, [], "r"))["autoPoolIdPrefix"] == "A" * 20
 
 
 def test_seal_switches_the_job_to_terminate_when_its_tasks_complete() -> None:

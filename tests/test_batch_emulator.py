@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -442,6 +443,167 @@ def test_terminate_and_delete_single_tasks(emu: BatchEmulator) -> None:
     assert error_of(gone.value) == (404, "TaskNotFound", "The specified task does not exist.")
     counts = client.get_job_task_counts("j").task_counts
     assert (counts.active, counts.completed, counts.failed) == (0, 1, 1)
+
+
+def test_a_job_wall_clock_runs_from_the_jobs_creation_on_the_services_clock(instant: BatchEmulator) -> None:
+    """maxWallClockTime is "measured from the time the Job is created" (BatchJobConstraints), also when
+    a PATCH sets it later; `advance` moves the service's clock, no test waits for it."""
+    client = instant.client(retry_total=0)
+    client.create_job(job("j", "no-pool"))
+    instant.advance(3000)
+    limit = bm.BatchJobConstraints(max_wall_clock_time=datetime.timedelta(hours=1))
+    client.update_job("j", bm.BatchJobUpdateOptions(constraints=limit))
+    instant.settle()
+    assert client.get_job("j").state == bm.BatchJobState.ACTIVE
+    instant.advance(601)
+    wait(instant, lambda: client.get_job("j").state == bm.BatchJobState.COMPLETED, "the job to expire")
+    info = client.get_job("j").execution_info
+    assert info is not None and info.termination_reason == "MaxWallClockTimeExpiry"
+    with pytest.raises(ValueError, match="only moves forward"):
+        instant.advance(-1)
+
+
+# ---- auto pools ---------------------------------------------------------------------------------
+
+
+def auto_job(
+    job_id: str, *, prefix: str | None = "run-pool", keep_alive: bool | None = None, **kwargs: Any
+) -> bm.BatchJobCreateOptions:
+    spec = bm.BatchPoolSpecification(
+        vm_size="Standard_A1_v2",
+        virtual_machine_configuration=VM,
+        target_dedicated_nodes=1,
+        metadata=[bm.BatchMetadataItem(name="batchflow-run-id", value="run-1")],
+    )
+    auto = bm.BatchAutoPoolSpecification(
+        auto_pool_id_prefix=prefix,
+        pool_lifetime_option=bm.BatchPoolLifetimeOption.JOB,
+        keep_alive=keep_alive,
+        pool=spec,
+    )
+    return bm.BatchJobCreateOptions(
+        id=job_id, pool_info=bm.BatchPoolInfo(auto_pool_specification=auto), **kwargs
+    )
+
+
+def auto_pool_id(client: BatchClient, job_id: str) -> str:
+    info = client.get_job(job_id).execution_info
+    assert info is not None and info.pool_id is not None
+    return info.pool_id
+
+
+def test_an_auto_pool_is_made_with_its_job(instant: BatchEmulator) -> None:
+    client = instant.client(retry_total=0)
+    client.create_job(auto_job("j"))
+    client.create_job(auto_job("k", prefix=None))
+
+    made = client.get_job("j")
+    pool_id = auto_pool_id(client, "j")
+    assert re.fullmatch(r"run-pool_[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}", pool_id)
+    assert re.fullmatch(r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}", auto_pool_id(client, "k"))
+    assert made.pool_info is not None and made.pool_info.pool_id is None
+    auto = made.pool_info.auto_pool_specification
+    assert auto is not None and (auto.pool_lifetime_option, auto.keep_alive) == ("job", False)
+    pool_made = client.get_pool(pool_id)
+    assert [(m.name, m.value) for m in pool_made.metadata or []] == [("batchflow-run-id", "run-1")]
+    wait(instant, lambda: node_states(client, pool_id) == ["idle"], "the auto pool's node")
+    add(client, "j", [task("t", "true")])
+    wait_task(instant, client, "j", "t", "completed")
+    assert client.get_task("j", "t").node_info.pool_id == pool_id  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("how", ["all tasks complete", "terminated", "wall clock", "deleted"])
+def test_an_auto_pool_is_deleted_when_its_job_ends(instant: BatchEmulator, how: str) -> None:
+    client = instant.client(retry_total=0)
+    limit = bm.BatchJobConstraints(max_wall_clock_time=datetime.timedelta(hours=2))
+    client.create_job(auto_job("j", constraints=limit))
+    pool_id = auto_pool_id(client, "j")
+    wait(instant, lambda: node_states(client, pool_id) == ["idle"], "the auto pool's node")
+    if how == "all tasks complete":
+        add(client, "j", [task("t", "true")])
+        client.update_job("j", bm.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
+    elif how == "terminated":
+        client.begin_terminate_job(
+            "j", TerminateOptions(termination_reason="stop"), polling_interval=0
+        ).result()
+    elif how == "wall clock":
+        instant.advance(2 * 3600)
+    else:
+        client.begin_delete_job("j", polling_interval=0).result()
+
+    wait(instant, lambda: pool_id not in [p.id for p in client.list_pools()], "the auto pool to go")
+    if how != "deleted":
+        assert client.get_job("j").state == bm.BatchJobState.COMPLETED
+
+
+def test_an_auto_pool_kept_alive_outlives_its_job(instant: BatchEmulator) -> None:
+    client = instant.client(retry_total=0)
+    client.create_job(auto_job("j", keep_alive=True))
+    pool_id = auto_pool_id(client, "j")
+    client.begin_terminate_job("j", TerminateOptions(termination_reason="stop"), polling_interval=0).result()
+    instant.settle()
+    assert client.get_pool(pool_id).state == bm.BatchPoolState.ACTIVE
+
+
+def test_a_failed_auto_pool_completes_its_job_with_the_scheduling_error(instant: BatchEmulator) -> None:
+    client = instant.client(retry_total=0)
+    instant.fail_auto_pool("PoolQuotaReached", "The specified account has reached its pool quota.")
+    client.create_job(auto_job("j"))
+
+    found = client.get_job("j")
+    assert found.state == bm.BatchJobState.COMPLETED
+    info = found.execution_info
+    assert info is not None and info.pool_id is None and info.scheduling_error is not None
+    assert (info.scheduling_error.code, info.scheduling_error.category) == ("PoolQuotaReached", "usererror")
+    assert list(client.list_pools()) == []
+    client.create_job(auto_job("k"))  # the fault was for one auto pool only
+    assert client.get_pool(auto_pool_id(client, "k"))
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code", "name"),
+    [
+        (lambda b: b["poolInfo"].update(poolId="p"), 400, "InvalidPropertyValue", "poolInfo"),
+        (
+            lambda b: b["poolInfo"]["autoPoolSpecification"].update(autoPoolIdPrefix="x" * 21),
+            400,
+            "InvalidPropertyValue",
+            "autoPoolIdPrefix",
+        ),
+        (
+            lambda b: b["poolInfo"]["autoPoolSpecification"].update(poolLifetimeOption="jobschedule"),
+            400,
+            "InvalidPropertyValue",
+            "poolLifetimeOption",
+        ),
+        (
+            lambda b: b["poolInfo"]["autoPoolSpecification"].pop("pool"),
+            400,
+            "MissingRequiredProperty",
+            "autoPoolSpecification.pool",
+        ),
+        (
+            lambda b: b["poolInfo"]["autoPoolSpecification"]["pool"].pop("vmSize"),
+            400,
+            "MissingRequiredProperty",
+            "vmSize",
+        ),
+    ],
+    ids=["pool id and auto pool", "prefix too long", "schedule lifetime", "no pool", "no vm size"],
+)
+def test_auto_pool_validation(
+    instant: BatchEmulator, change: Callable[[dict[str, Any]], object], status: int, code: str, name: str
+) -> None:
+    client = instant.client(retry_total=0)
+    body = auto_job("j").as_dict(exclude_readonly=True)
+    change(body)
+    with pytest.raises(HttpResponseError) as refused:
+        client.create_job(bm.BatchJobCreateOptions(body))
+    assert error_of(refused.value)[:2] == (status, code)
+    assert refused.value.model is not None
+    details = {d.key: d.value for d in refused.value.model.error_values or []}
+    assert details["PropertyName"] == name
+    assert list(client.list_jobs()) == [] and list(client.list_pools()) == []
 
 
 # ---- adding tasks -------------------------------------------------------------------------------

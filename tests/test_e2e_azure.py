@@ -80,6 +80,8 @@ def test_mp4_to_mp3_on_azure_batch_gives_the_mp3s_of_the_local_backend(
     for expected in (
         f"Uploading 5 files to container [{names['input']}]...",
         f"Creating pool [{POOL}]...",
+        f"  pool [{POOL}] is made with the job, as its auto pool: Batch deletes it when the job ends"
+        " (azure.pool_lifetime: job)",
         f"Creating job [{JOB}]...",
         f"Adding 5 tasks to job [{JOB}]...",
         f"Downloading container [{names['output']}] to {mp3_dir}...",
@@ -98,7 +100,9 @@ def test_mp4_to_mp3_on_azure_batch_gives_the_mp3s_of_the_local_backend(
     check_mp3s_match_inputs(mp3_dir, mp4_dir)
     assert injected(wf.parent) == []
 
-    # What went to the service: the pool and the job carry the run id; the job was sealed.
+    # What went to the service: the job, with its auto pool (no pool of its own), sealed.
+    [made] = [line for line in lines if line.startswith("  auto pool [")]
+    assert re.fullmatch(rf"  auto pool \[{POOL}_[0-9A-F-]{{36}}\] made with job \[{JOB}\]; .+", made), made
     state = load_state(run)
     assert (state["status"], state["pool_created"], state["backend"], state["storage"]) == (
         "succeeded",
@@ -108,7 +112,8 @@ def test_mp4_to_mp3_on_azure_batch_gives_the_mp3s_of_the_local_backend(
     )
     assert {t["state"] for t in state["tasks"].values()} == {"succeeded"}
     emu = azure_env.emulator
-    assert emu.count("POST", "/pools") == 1
+    assert emu.count("POST", "/pools") == 0
+    assert emu.count("POST", "/jobs") == 1
     assert emu.count("POST", "/jobs/{job}/addtaskcollection") == 1
     assert emu.count("PATCH", "/jobs/{job}") == 1  # onAllTasksComplete -> terminatejob
     assert leftovers(azure_env) == ([], [])  # nothing left billing
@@ -163,15 +168,17 @@ def test_a_start_task_failure_stops_the_run_within_seconds_with_its_stderr(
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err
     run = run_of(err, wf)
-    assert "error: the start task failed on all 5 node(s) of pool 'LinuxFFmpegPool'" in err
+    assert re.search(
+        rf"error: the start task failed on all 5 node\(s\) of pool '{POOL}_[0-9A-F-]{{36}}'", err
+    )
     assert "(node " in err and "exit code 100" in err
     assert "E: Unable to locate package ffmpeg" in err
     assert elapsed < 60, elapsed  # a safety net against waiting out the 30 min timeouts, not a benchmark
     state = load_state(run)
     assert state["status"] == "failed"
     assert "Unable to locate package ffmpeg" in state["message"]
-    assert leftovers(azure_env) == ([], [])  # the pool it created is deleted, no job was made
-    assert azure_env.emulator.count("POST", "/jobs") == 0
+    assert leftovers(azure_env) == ([], [])  # the job and its auto pool are deleted
+    assert azure_env.emulator.count("POST", "/jobs") == 1
     saved = list((run / "start-task").glob("*/stderr.txt"))
     assert [p.read_text(encoding="utf-8") for p in saved] == ["E: Unable to locate package ffmpeg\n"]
 
@@ -405,11 +412,14 @@ def _running_tasks(env: AzureEnv) -> int:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("lifetime", ["run", "job"])
 def test_cleanup_removes_what_a_killed_run_left(
-    write_workflow: WriteWorkflow, azure_env: AzureEnv, capsys: pytest.CaptureFixture[str]
+    write_workflow: WriteWorkflow, azure_env: AzureEnv, capsys: pytest.CaptureFixture[str], lifetime: str
 ) -> None:
-    """A run killed without a chance to clean up (SIGKILL): `batchflow cleanup` finds its pool and job."""
-    wf = write_workflow("sleep 60", inputs=2, extra={"monitor": {"poll_interval": "100ms"}})
+    """A run killed without a chance to clean up (SIGKILL): `batchflow cleanup` finds its pool and job,
+    the named pool (azure.pool_lifetime: run) as the job's auto pool (job), by their metadata."""
+    extra = {"monitor": {"poll_interval": "100ms"}, "azure": {"pool_lifetime": lifetime}}
+    wf = write_workflow("sleep 60", inputs=2, extra=extra)
     rename_containers(wf, unique_containers("inputs"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchflow", "run", str(wf), "--backend", "azure", "--quiet"],
@@ -423,15 +433,20 @@ def test_cleanup_removes_what_a_killed_run_left(
     finally:
         proc.kill()
         proc.communicate(timeout=30)
-    assert leftovers(azure_env) == (["TestPool"], ["TestJob"])
+    [pool], jobs = leftovers(azure_env)
+    assert jobs == ["TestJob"]
+    if lifetime == "run":
+        assert pool == "TestPool"
+    else:
+        assert re.fullmatch(r"TestPool_[0-9A-F-]{36}", pool), pool
 
     assert main(["cleanup", "--workflow", str(wf), "--output", "json"]) == 0
 
     out, err = capsys.readouterr()
     report: dict[str, Any] = json.loads(out)
-    assert report["deleted"] == ["job TestJob", "pool TestPool"]
+    assert report["deleted"] == ["job TestJob", f"pool {pool}"]
     assert report["failed"] == []
-    assert err.splitlines()[-1] == f"Cleanup of run {report['run_id']}: job TestJob, pool TestPool."
+    assert err.splitlines()[-1] == f"Cleanup of run {report['run_id']}: job TestJob, pool {pool}."
     assert leftovers(azure_env) == ([], [])
     # Again: nothing left to remove.
     assert main(["cleanup", "--workflow", str(wf)]) == 0

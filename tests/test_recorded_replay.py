@@ -6,10 +6,9 @@ Each flow replays, in order, requests the Azure SDK test suites sent to live Bat
 recorded status and error code, and agree with the recorded body at each path batchflow reads
 (`reads`): states, allocation state, casing, defaults, counts, per-task results, paging.
 
-Where the emulator cannot take a recorded request as it is, the step says so and why (`body=`:
-a recorded auto pool, which the emulator refuses with 501, or a Windows command line); the answer
-is still compared with the recorded one. Requests are sent at api-version 2025-06-01, the version
-batchflow uses, whatever version they were recorded at.
+Where the emulator cannot take a recorded request as it is, the step sends another body (`body=`)
+and says why; the answer is still compared with the recorded one. Requests are sent at api-version
+2025-06-01, the version batchflow uses, whatever version they were recorded at.
 """
 
 from __future__ import annotations
@@ -158,17 +157,22 @@ FLOWS: dict[str, list[Step]] = {
         Step("job_get_after_delete_not_found", ERROR_READS, settle=True),
     ],
     "job_terminatejob_with_no_task": [
-        # Recorded with an auto pool (501 on the emulator): the same job on a named pool.
+        # Recorded with an auto pool (poolLifetimeOption job, no prefix, no keepAlive sent).
+        Step("job_create_terminatejob"),
         Step(
-            "job_create_terminatejob",
-            body={
-                "id": "batch_job2_",
-                "onAllTasksComplete": "terminatejob",
-                "onTaskFailure": "performexitoptionsjobaction",
-                "poolInfo": {"poolId": "no-pool"},
-            },
+            "job_get_terminatejob_no_tasks_active",
+            (
+                "id",
+                "state",
+                "onAllTasksComplete",
+                "poolInfo/poolId",
+                "poolInfo/autoPoolSpecification/poolLifetimeOption",
+                "poolInfo/autoPoolSpecification/keepAlive",
+                "keys:executionInfo",
+                "has:executionInfo/poolId",
+            ),
+            settle=True,
         ),
-        Step("job_get_terminatejob_no_tasks_active", ("id", "state", "onAllTasksComplete"), settle=True),
     ],
     "tasks": [
         Step("task_create_single", setup=_job("batch")),
@@ -201,8 +205,8 @@ FLOWS: dict[str, list[Step]] = {
     "errors": [
         Step("pool_not_found", ERROR_READS),
         Step("pool_exists", ERROR_READS, setup=_pool("BatchUser-testIaaSpool", target_dedicated_nodes=0)),
-        Step("job_create_before_exists", body={"id": "batch_test_job_", "poolInfo": {"poolId": "p"}}),
-        Step("job_exists", ERROR_READS, body={"id": "batch_test_job_", "poolInfo": {"poolId": "p"}}),
+        Step("job_create_before_exists"),  # a job on an auto pool, as recorded
+        Step("job_exists", ERROR_READS),
         Step("pool_resize_not_found", ERROR_READS),
     ],
 }

@@ -36,13 +36,16 @@ from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.credentials import AzureNamedKeyCredential
 from batch_bodies import rendered_task, sent_body
+from batch_emulator import BatchEmulator
 from batch_emulator.transport import EmulatorTransport
 from batch_emulator.wire import Request, Response, json_response
+from fakes import FakeClock
 from spec_check import SPEC_FILE, check_request, is_duration, is_uri, operation_schema, problems, spec
 
 from batchflow.backends.azure.auth import blob_auth
 from batchflow.backends.azure.batch import AzureBatchCompute
 from batchflow.backends.azure.batch_build import (
+    auto_pool_specification,
     job_request,
     pool_request,
     seal_job_request,
@@ -150,16 +153,38 @@ class EmptyAccount:
         return 400, _error(f"UnexpectedRequest {sent.operation}")
 
 
+class RecordedEmulator:
+    """The Batch emulator, recording every request the SDK sends it (as EmptyAccount does): for the
+    auto pool flow, which reads back the job and the pool Batch made for it."""
+
+    latency = 0.0
+
+    def __init__(self, emulator: BatchEmulator) -> None:
+        self.emulator = emulator
+        self.sent: list[Sent] = []
+        self._lock = threading.Lock()
+
+    def record_sleep(self, seconds: float) -> float:
+        raise AssertionError(f"the SDK tried to wait {seconds} s: no request here should be retried")
+
+    def dispatch(self, request: Request) -> Response:
+        body = json.loads(request.body) if request.body else None
+        with self._lock:
+            self.sent.append(Sent(request.method, unquote(urlsplit(request.url).path), body))
+        return self.emulator.dispatch(request)
+
+
 def storage() -> AzureBlobStorage:
     """Account-key Blob Storage: SAS URLs are signed locally, nothing is sent."""
     env = {"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_KEY": FAKE_KEY}
     return AzureBlobStorage(blob_auth(env), sas_ttl=3600, clock=lambda: SAS_CLOCK)
 
 
-def sent_for_workflow(workflow_file: Path, run_dir: Path) -> list[Sent]:
+def sent_for_workflow(workflow_file: Path, run_dir: Path, *, auto_pool: bool = False) -> list[Sent]:
     """What batchflow's Azure backend sends to create the pool and job of `workflow_file`, add its
     tasks and seal the job: the workflow loaded and rendered as `batchflow run --backend azure`
-    does, with outputs and logs placed per run as the runner places them."""
+    does, with outputs and logs placed per run as the runner places them. With `auto_pool` the pool
+    goes with the job (azure.pool_lifetime: job), to the emulator (instant), which makes it."""
     workflow = load_workflow(workflow_file)
     plan = build_plan(workflow, "azure")
     logs = (
@@ -172,22 +197,28 @@ def sent_for_workflow(workflow_file: Path, run_dir: Path) -> list[Sent]:
         )
         for t in plan.tasks
     ]
-    account = EmptyAccount()
-    client = BatchClient(
-        ENDPOINT,
-        AzureNamedKeyCredential("acct", FAKE_KEY),
-        transport=EmulatorTransport(account),
-        retry_total=0,
-    )
-    with storage() as blobs:
-        compute = AzureBatchCompute(client, blobs, run_dir, RUN)
-        try:
-            assert compute.create_pool(workflow.pool, plan.start_task, plan.start_task_inputs) is True
-            compute.create_job(workflow.job, workflow.pool.id, RUN)
-            compute.add_tasks(workflow.job.id, tasks)
-            compute.seal_job(workflow.job.id)
-        finally:
-            compute.close()
+    with BatchEmulator(workdir=run_dir / "emulator", instant=True, account="acct", key=FAKE_KEY) as emu:
+        account: EmptyAccount | RecordedEmulator = RecordedEmulator(emu) if auto_pool else EmptyAccount()
+        client = BatchClient(
+            emu.endpoint if auto_pool else ENDPOINT,
+            AzureNamedKeyCredential("acct", FAKE_KEY),
+            transport=EmulatorTransport(account),
+            retry_total=0,
+        )
+        clock = FakeClock(0.0, emu.settle)
+        with storage() as blobs:
+            compute = AzureBatchCompute(
+                client, blobs, run_dir, RUN, auto_pool=auto_pool, clock=clock, sleep=clock.sleep
+            )
+            try:
+                assert compute.create_pool(workflow.pool, plan.start_task, plan.start_task_inputs) is True
+                if auto_pool:
+                    compute.wait_for_pool(workflow.pool.id)  # nothing to wait for before the job
+                compute.create_job(workflow.job, workflow.pool.id, RUN)
+                compute.add_tasks(workflow.job.id, tasks)
+                compute.seal_job(workflow.job.id)
+            finally:
+                compute.close()
     return account.sent
 
 
@@ -401,6 +432,27 @@ def test_every_body_the_example_workflows_send_matches_the_spec(
     }
 
 
+@pytest.mark.parametrize("name", ["mp4_to_mp3", "word_count"])
+def test_every_body_the_example_workflows_send_with_an_auto_pool_matches_the_spec(
+    name: str, copy_workflow: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """azure.pool_lifetime: job (the default): no Create Pool, the pool goes with the job."""
+    sent = sent_for_workflow(copy_workflow(name), tmp_path / "run", auto_pool=True)
+
+    bodies = [s for s in sent if s.body is not None]
+    assert [s.operation for s in bodies] == [f"{m} {t}" for m, t, _ in BATCHFLOW_OPERATIONS[1:]]
+    assert {f"{s.method} {s.path}": check_request(s.method, s.path, s.body) for s in bodies} == {
+        f"{s.method} {s.path}": [] for s in bodies
+    }
+    auto = bodies[0].body["poolInfo"]["autoPoolSpecification"]
+    assert (auto["poolLifetimeOption"], auto["keepAlive"]) == ("job", False)
+    [named] = [
+        s.body for s in sent_for_workflow(copy_workflow(name), tmp_path / "named") if s.path == "/pools"
+    ]
+    assert auto["pool"] == {k: v for k, v in named.items() if k != "id"}
+    assert auto["autoPoolIdPrefix"] == named["id"][:20]
+
+
 def test_the_mp4_to_mp3_bodies_carry_what_the_workflow_asks_for(
     copy_workflow: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -509,6 +561,23 @@ def job_without_limits() -> Any:
     return sent_body(job_request(JobSpec(id="J"), "P", RUN))
 
 
+def job_with_a_derived_wall_clock() -> Any:
+    return sent_body(job_request(JobSpec(id="J"), "P", RUN, default_wall_clock=4800.0))
+
+
+def job_on_an_auto_spot_pool_with_start_task() -> Any:
+    start = StartTaskSpec(command="apt-get install -y ffmpeg", elevated=True, max_retries=2)
+    pool = pool_spec(id="LinuxFFmpegPool-with-a-long-name", spot_nodes=5, task_slots_per_node=4)
+    auto = auto_pool_specification(pool, start, [resolved("tools/setup.sh", "tools/setup.sh")], RUN)
+    return sent_body(job_request(JobSpec(id="J", max_task_retries=1), auto, RUN, default_wall_clock=4800.0))
+
+
+def job_on_an_auto_autoscale_pool() -> Any:
+    autoscale = AutoScaleSpec(formula="$TargetDedicatedNodes = 1;", evaluation_interval=300.0)
+    auto = auto_pool_specification(pool_spec(autoscale=autoscale), None, [], RUN)
+    return sent_body(job_request(JobSpec(id="J", max_wall_clock=600.0), auto, RUN))
+
+
 def seal() -> Any:
     return sent_body(seal_job_request())
 
@@ -566,6 +635,9 @@ BUILT: list[tuple[str, Callable[[], Any]]] = [
     ("BatchPoolCreateOptions", autoscale_pool_at_the_longest_interval),
     ("BatchJobCreateOptions", job_with_wall_clock_and_retries),
     ("BatchJobCreateOptions", job_without_limits),
+    ("BatchJobCreateOptions", job_with_a_derived_wall_clock),
+    ("BatchJobCreateOptions", job_on_an_auto_spot_pool_with_start_task),
+    ("BatchJobCreateOptions", job_on_an_auto_autoscale_pool),
     ("BatchJobUpdateOptions", seal),
     ("BatchTaskGroup", task_with_everything),
     ("BatchTaskGroup", minimal_task),
@@ -610,6 +682,17 @@ def test_the_built_bodies_are_the_ones_the_tests_mean() -> None:
     assert len(task["resourceFiles"]) == 1 + len(HOSTILE_NAMES)
     assert task["environmentSettings"][1] == {"name": "EMPTY", "value": ""}
     assert len(a_full_collection()["value"]) == 100
+    assert job_with_a_derived_wall_clock()["constraints"]["maxWallClockTime"] == "PT01H20M00S"
+    auto = job_on_an_auto_spot_pool_with_start_task()["poolInfo"]["autoPoolSpecification"]
+    assert (auto["autoPoolIdPrefix"], auto["poolLifetimeOption"], auto["keepAlive"]) == (
+        "LinuxFFmpegPool-with",
+        "job",
+        False,
+    )
+    assert auto["pool"]["targetLowPriorityNodes"] == 5
+    assert auto["pool"]["startTask"]["userIdentity"]["autoUser"]["elevationLevel"] == "admin"
+    scaled = job_on_an_auto_autoscale_pool()["poolInfo"]["autoPoolSpecification"]["pool"]
+    assert (scaled["enableAutoScale"], scaled["autoScaleEvaluationInterval"]) == (True, "PT05M00S")
 
 
 # ---- planted wrong bodies: the check fails, and says why ---------------------------------------
@@ -661,6 +744,27 @@ def _delete(path: str) -> Callable[[Any], None]:
 
 
 PLANTED = [
+    Planted(
+        "an auto pool's lifetime in title case",
+        "BatchJobCreateOptions",
+        job_on_an_auto_spot_pool_with_start_task,
+        _set("poolInfo.autoPoolSpecification.poolLifetimeOption", "Job"),
+        [
+            "$.poolInfo.autoPoolSpecification.poolLifetimeOption: 'Job' is not a value of"
+            " BatchPoolLifetimeOption; allowed: jobschedule, job; the spec spells it 'job'"
+            " (enums are case-sensitive)"
+        ],
+    ),
+    Planted(
+        "an auto pool given an id of its own (Batch names it)",
+        "BatchJobCreateOptions",
+        job_on_an_auto_spot_pool_with_start_task,
+        _set("poolInfo.autoPoolSpecification.pool.id", "P"),
+        [
+            "$.poolInfo.autoPoolSpecification.pool.id: unknown property 'id': BatchPoolSpecification has"
+            " no such property"
+        ],
+    ),
     Planted(
         "misspelt vmSize",
         "BatchPoolCreateOptions",

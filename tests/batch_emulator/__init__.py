@@ -11,6 +11,8 @@ transport seam (or a loopback HTTP server), and it runs tasks for real on this m
         emu.override_start_task("pool", "/bin/sh -c '...'")   # a local stand-in for apt-get install
         emu.preempt_node(pool_id, node_id); emu.restore_node(pool_id, node_id)
         emu.make_node_unusable(pool_id, node_id)
+        emu.fail_auto_pool("PoolQuotaReached", "...")            # the next auto pool is not created
+        emu.advance(seconds)                                     # the service's clock jumps ahead
         emu.requests, emu.count("POST", "/jobs/{job}/addtaskcollection"), emu.sleeps, emu.latency
         emu.paused(), emu.settle(), emu.wait_for(condition), emu.serve() -> "http://127.0.0.1:PORT"
 
@@ -31,7 +33,12 @@ In short:
   makes a resize end steady with resizeErrors (quota, allocation failure).
 - A job whose pool does not exist is accepted; its tasks stay active until the pool exists. A job
   with onAllTasksComplete=terminatejob completes once its tasks are all complete; with no task at all
-  it stays active, as recorded.
+  it stays active, as recorded. A job past its constraints.maxWallClockTime (from its creation, on
+  the service's clock: `advance`) is terminated, MaxWallClockTimeExpiry.
+- Auto pools (poolInfo.autoPoolSpecification, poolLifetimeOption job): created with the job, named
+  `<autoPoolIdPrefix>_<GUID>` (a bare upper-case GUID without a prefix), the job's
+  executionInfo.poolId; with keepAlive false deleted once the job completes (all tasks complete,
+  wall clock, terminate) or is deleted.
 - Task counts can lag (lag_task_counts); lists are ordered by id and page without rescanning.
 - Task failureInfo codes (category usererror): FailureExitCode (nonzero exit, retried up to
   maxTaskRetryCount), TaskEnded (maxWallClockTime: the process group is killed, exit 137; job
@@ -40,7 +47,7 @@ In short:
   failed, or an output pattern without wildcards matched no file).
 - Output files are uploaded after each run of the command whose exit code matches their condition.
 - Not emulated, refused with 501 NotImplemented: containers, multi-instance tasks, task
-  dependencies, application packages, auto pools, job manager/preparation/release tasks, and
+  dependencies, application packages, job manager/preparation/release tasks, and
   autoscale formulas other than literal $TargetDedicatedNodes / $TargetLowPriorityNodes assignments.
 """
 
@@ -48,7 +55,7 @@ from __future__ import annotations
 
 from .emulator import DEFAULT_KEY, MAX_BODY_BYTES, BatchEmulator, RequestRecord
 from .faults import Fault, FaultKind, Faults
-from .state import StartTaskFault, Timings
+from .state import AutoPoolFault, StartTaskFault, Timings
 from .wire import API_VERSION, MESSAGES, message_text
 
 __all__ = [
@@ -56,6 +63,7 @@ __all__ = [
     "DEFAULT_KEY",
     "MAX_BODY_BYTES",
     "MESSAGES",
+    "AutoPoolFault",
     "BatchEmulator",
     "Fault",
     "FaultKind",

@@ -5,10 +5,15 @@
     # or: client = emu.client(retry_total=0)
     emu.faults.fail_next("POST", "/jobs/{job}/addtaskcollection", status=503, count=3)
     emu.preempt_node(pool_id, node_id)          # Spot preemption: its running tasks are requeued
+    emu.advance(3600)                           # the service's clock jumps an hour (wall clocks expire)
     emu.fail_start_task(pool_id, exit_code=1, stderr="E: Unable to locate package ffmpeg")
     emu.requests                                # every request: (method, path, query, status)
     emu.latency = 0.05                          # seconds added to every request
     emu.close()
+
+`pool_id` in fail_start_task, fail_allocation and override_start_task is a pool's id, or an
+autoPoolIdPrefix: the setting then applies to every auto pool made with that prefix (their ids are
+generated, so a test cannot name them ahead).
 
 Tasks run for real (subprocesses under workdir/<pool>/<node>/, Batch's folder layout), unless
 `instant=True`: then a task completes with exit code 0 on the control loop's next pass, without a
@@ -36,7 +41,7 @@ from .faults import FaultKind, Faults, compile_pattern
 from .lifecycle import Lifecycle
 from .routes import Router
 from .service import Service
-from .state import AllocationFault, StartTaskFault, Store, Timings, monotonic_after
+from .state import AllocationFault, AutoPoolFault, StartTaskFault, Store, Timings
 from .transport import ConnectionLost, ConnectionRefused, EmulatorTransport, LoopbackServer
 from .wire import (
     API_VERSION,
@@ -202,7 +207,7 @@ class BatchEmulator:
                 raise ValueError(f"node {node_id} is dedicated: only Spot (low-priority) nodes are preempted")
             self.store.evict(node, "node preempted")
             node.set_state("preempted")
-            node.restore_at = None if restore_after is None else monotonic_after(restore_after)
+            node.restore_at = None if restore_after is None else self.store.after(restore_after)
             self.store.wake()
 
     def make_node_unusable(self, pool_id: str, node_id: str) -> None:
@@ -265,6 +270,12 @@ class BatchEmulator:
         with self.store.lock:
             self.store.allocation_faults[pool_id.casefold()] = AllocationFault(code, message, dedicated, spot)
 
+    def fail_auto_pool(self, code: str, message: str) -> None:
+        """The next auto pool cannot be created: its job completes at once, without a pool, its
+        executionInfo.schedulingError holding `code` and `message` (BatchPoolInfo, REST spec)."""
+        with self.store.lock:
+            self.store.auto_pool_fault = AutoPoolFault(code, message)
+
     def override_start_task(self, pool_id: str, command_line: str) -> None:
         """The pool's start task runs `command_line` instead of its own (same folders, environment,
         resource files and retries); the pool still reports its own. For start tasks that must not run
@@ -273,6 +284,17 @@ class BatchEmulator:
             self.store.start_task_commands[pool_id.casefold()] = command_line
 
     # ---- control ----------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Move the service's clock `seconds` ahead, at once: whatever falls due meanwhile (a job's
+        maxWallClockTime, a node's boot, a deletion, a Spot node's restore) is done on the control
+        loop's next passes, as if that much time had gone by. Timestamps in answers stay this
+        machine's time, and so do running task processes (their own maxWallClockTime included)."""
+        if seconds < 0:
+            raise ValueError("the service's clock only moves forward")
+        with self.store.lock:
+            self.store.skew += seconds
+            self.store.wake()
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -5,11 +5,13 @@ Each pass of the loop (a "tick"), under the store's lock:
 - pools: deletions finish; allocation adds or removes nodes to reach the targets; nodes move
   creating -> starting -> (start task: waitingforstarttask, or idle) and preempted nodes come back;
 - jobs: deletions and terminations finish, job wall clocks expire, and a job with
-  onAllTasksComplete=terminatejob and no active or running task completes (zero tasks count);
+  onAllTasksComplete=terminatejob, tasks, and no active or running task completes; a job that
+  completes or is deleted takes its auto pool with it (keepAlive false);
 - scheduling: active tasks go to nodes with free slots (taskSlotsPerNode, requiredSlots,
   nodeFillType spread or pack, the job's maxParallelTasks), highest job priority first.
 The loop runs again at once while a pass changed something, else sleeps until woken (every request
-that changes state wakes it) or Timings.idle_wait passes.
+that changes state wakes it) or Timings.idle_wait passes. Time is the store's clock (Store.clock), which
+BatchEmulator.advance moves ahead.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from . import execution, start_task
 from .environment import node_env
 from .resources import SCHEDULABLE, Job, Node, Pool, RunHandle, Task
-from .state import Store, monotonic_after
+from .state import Store
 from .wire import fmt_time, now, parse_duration
 
 JOIN_TIMEOUT = 10.0
@@ -60,7 +61,7 @@ class Lifecycle:
             with store.lock:
                 if store.closed:
                     return
-                busy = not store.paused and self.step(time.monotonic())
+                busy = not store.paused and self.step(store.clock())
                 if not busy:
                     store.wakeup.wait(store.timings.idle_wait)
             if busy:
@@ -94,7 +95,7 @@ class Lifecycle:
     def _allocate(self, pool: Pool) -> bool:
         if pool.allocation_state != "resizing":
             return False
-        fault = self.store.allocation_faults.get(pool.id.casefold())
+        fault = self.store.for_pool(self.store.allocation_faults, pool)
         pool.resize_errors = []
         for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low_priority)):
             nodes = [n for n in pool.nodes.values() if n.dedicated == dedicated]
@@ -133,7 +134,7 @@ class Lifecycle:
             pool.body["vmSize"].lower(),
             ip=f"10.0.{seq // 250}.{seq % 250 + 4}",
         )
-        node.due = monotonic_after(self.store.timings.boot)
+        node.due = self.store.after(self.store.timings.boot)
         pool.nodes[node_id] = node
 
     def _node_step(self, pool: Pool, node: Node, t: float) -> bool:
@@ -168,13 +169,13 @@ class Lifecycle:
             pool = store.pools.get(job.pool_id.casefold())
             for node in pool.nodes.values() if pool else ():
                 shutil.rmtree(node.root / "workitems" / job.id, ignore_errors=True)
+            self._release_auto_pool(job)  # a job deleted while active: its auto pool goes too
             return True
         if job.state == "terminating":
             for task in job.tasks.values():
                 if task.state == "running":
                     self.end_task(job, task, "The task was terminated because its job was terminated.")
-            job.set_state("completed")
-            job.end_time = now()
+            self._complete(job)
             return True
         if job.state != "active":
             return False
@@ -194,15 +195,30 @@ class Lifecycle:
             and not job.counts["running"]
         ):
             if job.complete_due is None:
-                job.complete_due = monotonic_after(store.timings.job_complete)
+                job.complete_due = store.after(store.timings.job_complete)
             if t < job.complete_due:
                 return False
             job.terminate_reason = "AllTasksComplete"
-            job.set_state("completed")
-            job.end_time = now()
+            self._complete(job)
             return True
         job.complete_due = None
         return False
+
+    def _complete(self, job: Job) -> None:
+        job.set_state("completed")
+        job.end_time = now()
+        self._release_auto_pool(job)
+
+    def _release_auto_pool(self, job: Job) -> None:
+        """An auto pool with keepAlive false is deleted "once its lifetime (as determined by the
+        poolLifetimeOption setting) expires; that is, when the Job or Job Schedule completes"
+        (BatchAutoPoolSpecification.keepAlive, REST spec 2025-06-01). That a job deleted while still
+        active takes its auto pool too is the emulator's assumption."""
+        if job.auto_pool_keep_alive is not False:
+            return
+        pool = self.store.pools.get(job.pool_id.casefold())
+        if pool is not None and pool.auto_job == job.id and pool.state != "deleting":
+            self.store.begin_pool_delete(pool)
 
     def end_task(self, job: Job, task: Task, message: str) -> None:
         """Terminate a task: it completes as failed (TaskEnded), killed if it was running."""
@@ -357,8 +373,10 @@ def _pick(nodes: list[Node], pool: Pool, slots: int) -> Node | None:
     return min(free, key=lambda n: n.used_slots)
 
 
-def job_wall_deadline(body: Mapping[str, Any]) -> float | None:
-    value = (body.get("constraints") or {}).get("maxWallClockTime")
-    return (
-        None if value is None else monotonic_after(parse_duration("maxWallClockTime", value).total_seconds())
-    )
+def job_wall_deadline(job: Job) -> float | None:
+    """When the job's maxWallClockTime runs out, on the store's clock: it is "measured from the time the
+    Job is created" (BatchJobConstraints, REST spec 2025-06-01), also when a PATCH sets it later."""
+    value = (job.body.get("constraints") or {}).get("maxWallClockTime")
+    if value is None:
+        return None
+    return job.started + parse_duration("maxWallClockTime", value).total_seconds()

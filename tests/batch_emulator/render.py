@@ -191,11 +191,13 @@ def job_json(job: Job, base: str) -> dict[str, Any]:
             ),
             "maxTaskRetryCount": body.get("constraints", {}).get("maxTaskRetryCount", 0),
         },
-        "poolInfo": body["poolInfo"],
+        "poolInfo": _echo_pool_info(body["poolInfo"]),
         "onAllTasksComplete": body.get("onAllTasksComplete", "noaction"),
         "onTaskFailure": body.get("onTaskFailure", "noaction"),
-        "executionInfo": {"startTime": fmt_time(job.created), "poolId": job.pool_id},
+        "executionInfo": {"startTime": fmt_time(job.created)},
     }
+    if job.pool_id:
+        out["executionInfo"]["poolId"] = job.pool_id
     if job.previous is not None:
         out["previousState"] = job.previous[0]
         out["previousStateTransitionTime"] = fmt_time(job.previous[1])
@@ -203,10 +205,21 @@ def job_json(job: Job, base: str) -> dict[str, Any]:
         out["executionInfo"]["endTime"] = fmt_time(job.end_time)
     if job.terminate_reason is not None:
         out["executionInfo"]["terminateReason"] = job.terminate_reason
+    if job.scheduling_error is not None:
+        out["executionInfo"]["schedulingError"] = dict(job.scheduling_error)
     for key in ("displayName", "metadata", "commonEnvironmentSettings", "networkConfiguration"):
         if key in body:
             out[key] = body[key]
     return out
+
+
+def _echo_pool_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A job's poolInfo as sent; an auto pool specification reads keepAlive false when it was not sent
+    (recordings: tests/recordings/jobs.json, job_get_terminatejob_no_tasks_active)."""
+    auto = info.get("autoPoolSpecification")
+    if auto is None or "keepAlive" in auto:
+        return info
+    return {**info, "autoPoolSpecification": {**auto, "keepAlive": False}}
 
 
 def task_json(task: Task, base: str) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class Pool:
     resize_errors: list[dict[str, Any]] = field(default_factory=list)  # of the last resize
     delete_due: float | None = None
     node_seq: int = 0
+    auto_job: str | None = None  # an auto pool: the id of the job it was created for
+    auto_prefix: str | None = None  # an auto pool: the autoPoolIdPrefix it was made with
 
     def touch(self) -> None:
         self.last_modified, self.etag = now(), _etag()
@@ -139,9 +141,12 @@ class Job:
     end_time: datetime.datetime | None = None
     terminate_reason: str | None = None
     delete_due: float | None = None
-    wall_deadline: float | None = None  # monotonic
+    started: float = 0.0  # the store's clock when the job was created
+    wall_deadline: float | None = None  # the store's clock
     counts_seen: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (monotonic, answer)
     complete_due: float | None = None  # monotonic: when a job whose tasks are all done completes
+    auto_pool_keep_alive: bool | None = None  # a job on an auto pool: its keepAlive (None: a named pool)
+    scheduling_error: dict[str, Any] | None = None  # executionInfo.schedulingError
 
     def set_state(self, state: str) -> None:
         if state != self.state:

@@ -10,7 +10,7 @@ import bisect
 import datetime
 import functools
 import random
-import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from . import validate
 from .lifecycle import Lifecycle, job_wall_deadline
 from .render import counts_json, job_json, node_counts_json, node_json, pool_json, task_json
 from .resources import Job, Pool, Task
-from .state import Store, monotonic_after
+from .state import Store
 from .wire import ServiceError, error_json, fmt_time, invalid_property, now
 
 MAX_TASKS_PER_COLLECTION = 100
@@ -40,33 +40,38 @@ class Service:
             existing = store.pools.get(body["id"].casefold())
             if existing is not None:
                 raise ServiceError(409, "PoolBeingDeleted" if existing.state == "deleting" else "PoolExists")
-            if body.get("enableAutoScale"):
-                dedicated, low = validate.autoscale_targets(body["autoScaleFormula"])
-            else:
-                dedicated, low = (
-                    body.get("targetDedicatedNodes") or 0,
-                    body.get("targetLowPriorityNodes") or 0,
-                )
-            pool = Pool(
-                id=body["id"],
-                body=body,
-                target_dedicated=dedicated,
-                target_low_priority=low,
-                slots_per_node=body.get("taskSlotsPerNode", 1),
-                fill_type=(body.get("taskSchedulingPolicy") or {}).get("nodeFillType", "spread"),
-                resize_timeout=validate.duration(body, "resizeTimeout") or DEFAULT_RESIZE_TIMEOUT,
+            return self._add_pool(body["id"], body)
+
+    def _add_pool(self, pool_id: str, body: dict[str, Any]) -> Pool:
+        """A new pool of validated settings `body` (lock held): Create Pool's, or an auto pool's."""
+        store = self.store
+        if body.get("enableAutoScale"):
+            dedicated, low = validate.autoscale_targets(body["autoScaleFormula"])
+        else:
+            dedicated, low = (
+                body.get("targetDedicatedNodes") or 0,
+                body.get("targetLowPriorityNodes") or 0,
             )
-            if body.get("enableAutoScale"):
-                pool.auto_scale_run = {
-                    "timestamp": fmt_time(now()),
-                    "results": f"$TargetDedicatedNodes={dedicated};$TargetLowPriorityNodes={low};"
-                    "$NodeDeallocationOption=requeue",
-                }
-            # Even with no target nodes, a new pool reads allocationState "resizing" until the first
-            # resize completes (recordings; tests/recordings/README.md).
-            store.pools[pool.id.casefold()] = pool
-            store.wake()
-            return pool
+        pool = Pool(
+            id=pool_id,
+            body=body,
+            target_dedicated=dedicated,
+            target_low_priority=low,
+            slots_per_node=body.get("taskSlotsPerNode", 1),
+            fill_type=(body.get("taskSchedulingPolicy") or {}).get("nodeFillType", "spread"),
+            resize_timeout=validate.duration(body, "resizeTimeout") or DEFAULT_RESIZE_TIMEOUT,
+        )
+        if body.get("enableAutoScale"):
+            pool.auto_scale_run = {
+                "timestamp": fmt_time(now()),
+                "results": f"$TargetDedicatedNodes={dedicated};$TargetLowPriorityNodes={low};"
+                "$NodeDeallocationOption=requeue",
+            }
+        # Even with no target nodes, a new pool reads allocationState "resizing" until the first
+        # resize completes (recordings; tests/recordings/README.md).
+        store.pools[pool.id.casefold()] = pool
+        store.wake()
+        return pool
 
     def pool_json(self, pool_id: str) -> dict[str, Any]:
         with self.store.lock:
@@ -81,12 +86,7 @@ class Service:
             pool = self.store.pool(pool_id)
             if pool.state == "deleting":
                 raise ServiceError(409, "PoolBeingDeleted")
-            pool.state, pool.state_time = "deleting", now()
-            pool.target_dedicated = pool.target_low_priority = 0
-            pool.set_allocation("resizing")
-            pool.touch()
-            pool.delete_due = monotonic_after(self.store.timings.pool_delete)
-            self.store.wake()
+            self.store.begin_pool_delete(pool)
 
     def resize_pool(self, pool_id: str, raw: Any) -> None:
         body = raw if isinstance(raw, dict) else {}
@@ -145,11 +145,31 @@ class Service:
             existing = store.jobs.get(body["id"].casefold())
             if existing is not None:
                 raise ServiceError(409, "JobBeingDeleted" if existing.state == "deleting" else "JobExists")
-            job = Job(id=body["id"], body=body, pool_id=body["poolInfo"]["poolId"])
-            job.wall_deadline = job_wall_deadline(body)
+            auto = body["poolInfo"].get("autoPoolSpecification")
+            pool_id = body["poolInfo"]["poolId"] if auto is None else _auto_pool_id(auto)
+            job = Job(id=body["id"], body=body, pool_id=pool_id, started=store.clock())
+            job.wall_deadline = job_wall_deadline(job)
+            if auto is not None:
+                self._create_auto_pool(job, auto)
             store.jobs[job.id.casefold()] = job
             store.wake()
             return job
+
+    def _create_auto_pool(self, job: Job, auto: dict[str, Any]) -> None:
+        """poolLifetimeOption "job": "The Batch service creates the Pool when it creates the Job"
+        (BatchPoolLifetimeOption, REST spec 2025-06-01). Its id is the job's executionInfo.poolId."""
+        job.auto_pool_keep_alive = bool(auto.get("keepAlive", False))
+        fault, self.store.auto_pool_fault = self.store.auto_pool_fault, None
+        if fault is not None:
+            # "If auto Pool creation fails, the Batch service moves the Job to a completed state, and
+            # the Pool creation error is set in the Job's scheduling error property" (BatchPoolInfo).
+            job.scheduling_error = {"category": "usererror", "code": fault.code, "message": fault.message}
+            job.pool_id = ""  # no pool was made
+            job.set_state("completed")
+            job.end_time = now()
+            return
+        pool = self._add_pool(job.pool_id, auto["pool"])
+        pool.auto_job, pool.auto_prefix = job.id, auto.get("autoPoolIdPrefix")
 
     def job_json(self, job_id: str) -> dict[str, Any]:
         with self.store.lock:
@@ -166,7 +186,7 @@ class Service:
             for key, value in body.items():
                 if key == "constraints":
                     job.body["constraints"] = {**job.body.get("constraints", {}), **value}
-                    job.wall_deadline = job_wall_deadline(job.body)
+                    job.wall_deadline = job_wall_deadline(job)
                 else:
                     job.body[key] = value
             if "poolInfo" in body:
@@ -190,7 +210,7 @@ class Service:
             if job.state == "deleting":
                 raise ServiceError(409, "JobBeingDeleted")
             job.set_state("deleting")
-            job.delete_due = monotonic_after(self.store.timings.job_delete)
+            job.delete_due = self.store.after(self.store.timings.job_delete)
             self.store.wake()
 
     def _open_job(self, job_id: str, *, adding: bool) -> Job:
@@ -211,7 +231,7 @@ class Service:
             lag = self.store.counts_lag
             if not lag:
                 return current
-            t = time.monotonic()
+            t = self.store.clock()
             job.counts_seen.append((t, current))
             old = [i for i, (seen, _) in enumerate(job.counts_seen) if seen <= t - lag]
             if not old:
@@ -362,3 +382,12 @@ class Service:
 
 def _list_key(task: Task) -> str:
     return task.id.casefold()
+
+
+def _auto_pool_id(auto: dict[str, Any]) -> str:
+    """An auto pool's id. Without a prefix the service names it with an upper-case GUID (recordings:
+    tests/recordings/jobs.json, job_get_terminatejob_no_tasks_active); that a prefix comes first,
+    joined by "_", is the emulator's assumption."""
+    guid = str(uuid.uuid4()).upper()
+    prefix = auto.get("autoPoolIdPrefix")
+    return f"{prefix}_{guid}" if prefix else guid

@@ -25,7 +25,7 @@ def begin(store: Store, pool: Pool, node: Node, spec: Mapping[str, Any], spawn: 
     """Start the start task on `node` (lock held); `spawn` runs a function on a thread of its own."""
     node.set_state("waitingforstarttask" if spec.get("waitForSuccess", True) else "idle")
     node.start_task_info = {"state": "running", "startTime": fmt_time(now()), "retryCount": 0}
-    fault = store.start_task_faults.get(pool.id.casefold())
+    fault = store.for_pool(store.start_task_faults, pool)
     if fault is not None or store.instant:
         _without_process(node, spec, fault)
         return
@@ -38,7 +38,7 @@ def begin(store: Store, pool: Pool, node: Node, spec: Mapping[str, Any], spawn: 
         identity=spec.get("userIdentity"),
         settings=[spec.get("environmentSettings", [])],
     )
-    command = store.start_task_commands.get(pool.id.casefold(), spec["commandLine"])
+    command = store.for_pool(store.start_task_commands, pool) or spec["commandLine"]
     launch = execution.Launch(command, task_dir, env, spec.get("resourceFiles", []))
     handle = node.start_handle = RunHandle()
     spawn(_run, (store, node, spec, node.generation, launch, handle), f"start-task-{node.id}")

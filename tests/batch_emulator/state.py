@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import execution
 from .resources import Job, Node, Pool, Task
 from .wire import ServiceError, fmt_time, now
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,6 +32,16 @@ class Timings:
     # A job whose tasks are all complete, with onAllTasksComplete terminatejob, completes this long
     # after (recordings: a terminatejob job with no tasks still read "active" 21 s after creation).
     job_complete: float = 0.0
+
+
+@dataclass(frozen=True)
+class AutoPoolFault:
+    """An injected auto pool creation failure: the job completes at once with this scheduling error
+    ("If auto Pool creation fails, the Batch service moves the Job to a completed state, and the Pool
+    creation error is set in the Job's scheduling error property": BatchPoolInfo, REST spec 2025-06-01)."""
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -67,14 +80,26 @@ class Store:
     start_task_faults: dict[str, StartTaskFault] = field(default_factory=dict)  # by casefolded pool id
     start_task_commands: dict[str, str] = field(default_factory=dict)  # overrides, by casefolded pool id
     allocation_faults: dict[str, AllocationFault] = field(default_factory=dict)  # by casefolded pool id
+    auto_pool_fault: AutoPoolFault | None = None  # the next auto pool's creation fails
     task_seq: int = 0
     counts_lag: float = 0.0  # Get Task Counts answers what the counts were this many seconds ago
     paused: bool = False
     closed: bool = False
+    skew: float = 0.0  # seconds the service's clock is ahead of this machine's (BatchEmulator.advance)
     wakeup: threading.Condition = field(init=False)
 
     def __post_init__(self) -> None:
         self.wakeup = threading.Condition(self.lock)
+
+    # ---- the service's clock ----------------------------------------------------------------
+
+    def clock(self) -> float:
+        """The service's monotonic clock: this machine's, plus what `BatchEmulator.advance` added. Every
+        deadline of the service (node boot, deletions, job wall clocks, preemption restores) is on it."""
+        return time.monotonic() + self.skew
+
+    def after(self, seconds: float) -> float:
+        return self.clock() + seconds
 
     def wake(self) -> None:
         with self.lock:
@@ -105,6 +130,26 @@ class Store:
         if task is None:
             raise ServiceError(404, "TaskNotFound")
         return task
+
+    # ---- pool state changes (lock held) -----------------------------------------------------
+
+    def begin_pool_delete(self, pool: Pool) -> None:
+        """The pool turns "deleting" (targets 0, allocation "resizing"); the control loop removes it
+        and its nodes Timings.pool_delete later."""
+        pool.state, pool.state_time = "deleting", now()
+        pool.target_dedicated = pool.target_low_priority = 0
+        pool.set_allocation("resizing")
+        pool.touch()
+        pool.delete_due = self.after(self.timings.pool_delete)
+        self.wake()
+
+    def for_pool(self, table: Mapping[str, T], pool: Pool) -> T | None:
+        """A test's setting for `pool` (fault, start task override): keyed by its id, or, for an auto
+        pool, by the autoPoolIdPrefix it was made with (a test cannot know the generated id ahead)."""
+        found = table.get(pool.id.casefold())
+        if found is None and pool.auto_prefix:
+            found = table.get(pool.auto_prefix.casefold())
+        return found
 
     def jobs_on(self, pool_id: str) -> Iterator[Job]:
         key = pool_id.casefold()
@@ -192,7 +237,3 @@ class Store:
 
 def _bucket(state: str) -> str:
     return "running" if state in ("running", "preparing") else state
-
-
-def monotonic_after(seconds: float) -> float:
-    return time.monotonic() + seconds

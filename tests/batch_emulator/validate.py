@@ -1,9 +1,9 @@
-"""The service's checks on request bodies (pool, job, job update, task), as 400 errors.
+"""The service's checks on request bodies (pool, job with its auto pool, job update, task), as 400 errors.
 
 Each returns the body it accepted (unchanged: the service stores and echoes what it was sent).
 What the emulator cannot do (containers, multi-instance tasks, task dependencies, application
-packages, auto pools, job manager / preparation / release tasks, auto-storage resource files) is
-refused loudly rather than silently ignored.
+packages, job manager / preparation / release tasks, auto-storage resource files, job schedules'
+auto pools) is refused loudly rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ MIN_RESIZE_TIMEOUT = datetime.timedelta(minutes=5)
 MIN_AUTOSCALE_INTERVAL = datetime.timedelta(minutes=5)
 MAX_AUTOSCALE_INTERVAL = datetime.timedelta(hours=168)
 MAX_SLOTS_PER_NODE = 256
+MAX_AUTO_POOL_PREFIX = 20  # "The prefix can be up to 20 characters long" (BatchAutoPoolSpecification)
 _ASSIGNMENT = re.compile(r"\s*\$(TargetDedicatedNodes|TargetLowPriorityNodes)\s*=\s*(\d+)\s*")
 
 
@@ -75,6 +76,11 @@ def duration(body: Mapping[str, Any], name: str) -> datetime.timedelta | None:
 def pool_body(raw: Any) -> dict[str, Any]:
     body = _object(raw, "The pool")
     check_id("pool", body.get("id"))
+    return pool_settings(body)
+
+
+def pool_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """A pool's settings, as Create Pool and an auto pool specification's `pool` share them."""
     if not isinstance(body.get("vmSize"), str) or not body["vmSize"]:
         raise missing_property("vmSize")
     vm = body.get("virtualMachineConfiguration")
@@ -170,18 +176,62 @@ def job_body(raw: Any) -> dict[str, Any]:
     if info is None:
         raise missing_property("poolInfo")
     _object(info, "poolInfo")
-    if info.get("autoPoolSpecification") is not None:
-        raise unsupported("auto pools (poolInfo.autoPoolSpecification)")
-    check_id("pool", info.get("poolId"))
+    # "You must specify either the Pool ID or the auto Pool specification, but not both" (BatchPoolInfo).
+    auto = info.get("autoPoolSpecification")
+    if auto is not None and info.get("poolId") is not None:
+        raise invalid_property(
+            "poolInfo", json.dumps(info), "Specify either poolId or autoPoolSpecification, not both."
+        )
+    if auto is not None:
+        auto_pool_body(auto)
+    else:
+        check_id("pool", info.get("poolId"))
     for name in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
         if body.get(name) is not None:
             raise unsupported(name)
-    job_update_body(body)
+    _job_settings(body)
+    return body
+
+
+def auto_pool_body(raw: Any) -> dict[str, Any]:
+    """poolInfo.autoPoolSpecification of a job (BatchAutoPoolSpecification)."""
+    body = _object(raw, "autoPoolSpecification")
+    if "poolLifetimeOption" not in body:
+        raise missing_property("autoPoolSpecification.poolLifetimeOption")
+    if body["poolLifetimeOption"] != "job":
+        # "jobschedule": "You may apply this option only to Job Schedules, not to Jobs" (the spec).
+        raise invalid_property(
+            "poolLifetimeOption", body["poolLifetimeOption"], "A job's auto pool must have the lifetime job."
+        )
+    prefix = body.get("autoPoolIdPrefix")
+    if prefix is not None and (
+        not isinstance(prefix, str) or not prefix or len(prefix) > MAX_AUTO_POOL_PREFIX
+    ):
+        raise invalid_property(
+            "autoPoolIdPrefix", prefix, f"The prefix can be up to {MAX_AUTO_POOL_PREFIX} characters long."
+        )
+    if prefix is not None:
+        check_id("pool", prefix)
+    if not isinstance(body.get("keepAlive", False), bool):
+        raise invalid_property("keepAlive", body["keepAlive"], "The value must be true or false.")
+    if body.get("pool") is None:
+        raise missing_property("autoPoolSpecification.pool")
+    pool_settings(_object(body["pool"], "autoPoolSpecification.pool"))
     return body
 
 
 def job_update_body(raw: Any) -> dict[str, Any]:
     body = _object(raw, "The job update")
+    if "poolInfo" in body:
+        info = _object(body["poolInfo"], "poolInfo")
+        if info.get("autoPoolSpecification") is not None:
+            raise unsupported("changing a job's auto pool (PATCH poolInfo.autoPoolSpecification)")
+        check_id("pool", info.get("poolId"))
+    return _job_settings(body)
+
+
+def _job_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """What Create Job and Update Job share."""
     _choice(body, "onAllTasksComplete", ("noaction", "terminatejob"))
     _choice(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
     _int(body, "priority", -1000, 1000)
@@ -191,9 +241,6 @@ def job_update_body(raw: Any) -> dict[str, Any]:
     constraints = _object(body.get("constraints") or {}, "constraints")
     duration(constraints, "maxWallClockTime")
     _int(constraints, "maxTaskRetryCount", -1, 1_000_000)
-    if "poolInfo" in body:
-        info = _object(body["poolInfo"], "poolInfo")
-        check_id("pool", info.get("poolId"))
     _name_values(body, "metadata")
     _name_values(body, "commonEnvironmentSettings")
     return body

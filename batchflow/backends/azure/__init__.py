@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchflow.backends.base import Cleanup, Compute, Context, Leftover, SettingsBlock, Storage
 from batchflow.errors import ConfigurationError, MissingRequirement
@@ -29,12 +29,18 @@ log = logging.getLogger("batchflow")
 SAS_MARGIN = 3600.0
 
 
+PoolLifetime = Literal["job", "run"]
+
+
 @dataclass(frozen=True)
 class AzureSettings:
     """The workflow's `azure:` block."""
 
     submit_concurrency: int = 8
     pool_timeout: float = 1800.0  # seconds for the first usable node
+    # Who deletes a pool batchflow creates: Batch, with the job (an auto pool), or batchflow at the
+    # end of the run (a named pool). README.md, "When the client dies", weighs the two.
+    pool_lifetime: PoolLifetime = "job"
 
 
 def settings_of(workflow: Workflow) -> AzureSettings:
@@ -58,27 +64,34 @@ class AzureBackend:
     attachable = True
 
     def read_settings(self, block: SettingsBlock) -> AzureSettings:
+        lifetime: PoolLifetime = "run" if block.data.get("pool_lifetime") == "run" else "job"
         return AzureSettings(
             submit_concurrency=int(block.data.get("submit_concurrency", 8)),
             pool_timeout=block.seconds("pool_timeout", 1800.0),
+            pool_lifetime=lifetime,
         )
 
     def problems(self, workflow: Workflow) -> list[tuple[DocPath, str]]:
         """A pool with no dedicated node, no Spot node and no autoscale formula: tasks wait for nodes
         that never come (tried as a new user would: 658 s of waiting before a Ctrl-C). The service
         itself accepts such a pool (a recorded 201 for targetDedicatedNodes 0), so batchflow refuses
-        it, before anything is created."""
+        it, before anything is created. And cleanup.pool: keep with an auto pool, which Batch
+        deletes with its job whatever batchflow keeps."""
+        found: list[tuple[DocPath, str]] = []
         pool = workflow.pool
         if pool.autoscale is None and pool.dedicated_nodes == 0 and pool.spot_nodes == 0:
-            where: DocPath = ("pool", "dedicated_nodes")
-            if workflow.source is None or where not in workflow.source.positions:
-                where = ("pool",)
             message = (
                 "the pool would never get a node: set dedicated_nodes or spot_nodes to 1 or more, "
                 "or give an autoscale formula"
             )
-            return [(where, message)]
-        return []
+            found.append((_where(workflow, ("pool", "dedicated_nodes"), ("pool",)), message))
+        if workflow.cleanup.pool is CleanupAction.KEEP and settings_of(workflow).pool_lifetime == "job":
+            message = (
+                "a pool Batch deletes with its job cannot be kept (azure.pool_lifetime: job, the "
+                "default): set azure.pool_lifetime: run to keep the pool for the next run"
+            )
+            found.append((_where(workflow, ("cleanup", "pool"), ("cleanup",)), message))
+        return found
 
     def storage(self, ctx: Context) -> Storage:
         """Azure Blob Storage, credentials from the environment (azure/auth.py)."""
@@ -98,7 +111,7 @@ class AzureBackend:
                 "folders (drop --storage local; --storage azure is this backend's default)"
             )
         from batchflow.backends.azure.auth import batch_auth
-        from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
+        from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts, default_job_wall_clock
         from batchflow.backends.azure.batch_client import batch_client
 
         wf = ctx.workflow
@@ -120,6 +133,8 @@ class AzureBackend:
             endpoint=auth.endpoint,
             timeouts=timeouts,
             notify=ctx.notify,
+            auto_pool=settings.pool_lifetime == "job",
+            job_wall_clock=default_job_wall_clock(timeouts, wf.monitor.timeout),
         )
 
     def clean_up(self, run: RunState, workflow: Workflow | None, cleanup: Cleanup) -> None:
@@ -171,6 +186,13 @@ class AzureBackend:
 
 
 BACKEND = AzureBackend()
+
+
+def _where(workflow: Workflow, path: DocPath, fallback: DocPath) -> DocPath:
+    """`path` if the workflow file has it (for its line:column), else `fallback`."""
+    if workflow.source is None or path not in workflow.source.positions:
+        return fallback
+    return path
 
 
 def _need_sdk(module: str) -> None:

@@ -4,13 +4,19 @@ request of a run from access, whose an existing pool or job is (and whether a po
 existing, task submission from submit, what a pool's nodes say from pool_health, and the task
 results with their logs from results.
 
-- Pool: created if missing (its metadata names the run); an existing pool is reused if its VM size and
-  image match, else the run stops before anything else. A pool still being deleted by an earlier run
-  is waited for, then created anew. `wait_for_pool` returns as soon as one node can run tasks and
-  stops early, with the start task's stderr (pool_health), when every node failed its start task or
-  is unusable.
+- Pool: an existing pool of that id is reused if its VM size and image match, else the run stops
+  before anything else. A pool still being deleted by an earlier run is waited for. A missing pool
+  is made by Batch as the job's auto pool (`auto_pool`, azure.pool_lifetime: job, the default):
+  `create_pool` only records it, `create_job` sends it with the job and waits for it (autopool
+  reads its id), and Batch deletes it once the job ends, whether batchflow is still there or not.
+  Without `auto_pool` the pool is created as a named pool (its metadata names the run), which
+  bills until batchflow (or `batchflow cleanup`) deletes it. Waiting for a pool returns as soon as
+  one node can run tasks and stops early, with the start task's stderr (pool_health), when every
+  node failed its start task or is unusable.
 - Job: created with "no action" when all tasks complete, switched to "terminate job" once every task
-  is added (`seal_job`), so a client that dies leaves no active job holding the account's quota.
+  is added (`seal_job`), so a client that dies leaves no active job holding the account's quota; and
+  with a max wall clock (the workflow's, else `job_wall_clock`), so Batch ends it, and with it its
+  auto pool, even if the client died before sealing it.
 - Monitor: `task_counts` is ONE Get Task Counts request, whatever the number of tasks. A 429 or 503
   answer (or a lost connection) keeps the last counts and stretches the next wait to the Retry-After
   the service asked for. Only when nothing has moved for `health_interval` while tasks wait does one
@@ -44,6 +50,7 @@ from azure.core.polling import LROPoller
 
 from batchflow.backends.azure import batch_build as build
 from batchflow.backends.azure.access import check_reachable
+from batchflow.backends.azure.autopool import auto_pool_of, scheduling_failure
 from batchflow.backends.azure.enums import among, is_
 from batchflow.backends.azure.errors import NO_ANSWER, batch_error, describe, error_code, retry_after
 from batchflow.backends.azure.existing import check_pool_fits, run_of
@@ -94,6 +101,18 @@ class Timeouts:
     transient_limit: int = 20  # consecutive failed Get Task Counts before the run stops
 
 
+# A job's default max wall clock is the longest a live run waits for it (the pool, the submission,
+# the monitor) plus this margin, so it never cuts a live run short.
+JOB_WALL_CLOCK_MARGIN = 600.0
+
+
+def default_job_wall_clock(timeouts: Timeouts, monitor_timeout: float) -> float:
+    """The max wall clock of a job whose workflow gives none, in seconds: the first usable node
+    (pool_ready), every task added (submit), the monitor's timeout, and a margin. A live run stops at
+    its monitor timeout before that; Batch ends a job whose run died at that bound."""
+    return timeouts.pool_ready + timeouts.submit + monitor_timeout + JOB_WALL_CLOCK_MARGIN
+
+
 class AzureBatchCompute:
     """The Compute protocol on an Azure Batch account. The constructor does no I/O."""
 
@@ -110,7 +129,11 @@ class AzureBatchCompute:
         notify: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        auto_pool: bool = False,
+        job_wall_clock: float | None = None,
     ) -> None:
+        """`auto_pool`: a pool this compute would create is the job's auto pool (module docstring).
+        `job_wall_clock`: the max wall clock, in seconds, of a job whose JobSpec gives none."""
         if submit_concurrency < 1:
             raise BatchflowError(f"submit concurrency must be at least 1, not {submit_concurrency}")
         self._client = client
@@ -123,6 +146,10 @@ class AzureBatchCompute:
         self._clock = clock
         self._sleep = sleep
         self._pool: PoolSpec | None = None
+        self._pool_id: str | None = None  # the pool the job runs on: pool.id, or its auto pool's id
+        self._auto_pool = auto_pool
+        self._auto_spec: bm.BatchAutoPoolSpecification | None = None  # to send with the job
+        self._job_wall_clock = job_wall_clock
         self._jobs: set[str] = set()  # jobs this compute created (or found created by this run)
         self._sealed: set[str] = set()  # jobs of this run found sealed already (`batchflow attach`)
         self._container_urls: dict[str, str] = {}
@@ -187,10 +214,19 @@ class AzureBatchCompute:
             self._wait_gone(lambda: self._get_pool(pool.id), f"pool {pool.id!r}")
             existing = None
         if existing is not None:
+            self._pool_id = pool.id
             if run_of(existing) == self._run_id:
                 return True  # this run's own pool (`batchflow attach`, or a resent create)
             return self._reuse(pool, existing)
         inputs = [self._resolve(i) for i in start_task_inputs]
+        if self._auto_pool:
+            self._auto_spec = build.auto_pool_specification(pool, start_task, inputs, self._run_id)
+            self._notify(
+                f"  pool [{pool.id}] is made with the job, as its auto pool: Batch deletes it when the"
+                " job ends (azure.pool_lifetime: job)"
+            )
+            return True
+        self._pool_id = pool.id
         request = build.pool_request(pool, start_task, inputs, self._run_id)
         try:
             self._send_again_if_unanswered("create_pool", lambda: self._client.create_pool(request))
@@ -220,15 +256,35 @@ class AzureBatchCompute:
         return False
 
     def wait_for_pool(self, pool_id: str) -> None:
-        """Until a node can run tasks (any node idle or running), or a clear reason why none will."""
+        """Until a node can run tasks (any node idle or running), or a clear reason why none will.
+        A pool still to be made as the job's auto pool cannot be waited for yet: `create_job` does."""
+        if self._auto_spec is not None and self._pool is not None and is_(pool_id, self._pool.id):
+            return
+        self._wait_usable(pool_id)
+
+    def _wait_usable(self, pool_id: str, auto_job: str | None = None) -> None:
+        """`wait_for_pool`'s loop; `auto_job`: the pool is that job's auto pool, which may not be
+        there yet (and whose creation may fail, completing the job)."""
         deadline = self._clock() + self.timeouts.pool_ready
         interval = self.timeouts.pool_poll
         self._notify(f"Waiting for pool [{pool_id}] to have a node ready...")
         last_text = ""
         while True:
             pool = self._get_pool(pool_id)
-            if pool is None:
+            if pool is None and auto_job is None:
                 raise BatchflowError(f"pool {pool_id!r} disappeared while waiting for its nodes")
+            if pool is None:
+                found = self._get_job(auto_job or "", select=["id", "state", "executionInfo"])
+                failure = scheduling_failure(found, auto_job or "")
+                if failure is not None:
+                    raise BatchflowError(failure)
+                if self._clock() >= deadline:
+                    raise BatchflowError(
+                        f"pool {pool_id!r} of job {auto_job!r} did not appear within "
+                        f"{self.timeouts.pool_ready:.0f} s"
+                    )
+                self._sleep(min(interval, max(0.0, deadline - self._clock())))
+                continue
             if is_(pool.state, bm.BatchPoolState.DELETING):
                 raise BatchflowError(f"pool {pool_id!r} is being deleted")
             health = self._pool_health.read(pool_id)
@@ -266,7 +322,12 @@ class AzureBatchCompute:
     # ---- job and tasks ----------------------------------------------------------------------
 
     def create_job(self, job: JobSpec, pool_id: str, run_id: str) -> None:
-        request = build.job_request(job, pool_id, run_id)
+        """Create the job on `pool_id`, or, when `create_pool` recorded an auto pool for it, with its
+        auto pool; then wait for that pool as `wait_for_pool` waits for a named one. The job is this
+        run's (and deleted at cleanup) as soon as Batch has it, even if its pool never gets a node."""
+        auto = self._auto_spec if self._pool is not None and is_(pool_id, self._pool.id) else None
+        target: str | bm.BatchAutoPoolSpecification = auto if auto is not None else pool_id
+        request = build.job_request(job, target, run_id, default_wall_clock=self._job_wall_clock)
         for _ in range(2):
             try:
                 self._send_again_if_unanswered("create_job", lambda: self._client.create_job(request))
@@ -306,6 +367,25 @@ class AzureBatchCompute:
             )
         self._jobs.add(job.id)
         self._progress_at[job.id] = self._clock()
+        if auto is None:
+            self._pool_id = self._pool_id or pool_id
+            return
+        if job.id in self._sealed:  # `batchflow attach` of a job with every task: no pool to wait for
+            found = self._get_job(job.id, select=["id", "state", "executionInfo"])
+            info = found.execution_info if found is not None else None
+            self._pool_id = info.pool_id if info is not None and info.pool_id else None
+            return
+        self._pool_id = auto_pool_of(
+            lambda: self._get_job(job.id, select=["id", "state", "executionInfo"]),
+            job.id,
+            deadline=self._clock() + self.timeouts.pool_ready,
+            clock=self._clock,
+            sleep=lambda: self._sleep(self.timeouts.pool_poll),
+        )
+        self._notify(
+            f"  auto pool [{self._pool_id}] made with job [{job.id}]; Batch deletes it when the job ends"
+        )
+        self._wait_usable(self._pool_id, auto_job=job.id)
 
     def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
         if job_id in self._sealed:
@@ -409,23 +489,23 @@ class AzureBatchCompute:
         return last
 
     def _check_nodes(self) -> None:
-        pool = self._pool
-        if pool is None:
+        pool_id = self._pool_id
+        if pool_id is None:
             return
-        health = self._pool_health.read(pool.id)
+        health = self._pool_health.read(pool_id)
         if health.usable:
             return
         if health.total and health.broken == health.total:
-            raise BatchflowError(self._pool_health.broken_message(pool.id, health))
+            raise BatchflowError(self._pool_health.broken_message(pool_id, health))
         if health.total == 0:  # e.g. an autoscale formula that asked for nodes the quota refused
-            found = self._get_pool(pool.id)
+            found = self._get_pool(pool_id)
             failure = resize_failure(found, health) if found is not None else None
             if failure is not None:
                 raise BatchflowError(failure)
         if health.preempted and not self._warned_preempted:
             self._warned_preempted = True
             self._notify(
-                f"  all Spot nodes of pool [{pool.id}] are preempted ({describe_nodes(health)}); "
+                f"  all Spot nodes of pool [{pool_id}] are preempted ({describe_nodes(health)}); "
                 "waiting for Batch to bring nodes back"
             )
 
@@ -479,6 +559,13 @@ class AzureBatchCompute:
         self._jobs.discard(job_id)
 
     def delete_pool(self, pool_id: str) -> None:
+        """Delete the pool. The workflow's pool id, when this compute made it as an auto pool, means
+        that auto pool (none made yet: nothing to delete); Batch deletes it with its job anyway, and
+        one already being deleted is waited for."""
+        if self._auto_spec is not None and self._pool is not None and is_(pool_id, self._pool.id):
+            if self._pool_id is None:
+                return
+            pool_id = self._pool_id
         self._delete("pool", pool_id, self._client.begin_delete_pool, self._get_pool)
 
     def _delete(
@@ -537,10 +624,12 @@ class AzureBatchCompute:
                 raise BatchflowError(f"{what} is still being deleted after {self.timeouts.delete:.0f} s")
             self._sleep(self.timeouts.delete_poll)
 
-    def _get_job(self, job_id: str) -> bm.BatchJob | None:
+    def _get_job(
+        self, job_id: str, select: Sequence[str] = ("id", "state", "metadata", "onAllTasksComplete")
+    ) -> bm.BatchJob | None:
         self._count("get_job")
         try:
-            return self._client.get_job(job_id, select=["id", "state", "metadata", "onAllTasksComplete"])
+            return self._client.get_job(job_id, select=list(select))
         except ResourceNotFoundError:
             return None
         except (HttpResponseError, *NO_ANSWER) as e:

@@ -24,6 +24,15 @@ Choices made here, so the Azure backend honours the task contract (backends/base
 - Sizing: with autoscale the pool has no fixed targets and no resize timeout (Batch ignores it
   for autoscale pools); otherwise dedicated and Spot targets (Spot is `targetLowPriorityNodes` on
   the wire) and a 15-minute resize timeout.
+- Auto pools (azure.pool_lifetime: job): the job carries the pool, as
+  poolInfo.autoPoolSpecification with poolLifetimeOption "job" and keepAlive false, so Batch creates
+  the pool with the job and deletes it once the job completes (BatchAutoPoolSpecification.keepAlive,
+  REST spec 2025-06-01). The pool is the one `pool_request` describes, less its id: Batch names it
+  `autoPoolIdPrefix` (pool.id, cut to the 20 characters the spec allows) and a unique part. Its
+  metadata names the run, as a named pool's does, so `batchflow cleanup` finds it.
+- Job wall clock: the workflow's job.max_wall_clock, else the `default_wall_clock` the compute
+  derives from the run's own timeouts: the job always has one, so Batch ends it (and deletes its
+  auto pool) even when nobody is left to do so.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from batchflow.model import (
 )
 
 RESIZE_TIMEOUT = datetime.timedelta(minutes=15)
+AUTO_POOL_PREFIX_MAX = 20  # BatchAutoPoolSpecification.autoPoolIdPrefix: "can be up to 20 characters long"
 TASK_RETENTION = datetime.timedelta(days=1)
 RUN_ID_KEY = "batchflow-run-id"
 CREATED_BY_KEY = "batchflow-created-by"
@@ -90,30 +100,54 @@ def pool_request(
     pool: PoolSpec, start_task: StartTaskSpec | None, start_inputs: Sequence[ResolvedFile], run_id: str
 ) -> bm.BatchPoolCreateOptions:
     """The Create Pool request: `pool`, the start task chosen for Azure and its resolved files."""
+    return bm.BatchPoolCreateOptions(id=pool.id, **_pool_fields(pool, start_task, start_inputs, run_id))
+
+
+def auto_pool_specification(
+    pool: PoolSpec, start_task: StartTaskSpec | None, start_inputs: Sequence[ResolvedFile], run_id: str
+) -> bm.BatchAutoPoolSpecification:
+    """The pool of `pool_request` as a job's auto pool: created with the job, deleted by Batch once
+    the job completes (poolLifetimeOption "job", keepAlive false)."""
+    return bm.BatchAutoPoolSpecification(
+        auto_pool_id_prefix=auto_pool_prefix(pool.id),
+        pool_lifetime_option=bm.BatchPoolLifetimeOption.JOB,
+        keep_alive=False,
+        pool=bm.BatchPoolSpecification(**_pool_fields(pool, start_task, start_inputs, run_id)),
+    )
+
+
+def auto_pool_prefix(pool_id: str) -> str:
+    """What an auto pool's id starts with: the workflow's pool.id, cut to what Batch allows."""
+    return pool_id[:AUTO_POOL_PREFIX_MAX]
+
+
+def _pool_fields(
+    pool: PoolSpec, start_task: StartTaskSpec | None, start_inputs: Sequence[ResolvedFile], run_id: str
+) -> dict[str, Any]:
+    """What a named pool (BatchPoolCreateOptions) and an auto pool (BatchPoolSpecification) share."""
     image = pool.image
-    options = bm.BatchPoolCreateOptions(
-        id=pool.id,
-        vm_size=pool.vm_size,
-        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+    fields: dict[str, Any] = {
+        "vm_size": pool.vm_size,
+        "virtual_machine_configuration": bm.VirtualMachineConfiguration(
             image_reference=bm.BatchVmImageReference(
                 publisher=image.publisher, offer=image.offer, sku=image.sku, version=image.version
             ),
             node_agent_sku_id=pool.node_agent_sku_id,
         ),
-        task_slots_per_node=pool.task_slots_per_node,
-        start_task=_start_task(start_task, start_inputs) if start_task is not None else None,
-        metadata=metadata(run_id),
-    )
+        "task_slots_per_node": pool.task_slots_per_node,
+        "start_task": _start_task(start_task, start_inputs) if start_task is not None else None,
+        "metadata": metadata(run_id),
+    }
     if pool.autoscale is not None:
-        options.enable_auto_scale = True
-        options.auto_scale_formula = pool.autoscale.formula
-        options.auto_scale_evaluation_interval = _duration(pool.autoscale.evaluation_interval)
+        fields["enable_auto_scale"] = True
+        fields["auto_scale_formula"] = pool.autoscale.formula
+        fields["auto_scale_evaluation_interval"] = _duration(pool.autoscale.evaluation_interval)
     else:
-        options.enable_auto_scale = False
-        options.target_dedicated_nodes = pool.dedicated_nodes
-        options.target_low_priority_nodes = pool.spot_nodes
-        options.resize_timeout = RESIZE_TIMEOUT
-    return options
+        fields["enable_auto_scale"] = False
+        fields["target_dedicated_nodes"] = pool.dedicated_nodes
+        fields["target_low_priority_nodes"] = pool.spot_nodes
+        fields["resize_timeout"] = RESIZE_TIMEOUT
+    return fields
 
 
 def _start_task(spec: StartTaskSpec, inputs: Sequence[ResolvedFile]) -> bm.BatchStartTask:
@@ -128,15 +162,29 @@ def _start_task(spec: StartTaskSpec, inputs: Sequence[ResolvedFile]) -> bm.Batch
     )
 
 
-def job_request(job: JobSpec, pool_id: str, run_id: str) -> bm.BatchJobCreateOptions:
-    """The Create Job request. It does nothing when all tasks complete: a job with no tasks yet counts
-    as complete, so `seal_job_request` switches it to terminate-job once every task is added."""
+def job_request(
+    job: JobSpec,
+    pool: str | bm.BatchAutoPoolSpecification,
+    run_id: str,
+    *,
+    default_wall_clock: float | None = None,
+) -> bm.BatchJobCreateOptions:
+    """The Create Job request, on the pool of that id or on an auto pool (`auto_pool_specification`).
+    It does nothing when all tasks complete: a job with no tasks yet counts as complete, so
+    `seal_job_request` switches it to terminate-job once every task is added. Its max wall clock is
+    job.max_wall_clock, else `default_wall_clock`."""
+    pool_info = (
+        bm.BatchPoolInfo(pool_id=pool)
+        if isinstance(pool, str)
+        else bm.BatchPoolInfo(auto_pool_specification=pool)
+    )
+    wall_clock = job.max_wall_clock if job.max_wall_clock is not None else default_wall_clock
     return bm.BatchJobCreateOptions(
         id=job.id,
-        pool_info=bm.BatchPoolInfo(pool_id=pool_id),
+        pool_info=pool_info,
         all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
         constraints=bm.BatchJobConstraints(
-            max_wall_clock_time=_optional_duration(job.max_wall_clock),
+            max_wall_clock_time=_optional_duration(wall_clock),
             max_task_retry_count=job.max_task_retries,
         ),
         metadata=metadata(run_id),
