@@ -30,6 +30,7 @@ from batchflow.events import (
     Warn,
     info_lines,
 )
+from batchflow.globs import glob_match
 from batchflow.ledger import Entry, StoredOutput, TaskKey, ledger_blob, write_keys, write_ledger
 from batchflow.model import BlobStat, CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
 from batchflow.resume import Decision, copies, decide, load_ledger, reused_outputs, summary
@@ -82,6 +83,7 @@ class Runner:
         storage) when the run plan has task keys; `force` runs every task; `only` (`batchflow
         retry`): run these, take the others from earlier runs or leave them out."""
         self.run_plan = run_plan
+        self._submitted = {t.id: t for t in run_plan.tasks}  # every task as it would be submitted
         self.workspace = workspace
         self.force = force
         self.only = only
@@ -269,7 +271,7 @@ class Runner:
             if key is None or record.state not in (RecordState.SUCCEEDED, RecordState.FAILED):
                 continue
             outputs = []
-            for o in record.outputs:
+            for o in record.outputs or self._stored_outputs(tid, stats):
                 container, _, blob = o.partition("/")
                 found = stats.get(container, {}).get(blob)
                 outputs.append(
@@ -291,6 +293,29 @@ class Runner:
                 )
             )
         return entries
+
+    def _stored_outputs(self, task_id: str, stats: Mapping[str, Mapping[str, BlobStat]]) -> list[str]:
+        """A finished task's outputs as storage holds them, for a compute that does not report what
+        its nodes uploaded (Batch does not): its single-file destinations that exist, and every blob
+        under its glob destinations."""
+        task = self._submitted.get(task_id)
+        if task is None:
+            return []
+        found: list[str] = []
+        for o in task.outputs:
+            names = stats.get(o.container, {})
+            if o.destination.endswith("/"):
+                # A glob's files land under its destination by their names; tasks may share that
+                # folder, so only names the pattern's last part matches are this task's.
+                tail = o.pattern.rsplit("/", 1)[-1]
+                found.extend(
+                    f"{o.container}/{n}"
+                    for n in names
+                    if n.startswith(o.destination) and glob_match(tail, n.rsplit("/", 1)[-1])
+                )
+            elif o.destination in names:
+                found.append(f"{o.container}/{o.destination}")
+        return sorted(set(found))
 
     def _pool(self) -> None:
         pool = self.plan.workflow.pool
