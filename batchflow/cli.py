@@ -27,6 +27,7 @@ from batchflow.errors import BatchflowError, InvalidWorkflow, JobExists, Problem
 from batchflow.redact import RedactingFilter, redact, redact_json
 
 if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
+    from batchflow.gc import Survey
     from batchflow.ledger import TaskKey
     from batchflow.model import Plan, Workflow
     from batchflow.resume import Decision
@@ -662,6 +663,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     workspace = _workspace_of(args).resolve()
     survey = gc.survey(workspace, args.older_than)
+    try:
+        return _gc(args, survey, workspace)
+    finally:
+        survey.close()
+
+
+def _gc(args: argparse.Namespace, survey: Survey, workspace: Path) -> int:
+    from batchflow import gc
 
     def say(message: str) -> None:
         print(redact(message), file=sys.stderr)

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchflow.backends import registry
-from batchflow.backends.base import Cleanup, Leftover
+from batchflow.backends.base import Cleanup, Context, Leftover, Storage
 from batchflow.diskuse import folder_size
 from batchflow.errors import BatchflowError, first_line
+from batchflow.ledger import ledger_blob
+from batchflow.runplan import output_prefix, task_logs
 from batchflow.state import STATE_FILE, RunState, RunStatus
 
 log = logging.getLogger("batchflow")
@@ -54,6 +56,12 @@ class Survey:
     remove: list[Item] = field(default_factory=list)
     keep: list[Item] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    storages: list[Storage] = field(default_factory=list)  # open until close()
+
+    def close(self) -> None:
+        for storage in self.storages:
+            storage.close()
+        self.storages.clear()
 
 
 def survey(workspace: Path, older_than: float | None, now: float | None = None) -> Survey:
@@ -88,7 +96,54 @@ def survey(workspace: Path, older_than: float | None, now: float | None = None) 
             functools.partial(shutil.rmtree, state.folder),
         )
         (out.remove if remove else out.keep).append(item)
+        if remove:
+            out.remove.extend(_stored(state, workspace, out))
     return out
+
+
+def _stored(state: RunState, workspace: Path, out: Survey) -> list[Item]:
+    """What an old run keeps in storage: its own outputs (under runs/<run id>/), its task logs and its
+    ledger. Read through its workflow file (which names the containers); unreadable: left alone."""
+    from batchflow.spec import load_workflow
+
+    try:
+        wf = load_workflow(Path(state.workflow), state.overrides)
+        storage = registry.get(state.storage).storage(Context(wf, workspace, state.folder))
+    except BatchflowError as e:
+        out.notes.append(f"run {state.run_id}: its files in storage were not checked ({first_line(str(e))})")
+        return []
+    out.storages.append(storage)
+    where: list[tuple[str, str]] = []
+    if wf.outputs_per_run:
+        where += [
+            (c, output_prefix(wf, state.run_id)) for c in sorted({o.container for o in wf.tasks.outputs})
+        ]
+    if wf.logs is not None:
+        logs = task_logs(wf, state.run_id)
+        if logs is not None:
+            where.append((logs.container, logs.prefix))
+        where.append((wf.logs.container, ledger_blob(wf.name, state.run_id)))
+    items = []
+    for container, prefix in where:
+        try:
+            found = storage.stat_blobs(container, prefix)
+        except BatchflowError:
+            continue  # no such container (any more)
+        if not found:
+            continue
+        names = sorted(found)
+        items.append(
+            Item(
+                "stored files",
+                f"{container}/{prefix} ({len(names)} blob(s))",
+                state.run_id,
+                None,
+                sum(s.size for s in found.values()),
+                "of a run older than the bound",
+                functools.partial(storage.delete_blobs, container, names),
+            )
+        )
+    return items
 
 
 def _runs(workspace: Path, out: Survey) -> dict[str, RunState]:

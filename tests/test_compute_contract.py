@@ -123,6 +123,9 @@ class Redirected:
     def delete_container(self, name: str) -> bool:
         return self.inner.delete_container(name)
 
+    def delete_blobs(self, container: str, names: Sequence[str]) -> TransferResult:
+        return self.inner.delete_blobs(container, names)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from azure_env import AzureEnv, rename_containers, unique_containers
-from conftest import REPO, WriteWorkflow
+from conftest import REPO, WriteWorkflow, in_out_storage
 from test_e2e_azure import leftovers
 from test_e2e_local import alive
 
@@ -144,3 +144,33 @@ def test_gc_removes_a_dead_azure_runs_pool_and_job_even_with_its_run_folder_dele
     assert code == 0
     assert sorted(report["removed"]) == ["job TestJob", f"pool {pool}"]
     assert leftovers(azure_env) == ([], [])
+
+
+@pytest.mark.e2e
+def test_pruning_an_old_run_removes_its_folder_and_its_stored_files_but_not_the_downloads(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wf = write_workflow(
+        "tr a-z A-Z < {{ input.path }} > {{ input.stem }}.out",
+        inputs=2,
+        tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}]},
+        extra={"storage": in_out_storage()},
+    )
+    assert main(["run", str(wf), "--quiet"]) == 0
+    capsys.readouterr()
+    workspace = wf.parent / ".batchflow"
+    (run,) = sorted((workspace / "runs").iterdir())
+    stored = workspace / "storage" / "outputs"
+    assert sorted(p.name for p in (stored / "runs" / run.name).iterdir()) == ["item-01.out", "item-02.out"]
+
+    code, report, _ = gc(capsys, "--workflow", str(wf), "--older-than", "0s", "--yes")
+    assert code == 0
+    kinds = sorted(line.split(" (", 1)[0] for line in report["removed"])
+    assert kinds == [
+        f"run folder {run}",
+        f"stored files outputs/batchflow-ledger/test-workflow/{run.name}.jsonl",
+        f"stored files outputs/batchflow-logs/{run.name}/",
+        f"stored files outputs/runs/{run.name}/",
+    ]
+    assert not run.exists() and not (stored / "runs" / run.name).exists()
+    assert sorted(p.name for p in (wf.parent / "out").iterdir()) == ["item-01.out", "item-02.out"]

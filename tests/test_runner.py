@@ -92,6 +92,10 @@ class ScriptedStorage:
         self.calls.append(f"delete {name}")
         return True
 
+    def delete_blobs(self, container: str, names: Sequence[str]) -> TransferResult:
+        self.calls.append(f"delete blobs {container} {len(names)}")
+        return TransferResult(transferred=len(names))
+
     def close(self) -> None:
         self.calls.append("close")
 

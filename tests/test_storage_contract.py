@@ -392,3 +392,15 @@ def test_five_hundred_copies_in_one_call(subject: Subject, container: str, tmp_p
     copied = s.stat_blobs(container, "runs/r2/")
     assert copied == {d: BlobStat(len(blobs[src]), _md5(blobs[src])) for src, d in pairs}
     assert s.copy_blobs(container, []) == TransferResult()
+
+
+def test_delete_blobs_removes_only_those_named_and_skips_the_gone(subject: Subject, container: str) -> None:
+    s = subject.storage
+    s.ensure_container(container)
+    for name in ("runs/r1/a.out", "runs/r1/sub/b.out", "runs/r2/a.out", AWKWARD):
+        subject.put(container, name, b"x")
+    result = s.delete_blobs(container, ["runs/r1/a.out", "runs/r1/sub/b.out", AWKWARD, "runs/r1/gone.out"])
+    assert (result.transferred, result.skipped) == (3, 1)
+    assert s.list_blobs(container) == ["runs/r2/a.out"]
+    with pytest.raises(BatchflowError):
+        s.delete_blobs(container, ["../escape.txt"])

@@ -173,6 +173,11 @@ class Storage(Protocol):
         """Delete the container and everything in it. False if it did not exist."""
         ...
 
+    def delete_blobs(self, container: str, names: Sequence[str]) -> TransferResult:
+        """Delete these blobs (`batchflow gc` pruning an old run's outputs). One already gone is
+        skipped, not a failure; `transferred` counts those deleted."""
+        ...
+
     def close(self) -> None:
         """Release connections and credentials. The storage is not used afterwards."""
         ...

@@ -150,6 +150,12 @@ class MemoryStorage:
         with self._store.lock:
             return self._store.containers.pop(name, None) is not None
 
+    def delete_blobs(self, container: str, names: Sequence[str]) -> TransferResult:
+        with self._store.lock:
+            blobs = self._store.container(container)
+            deleted = tuple(n for n in names if blobs.pop(n, None) is not None)
+        return TransferResult(transferred=len(deleted), skipped=len(names) - len(deleted), files=deleted)
+
     def close(self) -> None:
         """Nothing to release: the store outlives its clients, as a service does."""
 

@@ -431,6 +431,24 @@ class AzureBlobStorage:
             raise BatchflowError(f"container {container!r} does not exist in {self.where}")
         return self._finish("copy", outcomes, past="copied")
 
+    def delete_blobs(self, container: str, names: Sequence[str]) -> TransferResult:
+        """One Delete Blob per name (with its snapshots), on at most max_workers threads."""
+        check_container_name(container)
+        for name in names:
+            check_blob_name(name)
+        jobs = [(container, n, partial(self._delete_one, container, n)) for n in names]
+        return self._finish("delete", self._run(jobs), past="deleted")
+
+    def _delete_one(self, container: str, blob: str) -> _Outcome:
+        try:
+            self._service.get_blob_client(container, blob).delete_blob(delete_snapshots="include")
+        except ResourceNotFoundError:
+            return _Outcome(blob, skipped=True)
+        except AzureError as e:
+            error = f"{container}/{blob}: {describe_azure_error(e, self.retry)}"
+            return _Outcome(blob, error=error, service_failed=True)
+        return _Outcome(blob)
+
     def _container_exists(self, container: str) -> bool:
         """False only if the service says there is no such container (Azurite answers a copy in a
         missing container as if its source were missing)."""

@@ -72,6 +72,30 @@ class LocalStorage:
         self.digests.save()
         return True
 
+    def delete_blobs(self, container: str, names: Sequence[str]) -> TransferResult:
+        """Unlink each blob's file, then the folders that held only them."""
+        root = self._existing(container)
+        deleted: list[str] = []
+        skipped = 0
+        folders: set[Path] = set()
+        for name in names:
+            path = self.path_of(container, name)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                skipped += 1
+                continue
+            deleted.append(name)
+            folders.add(path.parent)
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            while folder != root and folder.is_relative_to(root):
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
+                folder = folder.parent
+        return TransferResult(transferred=len(deleted), skipped=skipped, files=tuple(deleted))
+
     def _existing(self, container: str) -> Path:
         path = self.container_path(container)
         if not path.is_dir():
