@@ -30,7 +30,15 @@ from batchflow.events import (
     Warn,
     info_lines,
 )
-from batchflow.ledger import Entry, StoredOutput, TaskKey, ledger_blob, write_keys, write_ledger
+from batchflow.ledger import (
+    Entry,
+    StoredListing,
+    StoredOutput,
+    TaskKey,
+    ledger_blob,
+    write_keys,
+    write_ledger,
+)
 from batchflow.model import BlobStat, CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
 from batchflow.resume import Decision, copies, decide, load_ledger, reused_outputs, summary
 from batchflow.runplan import Download, RunPlan
@@ -263,6 +271,19 @@ class Runner:
             except BatchflowError as e:
                 log.warning("cannot list the outputs in %s: %s", container, e)
                 stats[container] = {}
+        # What the compute named no blob for (Azure Batch: the node uploads the outputs), the listing tells.
+        unnamed = [
+            t
+            for t in self.run_plan.tasks  # those this run executed
+            if (r := self.state.tasks.get(t.id)) is not None
+            and r.state is RecordState.SUCCEEDED
+            and not r.outputs
+            and t.outputs
+        ]
+        named = [
+            (c, b) for r in self.state.tasks.values() for c, _, b in (o.partition("/") for o in r.outputs)
+        ]
+        listed = StoredListing(stats).outputs_of(unnamed, named)
         entries = []
         for tid, record in self.state.tasks.items():
             key = keys.get(tid)
@@ -276,6 +297,10 @@ class Runner:
                     StoredOutput(container, blob, *((found.size, found.md5) if found else (None, None)))
                 )
             succeeded = record.state is RecordState.SUCCEEDED
+            if tid in listed:
+                told = listed[tid]
+                outputs = list(told or ())
+                succeeded = told is not None  # None: a blob that another task's outputs match too
             if succeeded and any(o.size is None for o in outputs):
                 succeeded = False  # an output is not where it should be: never reuse this one
             entries.append(
