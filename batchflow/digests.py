@@ -38,6 +38,7 @@ VERSION = 1
 # Wider than any file system's timestamp tick (FAT's is 2 s; ext4's a few ms), with room for a
 # network file system's clock being a little off ours.
 RACY_NS = 2_000_000_000
+_SMALL = 64 * 1024
 _CHUNK = 1024 * 1024
 _tmp_counter = itertools.count()
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
@@ -63,13 +64,16 @@ def md5_of(path: Path, stat: os.stat_result) -> str:
     was read: stat again and retry), OSError when it cannot be read."""
     want = version_key(stat)
     digest = hashlib.md5(usedforsecurity=False)
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
     with path.open("rb", buffering=0) as f:
         if version_key(os.fstat(f.fileno())) != want:
             raise FileChanged(f"{path} changed before it could be read")
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
+        if stat.st_size <= _SMALL:  # most inputs: one read, no 1 MiB buffer to allocate
+            digest.update(f.read(_SMALL + 1))
+        else:
+            buffer = bytearray(_CHUNK)
+            view = memoryview(buffer)
+            while n := f.readinto(buffer):
+                digest.update(view[:n])
         # The open file is the version read even if the path was replaced since: only a write
         # into this very file changes what fstat says.
         if version_key(os.fstat(f.fileno())) != want:

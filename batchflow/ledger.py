@@ -13,11 +13,16 @@ Where the ledger lives:
 A run killed before it wrote its ledger (SIGKILL, a lost laptop) still counts: its entries are read
 from keys.json and its task records (state.json and the live tasks.jsonl).
 
+An entry's outputs are the blobs the compute said the task uploaded (the local node names them), or,
+where it names none (Azure Batch: the node uploads them from the task's output files), the blobs of
+the run's listing that the task's output spec puts there (StoredListing).
+
 Pure data and files: no storage or compute calls here (resume.py decides, the runner writes).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -27,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchflow.model import Plan, RenderedTask, StartTaskSpec, TaskInput, UploadItem
+from batchflow.globs import compile_glob, glob_literal, has_magic
+from batchflow.model import (
+    BlobStat,
+    OutputCondition,
+    Plan,
+    RenderedTask,
+    StartTaskSpec,
+    TaskInput,
+    UploadItem,
+)
 
 log = logging.getLogger("batchflow")
 
@@ -118,9 +132,15 @@ def _text(value: object) -> str:
 # ---- keys ---------------------------------------------------------------------------------------
 
 
+# One encoder for every key: json.dumps builds a new one per call (most of a key's cost at 100k tasks).
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def _sha(value: object) -> str:
-    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(value).encode("utf-8")).hexdigest()
+
+
+NO_OUTPUTS = _sha([])  # the outputs part of a task with no output spec
 
 
 class KeyMaker:
@@ -197,6 +217,71 @@ def read_keys(folder: Path) -> dict[str, TaskKey]:
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+# ---- outputs the compute did not name -----------------------------------------------------------
+
+
+class StoredListing:
+    """The blobs under a run's output prefix, by container (Storage.stat_blobs), to find the outputs
+    of succeeded tasks whose compute did not say which blobs they wrote: on Azure Batch the node
+    uploads them, and a task's result names none."""
+
+    def __init__(self, stats: Mapping[str, Mapping[str, BlobStat]]) -> None:
+        self._stats = stats
+        self._sorted: dict[str, list[str]] = {}
+
+    def outputs_of(
+        self, tasks: Iterable[RenderedTask], named: Iterable[tuple[str, str]] = ()
+    ) -> dict[str, tuple[StoredOutput, ...] | None]:
+        """Each task's outputs, by task id; None where a blob is matched by another of `tasks` as
+        well (globs that overlap), or is one of the (container, blob) other tasks `named`: whose it
+        is cannot be told, so that task is never reused."""
+        found = {t.id: self._outputs(t) for t in tasks}
+        claims = dict.fromkeys(named, 1)
+        for outputs in found.values():
+            for o in set((o.container, o.blob) for o in outputs):
+                claims[o] = claims.get(o, 0) + 1
+        return {
+            tid: None if any(claims[(o.container, o.blob)] > 1 for o in outputs) else outputs
+            for tid, outputs in found.items()
+        }
+
+    def _outputs(self, task: RenderedTask) -> tuple[StoredOutput, ...]:
+        """Where the task's outputs (as submitted) landed, named as Batch and the local node name
+        them: a single file at its destination (a missing one with no size: never reused), a glob's
+        files at the destination + their path below the pattern's literal folders."""
+        out: list[StoredOutput] = []
+        for o in task.outputs:
+            if o.condition is OutputCondition.FAILURE:
+                continue  # not uploaded when the task succeeds
+            stats = self._stats.get(o.container, {})
+            literal = glob_literal(o.pattern)
+            if literal is not None:
+                dest = o.destination
+                blob = dest + literal.rsplit("/", 1)[-1] if not dest or dest.endswith("/") else dest
+                st = stats.get(blob)
+                out.append(StoredOutput(o.container, blob, *((st.size, st.md5) if st else (None, None))))
+                continue
+            segments = o.pattern.split("/")
+            split = next(i for i, s in enumerate(segments) if has_magic(s))
+            tail = compile_glob("/".join(segments[split:]))
+            prefix = (
+                o.destination if not o.destination or o.destination.endswith("/") else o.destination + "/"
+            )
+            for blob in self._under(o.container, prefix):
+                if tail.fullmatch(blob[len(prefix) :]) is not None:
+                    out.append(StoredOutput(o.container, blob, stats[blob].size, stats[blob].md5))
+        return tuple(out)
+
+    def _under(self, container: str, prefix: str) -> list[str]:
+        names = self._sorted.get(container)
+        if names is None:
+            names = self._sorted[container] = sorted(self._stats.get(container, {}))
+        start = end = bisect.bisect_left(names, prefix)
+        while end < len(names) and names[end].startswith(prefix):
+            end += 1
+        return names[start:end]
 
 
 # ---- entries on disk ------------------------------------------------------------------------------

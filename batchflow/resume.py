@@ -21,6 +21,7 @@ from batchflow.errors import BatchflowError
 from batchflow.ledger import (
     LEDGER_FILE,
     LEDGER_PREFIX,
+    NO_OUTPUTS,
     PART_REASON,
     PARTS,
     Entry,
@@ -104,12 +105,15 @@ def _run_entries(folder: Path) -> list[Entry]:
         if key is None or record.state not in (RecordState.SUCCEEDED, RecordState.FAILED):
             continue
         outputs = tuple(StoredOutput(c, b) for c, _, b in (o.partition("/") for o in record.outputs) if b)
+        succeeded = record.state is RecordState.SUCCEEDED
+        if succeeded and not outputs and key.parts.get("outputs") != NO_OUTPUTS:
+            succeeded = False  # outputs a compute did not name (Batch): unknown, so never reused
         out.append(
             Entry(
                 key.key,
                 tid,
                 state.run_id,
-                record.state is RecordState.SUCCEEDED,
+                succeeded,
                 key.parts,
                 outputs,
                 record.ended_at or state.started_at,

@@ -30,8 +30,15 @@ from batchflow.events import (
     Warn,
     info_lines,
 )
-from batchflow.globs import glob_match
-from batchflow.ledger import Entry, StoredOutput, TaskKey, ledger_blob, write_keys, write_ledger
+from batchflow.ledger import (
+    Entry,
+    StoredListing,
+    StoredOutput,
+    TaskKey,
+    ledger_blob,
+    write_keys,
+    write_ledger,
+)
 from batchflow.model import BlobStat, CleanupAction, TaskCounts, TaskResult, UploadItem, Workflow
 from batchflow.resume import Decision, copies, decide, load_ledger, reused_outputs, summary
 from batchflow.runplan import Download, RunPlan
@@ -83,7 +90,6 @@ class Runner:
         storage) when the run plan has task keys; `force` runs every task; `only` (`batchflow
         retry`): run these, take the others from earlier runs or leave them out."""
         self.run_plan = run_plan
-        self._submitted = {t.id: t for t in run_plan.tasks}  # every task as it would be submitted
         self.workspace = workspace
         self.force = force
         self.only = only
@@ -265,19 +271,36 @@ class Runner:
             except BatchflowError as e:
                 log.warning("cannot list the outputs in %s: %s", container, e)
                 stats[container] = {}
+        # What the compute named no blob for (Azure Batch: the node uploads the outputs), the listing tells.
+        unnamed = [
+            t
+            for t in self.run_plan.tasks  # those this run executed
+            if (r := self.state.tasks.get(t.id)) is not None
+            and r.state is RecordState.SUCCEEDED
+            and not r.outputs
+            and t.outputs
+        ]
+        named = [
+            (c, b) for r in self.state.tasks.values() for c, _, b in (o.partition("/") for o in r.outputs)
+        ]
+        listed = StoredListing(stats).outputs_of(unnamed, named)
         entries = []
         for tid, record in self.state.tasks.items():
             key = keys.get(tid)
             if key is None or record.state not in (RecordState.SUCCEEDED, RecordState.FAILED):
                 continue
             outputs = []
-            for o in record.outputs or self._stored_outputs(tid, stats):
+            for o in record.outputs:
                 container, _, blob = o.partition("/")
                 found = stats.get(container, {}).get(blob)
                 outputs.append(
                     StoredOutput(container, blob, *((found.size, found.md5) if found else (None, None)))
                 )
             succeeded = record.state is RecordState.SUCCEEDED
+            if tid in listed:
+                told = listed[tid]
+                outputs = list(told or ())
+                succeeded = told is not None  # None: a blob that another task's outputs match too
             if succeeded and any(o.size is None for o in outputs):
                 succeeded = False  # an output is not where it should be: never reuse this one
             entries.append(
@@ -293,29 +316,6 @@ class Runner:
                 )
             )
         return entries
-
-    def _stored_outputs(self, task_id: str, stats: Mapping[str, Mapping[str, BlobStat]]) -> list[str]:
-        """A finished task's outputs as storage holds them, for a compute that does not report what
-        its nodes uploaded (Batch does not): its single-file destinations that exist, and every blob
-        under its glob destinations."""
-        task = self._submitted.get(task_id)
-        if task is None:
-            return []
-        found: list[str] = []
-        for o in task.outputs:
-            names = stats.get(o.container, {})
-            if o.destination.endswith("/"):
-                # A glob's files land under its destination by their names; tasks may share that
-                # folder, so only names the pattern's last part matches are this task's.
-                tail = o.pattern.rsplit("/", 1)[-1]
-                found.extend(
-                    f"{o.container}/{n}"
-                    for n in names
-                    if n.startswith(o.destination) and glob_match(tail, n.rsplit("/", 1)[-1])
-                )
-            elif o.destination in names:
-                found.append(f"{o.container}/{o.destination}")
-        return sorted(set(found))
 
     def _pool(self) -> None:
         pool = self.plan.workflow.pool
