@@ -1,6 +1,8 @@
 """Azure Batch submission and monitoring at scale: batchflow vs Microsoft's Batch Python tutorial.
 
     python bench/azure_scale.py [--tasks 1000,10000] [--latency-ms 50] [--poll-s 0.2] [--repeat 3]
+    python bench/azure_scale.py --against DIR [--tasks 10000] [--rounds 5]   # before/after, (a) only
+    python bench/azure_scale.py --steps [--tasks 10000]      # the client's steps, before/after, no I/O
 
 Everything runs against the Batch service emulator (tests/batch_emulator) with instant tasks (a task
 completes, exit 0, on the emulator's next control-loop pass) and --latency-ms added to every request.
@@ -8,20 +10,22 @@ The emulator answers over HTTP on 127.0.0.1 (`emu.serve()`, with TCP_NODELAY: se
 and both sides use the client batchflow builds in production (`azure_batch_client.batch_client`:
 azure-core's requests transport, 16 pooled connections, shared-key signing): real sockets and the
 SDK's real serializer, paging and error mapping. That is closer to the service than the in-process
-transport (`emu.client()`), which skips HTTP. Each approach and task count gets a fresh emulator.
-The emulator runs in this process and shares the machine's cores (and the GIL) with the client, so
-its own work (for a listing: rendering every task as JSON) is inside the wall times; the script
-prints that share for the polls. Its scheduler is held (`emu.paused()`) from the first Add Task
+transport (`emu.client()`), which skips HTTP. Each approach and task count gets a fresh emulator,
+in a child process of its own (RemoteEmulator): the client's CPU time (`time.process_time()` in
+this process, every thread) is then the client's alone, and the emulator's (its own process time)
+is printed beside it. The machine's cores are still shared, so the emulator's work (for a listing:
+rendering every task as JSON) is inside the wall times; the script prints that share for the
+polls. Its scheduler is held (`emu.paused()`) from the first Add Task
 Collection to the monitor's first poll, on both sides: the monitor then starts with every task
 queued and watches them complete, as on a real pool, where tasks outlast their submission (instant
 tasks would otherwise all finish during it); requests are answered as usual meanwhile.
 
 (a) batchflow: AzureBatchCompute creates the pool and job (no storage: the tasks have no inputs,
     outputs or log container), then `add_tasks` of N RenderedTasks running `echo <i>` (timed,
-    building the request bodies included: wall time, Add Task Collection requests), `seal_job`,
-    then a monitor loop like the runner's, `task_counts` + `wait(--poll-s)` until every task has completed:
-    Get Task Counts requests / polls, and every other request made meanwhile. For reference, the
-    one `task_results` listing a run makes after its monitor.
+    building the request bodies included: wall time, client CPU time, Add Task Collection
+    requests), `seal_job`, then a monitor loop like the runner's, `task_counts` + `wait(--poll-s)`
+    until every task has completed: Get Task Counts requests / polls, and every other request made
+    meanwhile. Then the one `task_results` listing a run makes after its monitor (wall and CPU).
 (b) the tutorial (learn.microsoft.com, "Tutorial: Run a parallel workload with Azure Batch using the
     Python API"): all tasks in ONE Add Task Collection call, here
     `client.create_task_collection(job, BatchTaskGroup(task_values=all_tasks))` (the same task
@@ -33,14 +37,28 @@ tasks would otherwise all finish during it); requests are answered as usual mean
     14.x, the tutorial's `task.add_collection` was such a helper; its 15.x successor is create_tasks).
 One poll "at rest" (every task completed, nothing moving) is timed on both sides: median of --repeat.
 Targets (issue 4): 10,000 tasks submitted in <= 110 requests and <= 10 s; exactly 1 request per poll.
+Targets (issue 12): client CPU per task submitted <= 50 us; `task_results` of 10,000 tasks <= 0.7 s.
+
+--against DIR: before/after. DIR holds another batchflow (e.g. `git archive HEAD batchflow | tar -x
+-C DIR`); (a) runs --rounds times with each, alternately (AB, BA, AB, ...), each run in a fresh
+client process (`--client`, importing batchflow from DIR or from this tree) with a fresh emulator,
+and the medians and ratios (this tree / DIR) of the submission's and task_results' wall and client
+CPU times are printed. The tutorial is not run.
+
+--steps: each step of the client's work (building, measuring and serializing the bodies, reading
+the answers and the task listing), timed in this process without requests, the way batchflow did
+it before issue 12 (SDK models throughout) beside the way it does it now.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +67,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +76,10 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError
 
 ROOT = Path(__file__).resolve().parent.parent
+# The batchflow to measure: this tree's, or another's (--against runs its clients with this set).
+TREE_ENV = "BENCH_BATCHFLOW_TREE"
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get(TREE_ENV) or str(ROOT))
 
 from batch_emulator import BatchEmulator, message_text  # noqa: E402
 from batch_emulator.faults import compile_pattern  # noqa: E402
@@ -79,6 +100,8 @@ CONCURRENCY = AzureSettings().submit_concurrency  # batchflow's default (azure.s
 CONNECTIONS = max(16, CONCURRENCY + 4)  # what backends/azure/__init__.py gives batch_client
 TARGET_REQUESTS = 110  # for 10,000 tasks
 TARGET_SUBMIT_S = 10.0
+TARGET_CPU_PER_TASK_US = 50.0  # issue 12: client CPU per task submitted
+TARGET_RESULTS_S = 0.7  # issue 12: task_results of 10,000 tasks
 
 
 class MeteredEmulator(BatchEmulator):
@@ -107,23 +130,115 @@ class MeteredEmulator(BatchEmulator):
         return counts
 
 
+def _emulator_process(conn: Connection, workdir: str, latency: float) -> None:
+    """The child process: a MeteredEmulator on loopback HTTP, driven by commands on `conn`."""
+    emu = MeteredEmulator(workdir=Path(workdir), instant=True, latency=latency)
+    with emu:
+        conn.send((emu.serve(), emu.account, emu.key))
+        pause: Any = None
+        while True:
+            op, *args = conn.recv()
+            if op == "close":
+                conn.send(None)
+                return
+            if op == "count":
+                conn.send(emu.count(*args))
+            elif op == "mark":
+                conn.send(len(emu.requests))
+            elif op == "since":
+                conn.send(emu.since(*args))
+            elif op == "busy":
+                conn.send(emu.busy)
+            elif op == "cpu":
+                conn.send(time.process_time())
+            elif op == "errors":
+                conn.send(list(emu.internal_errors))
+            elif op == "pause":
+                pause = emu.paused()
+                pause.__enter__()
+                conn.send(None)
+            elif op == "resume":
+                pause.__exit__(None, None, None)
+                conn.send(None)
+            else:
+                raise ValueError(f"unknown command {op!r}")
+
+
+class RemoteEmulator:
+    """The emulator (MeteredEmulator) in a child process, answering over HTTP on 127.0.0.1; this
+    process holds only a pipe to it, which it asks for request counts, busy and CPU times."""
+
+    def __init__(self, workdir: Path, latency: float) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no copy of this process's threads or state
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_emulator_process, args=(child, str(workdir), latency), name="batch-emulator"
+        )
+        self._process.start()
+        child.close()
+        self.url, self.account, self.key = self._conn.recv()
+
+    def _ask(self, *command: Any) -> Any:
+        self._conn.send(command)
+        return self._conn.recv()
+
+    def count(self, method: str, pattern: str) -> int:
+        return int(self._ask("count", method, pattern))
+
+    def mark(self) -> int:
+        """The number of requests seen so far (for `since`)."""
+        return int(self._ask("mark"))
+
+    def since(self, mark: int) -> Counter[str]:
+        return Counter(self._ask("since", mark))
+
+    @property
+    def busy(self) -> float:
+        """Seconds spent answering requests, in all (MeteredEmulator.busy)."""
+        return float(self._ask("busy"))
+
+    def cpu(self) -> float:
+        """The emulator process's CPU time so far, in seconds."""
+        return float(self._ask("cpu"))
+
+    @property
+    def internal_errors(self) -> list[str]:
+        return list(self._ask("errors"))
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self._ask("pause")
+        try:
+            yield
+        finally:
+            self._ask("resume")
+
+    def close(self) -> None:
+        self._ask("close")
+        self._process.join(timeout=30)
+        self._conn.close()
+
+
 @dataclass
 class Setup:
-    emu: MeteredEmulator
+    emu: RemoteEmulator
     client: BatchClient
     work: Path
 
 
 @contextmanager
 def service(work: Path, latency: float) -> Iterator[Setup]:
-    """A fresh emulator on loopback HTTP and batchflow's production client for it."""
-    emu = MeteredEmulator(workdir=work / "service", instant=True, latency=latency)
-    with emu:
-        auth = batch_auth({BATCH_ENDPOINT: emu.serve(), BATCH_ACCOUNT: emu.account, BATCH_KEY: emu.key})
+    """A fresh emulator (another process) on loopback HTTP and batchflow's production client for it."""
+    emu = RemoteEmulator(work / "service", latency)
+    try:
+        auth = batch_auth({BATCH_ENDPOINT: emu.url, BATCH_ACCOUNT: emu.account, BATCH_KEY: emu.key})
         with batch_client(auth, connections=CONNECTIONS) as client:
             yield Setup(emu, client, work)
-        if emu.internal_errors:
-            raise SystemExit("the Batch emulator failed:\n" + "\n".join(emu.internal_errors))
+        errors = emu.internal_errors
+        if errors:
+            raise SystemExit("the Batch emulator failed:\n" + "\n".join(errors))
+    finally:
+        emu.close()
 
 
 def pool_spec(nodes: int, slots: int) -> PoolSpec:
@@ -168,6 +283,8 @@ def timed_median(fn: Callable[[], object], repeat: int) -> float:
 @dataclass
 class BatchflowFigures:
     submit_s: float
+    submit_cpu_s: float  # this process's CPU time (every thread) during add_tasks
+    submit_emulator_cpu_s: float
     submit_requests: int
     progress: list[int]  # tasks completed, at each poll
     poll_requests: int
@@ -175,6 +292,9 @@ class BatchflowFigures:
     poll_s: float
     poll_emulator_s: float
     results_s: float
+    results_cpu_s: float
+    results_emulator_cpu_s: float
+    results_emulator_s: float  # the emulator's time answering them (MeteredEmulator.busy)
     results_requests: Counter[str]
 
 
@@ -197,12 +317,14 @@ def run_batchflow(s: Setup, n: int, args: argparse.Namespace) -> BatchflowFigure
 
     with s.emu.paused():  # the scheduler waits for the monitor's first poll (see the docstring)
         before = s.emu.count("POST", COLLECTION)
-        start = time.perf_counter()
+        emulator_cpu = s.emu.cpu()
+        start, cpu = time.perf_counter(), time.process_time()
         compute.add_tasks(job.id, tasks)
-        submit_s = time.perf_counter() - start
+        submit_s, submit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+        submit_emulator_cpu_s = s.emu.cpu() - emulator_cpu
         submit_requests = s.emu.count("POST", COLLECTION) - before
         compute.seal_job(job.id)
-        mark = len(s.emu.requests)
+        mark = s.emu.mark()
         counts = compute.task_counts(job.id)
     progress = [counts.completed]
     while counts.completed < n:
@@ -218,14 +340,18 @@ def run_batchflow(s: Setup, n: int, args: argparse.Namespace) -> BatchflowFigure
     poll_s = timed_median(lambda: compute.task_counts(job.id), args.repeat)
     poll_emulator_s = (s.emu.busy - busy) / args.repeat
 
-    mark = len(s.emu.requests)
-    start = time.perf_counter()
+    mark = s.emu.mark()
+    emulator_cpu, busy = s.emu.cpu(), s.emu.busy
+    start, cpu = time.perf_counter(), time.process_time()
     results = compute.task_results(job.id)
-    results_s = time.perf_counter() - start
-    if len(results) != n:
+    results_s, results_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    results_emulator_cpu_s, results_emulator_s = s.emu.cpu() - emulator_cpu, s.emu.busy - busy
+    if len(results) != n or not all(r.exit_code == 0 and r.started_at for r in results):
         raise SystemExit(f"benchmark run went wrong: {len(results)} task results")
     return BatchflowFigures(
         submit_s,
+        submit_cpu_s,
+        submit_emulator_cpu_s,
         submit_requests,
         progress,
         poll_requests,
@@ -233,6 +359,9 @@ def run_batchflow(s: Setup, n: int, args: argparse.Namespace) -> BatchflowFigure
         poll_s,
         poll_emulator_s,
         results_s,
+        results_cpu_s,
+        results_emulator_cpu_s,
+        results_emulator_s,
         s.emu.since(mark),
     )
 
@@ -315,7 +444,7 @@ def run_tutorial(s: Setup, n: int, args: argparse.Namespace) -> TutorialFigures:
                 raise SystemExit(f"benchmark run went wrong: {result}")
         chunked_s = time.perf_counter() - start
         chunked_requests = s.emu.count("POST", COLLECTION) - before
-        mark = len(s.emu.requests)
+        mark = s.emu.mark()
         listed = list_every_task(s.client, job_id)
     progress = [completed(listed)]
     while progress[-1] < n:
@@ -374,6 +503,246 @@ def trail(progress: list[int]) -> str:
     return " -> ".join("..." if c < 0 else f"{c:,}" for c in shown)
 
 
+def per_task_us(seconds: float, n: int) -> float:
+    return seconds / n * 1e6
+
+
+def issue_12_verdicts(tag: str, n: int, submit_cpu_s: float, results_s: float) -> list[str]:
+    us = per_task_us(submit_cpu_s, n)
+    lines = [
+        f"{tag} client CPU per task submitted <= {TARGET_CPU_PER_TASK_US:g} us: {us:.1f} us -> "
+        + ("met" if us <= TARGET_CPU_PER_TASK_US else "NOT met")
+    ]
+    if n == 10_000:
+        lines.append(
+            f"{tag} task_results <= {TARGET_RESULTS_S:g} s: {results_s:.2f} s -> "
+            + ("met" if results_s <= TARGET_RESULTS_S else "NOT met")
+        )
+    return lines
+
+
+# ---- before/after (--against) ---------------------------------------------------------------------
+
+MEASURES = ("submit_s", "submit_cpu_s", "results_s", "results_cpu_s", "results_emulator_s")
+
+
+def client_run(counts: list[int], latency: float, args: argparse.Namespace) -> int:
+    """--client: (a) once per task count, with the batchflow this process imported; JSON on stdout."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-azure-scale-") as tmp:
+        for n in counts:
+            with service(Path(tmp) / f"bf-{n}", latency) as s:
+                bf = run_batchflow(s, n, args)
+            out[str(n)] = {k: v for k, v in dataclasses.asdict(bf).items() if k in MEASURES}
+            out[str(n)]["submit_requests"] = bf.submit_requests
+    print(json.dumps(out))
+    return 0
+
+
+def compare(against: Path, counts: list[int], args: argparse.Namespace) -> int:
+    """(a) with `against`'s batchflow and with this tree's, alternately, each in a fresh process."""
+    if not (against / "batchflow" / "__init__.py").is_file():
+        raise SystemExit(f"{against} holds no batchflow package")
+    trees = {"before": str(against.resolve()), "after": str(ROOT)}
+    command = [
+        sys.executable,
+        __file__,
+        "--client",
+        f"--tasks={args.tasks}",
+        f"--latency-ms={args.latency_ms}",
+        f"--poll-s={args.poll_s}",
+        f"--nodes={args.nodes}",
+        f"--slots={args.slots}",
+        "--repeat=1",
+    ]
+    print(
+        f"CPUs: {os.cpu_count()}; before = batchflow from {trees['before']}, after = this tree's; "
+        f"{args.rounds} rounds, alternating; each run a fresh client process and emulator process, "
+        f"{args.latency_ms:g} ms added per request"
+    )
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    for r in range(args.rounds):
+        order = ("before", "after") if r % 2 == 0 else ("after", "before")
+        for name in order:
+            env = {**os.environ, TREE_ENV: trees[name]}
+            done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            runs[name].append(figures)
+            line = ", ".join(
+                f"{n}: submit {f['submit_s']:.2f} s / CPU {f['submit_cpu_s']:.2f} s, "
+                f"results {f['results_s']:.2f} s / CPU {f['results_cpu_s']:.2f} s"
+                for n, f in figures.items()
+            )
+            print(f"  round {r + 1} {name:6}  {line}")
+    verdicts: list[str] = []
+    for n in counts:
+        tag = f"[{n:,} tasks]"
+        med = {
+            name: {k: statistics.median(run[str(n)][k] for run in runs[name]) for k in MEASURES}
+            for name in runs
+        }
+        b, a = med["before"], med["after"]
+        print(f"\n{tag} medians of {args.rounds}   before -> after   (after / before)")
+        for key, label in (
+            ("submit_s", "add_tasks wall"),
+            ("submit_cpu_s", "add_tasks client CPU"),
+            ("results_s", "task_results wall"),
+            ("results_cpu_s", "task_results client CPU"),
+            ("results_emulator_s", "  the emulator's work"),
+        ):
+            print(f"  {label:24} {b[key]:6.3f} s -> {a[key]:6.3f} s   ({a[key] / b[key]:.2f})")
+        print(
+            f"  client CPU per task submitted: {per_task_us(b['submit_cpu_s'], n):.1f} us -> "
+            f"{per_task_us(a['submit_cpu_s'], n):.1f} us"
+        )
+        verdicts.extend(issue_12_verdicts(tag, n, a["submit_cpu_s"], a["results_s"]))
+    print("\nTargets (issue 12), after:")
+    for line in verdicts:
+        print(f"  {line}")
+    return 0
+
+
+# ---- where the client's time goes (--steps) -------------------------------------------------------
+
+
+def model_request(task: RenderedTask) -> bm.BatchTaskCreateOptions:
+    """The Add Task request as batchflow built it before issue 12, from SDK models (for a task with
+    no inputs, outputs or environment, as here)."""
+    return bm.BatchTaskCreateOptions(
+        id=task.id,
+        command_line=build.shell_command_line(task.command),
+        constraints=bm.BatchTaskConstraints(
+            retention_time=build.TASK_RETENTION, max_task_retry_count=task.max_retries
+        ),
+        user_identity=bm.UserIdentity(
+            auto_user=bm.AutoUserSpecification(
+                scope=bm.AutoUserScope.POOL, elevation_level=bm.ElevationLevel.NON_ADMIN
+            )
+        ),
+    )
+
+
+def model_result(task: bm.BatchTask) -> tuple[object, ...]:
+    """A listed task read from its SDK model, as results.py read it before issue 12."""
+    info = task.execution_info
+    failure = info.failure_info if info is not None else None
+    return (
+        task.id,
+        is_(task.state, bm.BatchTaskState.COMPLETED),
+        info is not None and is_(info.result, bm.BatchTaskExecutionResult.SUCCESS),
+        info.exit_code if info is not None else None,
+        (info.retry_count or 0) + 1 if info is not None else 0,
+        info.start_time.timestamp() if info is not None and info.start_time else None,
+        info.end_time.timestamp() if info is not None and info.end_time else None,
+        (failure.code, failure.message) if failure is not None else None,
+    )
+
+
+def steps(n: int, repeat: int) -> int:
+    """--steps: each step of the client's work, in this process (no requests), as batchflow did it
+    before issue 12 (SDK models throughout) and as it does now; process time per task, best of
+    `repeat`. The HTTP pipeline (azure-core, requests, the sending threads) is not in it."""
+    from azure.batch._model_base import SdkJSONEncoder  # how the SDK's operations dump their bodies
+
+    from batchflow.backends.azure import batch_rest, results
+
+    tasks = rendered_tasks(n)
+    models = [model_request(t) for t in tasks]
+    bodies = [build.task_body(t, [], {}, None, "") for t in tasks]
+    texts = [json.dumps(b) for b in bodies]
+    if texts != [json.dumps(build.wire(m)) for m in models]:
+        raise SystemExit("the two ways of building the bodies do not give the same JSON")
+    groups = range(0, n, 100)
+    answers = [
+        json.dumps(
+            {"value": [{"status": "Success", "taskId": t.id, "eTag": "0x8DD"} for t in tasks[i : i + 100]]}
+        )
+        for i in groups
+    ]
+    times = ("2025-06-01T12:00:00.1234567Z", "2025-06-01T12:00:01.7654321Z")
+    listed = json.dumps(
+        {
+            "value": [
+                {
+                    "id": t.id,
+                    "state": "completed",
+                    "executionInfo": {
+                        "startTime": times[0],
+                        "endTime": times[1],
+                        "exitCode": 0,
+                        "result": "success",
+                        "retryCount": 0,
+                        "requeueCount": 0,
+                    },
+                }
+                for t in tasks
+            ]
+        }
+    )
+
+    def read_answers(decode: Callable[[Any], Any]) -> int:
+        ok = 0
+        for text in answers:
+            result = decode(json.loads(text))
+            ok += sum(is_(r.get("status"), bm.BatchTaskAddStatus.SUCCESS) for r in result.get("value"))
+        return ok
+
+    compared: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
+        (
+            "build the bodies",
+            lambda: [model_request(t) for t in tasks],
+            lambda: [build.task_body(t, [], {}, None, "") for t in tasks],
+        ),
+        (
+            "measure each body",
+            lambda: [len(json.dumps(build.wire(m)).encode()) for m in models],
+            lambda: [json.dumps(b) for b in bodies],  # kept: this JSON is the request's text
+        ),
+        (
+            "serialize the requests",
+            lambda: [
+                json.dumps(
+                    bm.BatchTaskGroup(task_values=models[i : i + 100]),
+                    cls=SdkJSONEncoder,
+                    exclude_readonly=True,
+                )
+                for i in groups
+            ],
+            lambda: [batch_rest.task_group_body(texts[i : i + 100]) for i in groups],
+        ),
+        (
+            "read the answers",
+            lambda: read_answers(bm.BatchCreateTaskCollectionResult),
+            lambda: read_answers(lambda data: data),
+        ),
+        (
+            "task_results: read the listing",
+            lambda: [model_result(bm.BatchTask(t)) for t in json.loads(listed)["value"]],
+            lambda: [results._result(t, None, None) for t in json.loads(listed)["value"]],
+        ),
+    ]
+    print(f"{n:,} tasks, per task: process time, best of {repeat} (SDK models = before issue 12)")
+    print(f"  {'step':32} {'SDK models':>11} {'now':>9}   now / SDK models")
+    totals = [0.0, 0.0]
+    for i, (label, before, after) in enumerate(compared):
+        us = [best_cpu(before, repeat) / n * 1e6, best_cpu(after, repeat) / n * 1e6]
+        if i < 4:  # submission steps
+            totals = [totals[0] + us[0], totals[1] + us[1]]
+        print(f"  {label:32} {us[0]:8.1f} us {us[1]:6.1f} us   {us[1] / us[0]:.2f}")
+    label = "submission steps in all"
+    print(f"  {label:32} {totals[0]:8.1f} us {totals[1]:6.1f} us   {totals[1] / totals[0]:.2f}")
+    return 0
+
+
+def best_cpu(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="1000,10000", help="comma-separated task counts")
@@ -382,12 +751,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=4, help="dedicated nodes in the pool")
     ap.add_argument("--slots", type=int, default=8, help="task slots per node")
     ap.add_argument("--repeat", type=int, default=3, help="polls at rest timed (median)")
+    ap.add_argument("--against", type=Path, help="another batchflow tree: before/after of (a), alternately")
+    ap.add_argument("--rounds", type=int, default=5, help="--against: runs with each tree (median)")
+    ap.add_argument("--steps", action="store_true", help="each step of the client's work, before and now")
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)  # one (a) run, as JSON
     args = ap.parse_args(argv)
     counts = [int(n) for n in args.tasks.split(",")]
     latency = args.latency_ms / 1000
+    if args.steps:
+        return steps(max(counts), max(args.repeat, 5))
+    if args.client:
+        return client_run(counts, latency, args)
+    if args.against is not None:
+        return compare(args.against, counts, args)
 
     print(
-        f"CPUs: {os.cpu_count()}; Batch emulator (tests/batch_emulator, in this process) over HTTP on "
+        f"CPUs: {os.cpu_count()}; Batch emulator (tests/batch_emulator, in a child process) over HTTP on "
         f"127.0.0.1, instant tasks, {args.latency_ms:g} ms added per request; client: batchflow's "
         f"batch_client ({CONNECTIONS} connections); pool {args.nodes} nodes x {args.slots} slots; "
         f"polls every {args.poll_s:g} s"
@@ -402,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
             bf_per_poll = bf.poll_requests / len(bf.progress)
             print(
                 f"\n{tag} batchflow add_tasks: {bf.submit_s:.2f} s, {bf.submit_requests} Add Task "
-                f"Collection requests ({CONCURRENCY} in parallel), {n / bf.submit_s:,.0f} tasks/s"
+                f"Collection requests ({CONCURRENCY} in parallel), {n / bf.submit_s:,.0f} tasks/s; "
+                f"client CPU {bf.submit_cpu_s:.2f} s = {per_task_us(bf.submit_cpu_s, n):.1f} us per task "
+                f"(the emulator's process: {bf.submit_emulator_cpu_s:.2f} s)"
             )
             print(
                 f"{tag} batchflow monitor: {len(bf.progress)} polls (completed: {trail(bf.progress)}), "
@@ -413,9 +794,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{tag} batchflow one poll at rest: {bf.poll_s * 1000:.0f} ms "
                 f"(of which the emulator's own work {bf.poll_emulator_s * 1000:.1f} ms)"
             )
+            pages = sum(bf.results_requests.values())
             print(
-                f"{tag} (reference) batchflow task_results, once after the monitor: {bf.results_s:.2f} s, "
-                f"requests: {others(bf.results_requests)}"
+                f"{tag} batchflow task_results, once after the monitor: {bf.results_s:.2f} s, client CPU "
+                f"{bf.results_cpu_s:.2f} s; requests: {others(bf.results_requests)}, one after the other: "
+                f"{pages} x {args.latency_ms:g} ms added latency + the emulator's own work "
+                f"{bf.results_emulator_s:.2f} s (its process's CPU: {bf.results_emulator_cpu_s:.2f} s)"
             )
 
             with service(work / f"tut-{n}", latency) as s:
@@ -462,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{tag} submit in <= {TARGET_REQUESTS} requests and <= {TARGET_SUBMIT_S:g} s: "
                     f"{bf.submit_requests} requests, {bf.submit_s:.2f} s -> {'met' if ok else 'NOT met'}"
                 )
-    print("\nTargets (issue 4):")
+            verdicts.extend(issue_12_verdicts(tag, n, bf.submit_cpu_s, bf.results_s))
+    print("\nTargets (issue 4, issue 12):")
     for line in verdicts:
         print(f"  {line}")
     return 0

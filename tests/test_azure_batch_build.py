@@ -20,6 +20,7 @@ from batchflow.backends.azure.batch_build import (
     pool_request,
     seal_job_request,
     shell_command_line,
+    task_body,
     task_request,
     wire,
 )
@@ -30,6 +31,7 @@ from batchflow.model import (
     JobSpec,
     OutputCondition,
     PoolSpec,
+    RenderedTask,
     ResolvedFile,
     StartTaskSpec,
     TaskOutput,
@@ -369,6 +371,94 @@ def test_an_output_container_without_url_is_a_bug() -> None:
 
     with pytest.raises(KeyError, match="no container URL for output container 'elsewhere'"):
         task_request(rendered_task(outputs=outputs), [], {"output": OUT_URL}, None, "")
+
+
+def built_with_models(
+    task: RenderedTask,
+    inputs: list[ResolvedFile],
+    urls: dict[str, str],
+    log_url: str | None,
+    log_prefix: str,
+    retention: datetime.timedelta,
+) -> bm.BatchTaskCreateOptions:
+    """The Add Task request as batchflow built it from SDK models before task_body (issue 12)."""
+    conditions = {
+        OutputCondition.SUCCESS: bm.OutputFileUploadCondition.TASK_SUCCESS,
+        OutputCondition.FAILURE: bm.OutputFileUploadCondition.TASK_FAILURE,
+        OutputCondition.COMPLETION: bm.OutputFileUploadCondition.TASK_COMPLETION,
+    }
+
+    def upload(pattern: str, url: str, path: str, condition: OutputCondition) -> bm.OutputFile:
+        return bm.OutputFile(
+            file_pattern=pattern,
+            destination=bm.OutputFileDestination(
+                container=bm.OutputFileBlobContainerDestination(container_url=url, path=path or None)
+            ),
+            upload_options=bm.OutputFileUploadConfiguration(upload_condition=conditions[condition]),
+        )
+
+    paths = {"a.mp3": "runs/a.mp3", "d/*.log": "runs/d", "**/*.json": "", "a[[]1].mp3": "runs/r"}
+    outputs = [upload(o.pattern, urls[o.container], paths[o.pattern], o.condition) for o in task.outputs]
+    if log_url is not None:
+        for name in ("stdout.txt", "stderr.txt"):
+            outputs.append(
+                upload(f"../{name}", log_url, f"{log_prefix}{task.id}/{name}", OutputCondition.COMPLETION)
+            )
+    wall_clock = task.max_wall_clock
+    return bm.BatchTaskCreateOptions(
+        id=task.id,
+        command_line=shell_command_line(task.command),
+        resource_files=[bm.ResourceFile(http_url=f.http_url, file_path=f.file_path) for f in inputs] or None,
+        output_files=outputs or None,
+        environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment.items()]
+        or None,
+        constraints=bm.BatchTaskConstraints(
+            max_wall_clock_time=None if wall_clock is None else datetime.timedelta(seconds=wall_clock),
+            retention_time=retention,
+            max_task_retry_count=task.max_retries,
+        ),
+        user_identity=bm.UserIdentity(
+            auto_user=bm.AutoUserSpecification(
+                scope=bm.AutoUserScope.POOL, elevation_level=bm.ElevationLevel.NON_ADMIN
+            )
+        ),
+    )
+
+
+@pytest.mark.parametrize("i", range(36))
+def test_task_body_is_the_json_the_sdk_sends_for_the_model_built_request(i: int) -> None:
+    # The same request built from SDK models: the same bytes on the wire, key order included.
+    shapes = [
+        ("a.mp3", "runs/a.mp3"),
+        ("d/*.log", "runs/d/"),
+        ("**/*.json", ""),
+        ("a[[]1].mp3", "runs/r/a[1].mp3"),
+    ]
+    conditions = list(OutputCondition)
+    outputs = tuple(
+        TaskOutput(pattern, "output", dest, conditions[(i + k) % 3])
+        for k, (pattern, dest) in enumerate(shapes[: i % 5])
+    )
+    task = rendered_task(
+        id=f"t-{i}",
+        command=f"echo 'it''s' {i} ü",
+        outputs=outputs,
+        environment={f"K{j}": "vé'\"" * j for j in range(i % 4)},
+        max_retries=i % 3,
+        max_wall_clock=[None, 600.0, 600.5, 86400.0 * 3, 59.999999, 3723.0][i % 6],
+    )
+    inputs = [ResolvedFile(f"https://a/in/c{j}%20x?sig=r", f"in {j}/é.mp4") for j in range(i % 3)]
+    log_url = LOG_URL if i % 2 else None
+    retention = datetime.timedelta(days=7) if i % 5 == 0 else datetime.timedelta(days=1)
+    urls = {"output": OUT_URL}
+
+    body = task_body(task, inputs, urls, log_url, "runs/r1/tasks/", retention=retention)
+    model = built_with_models(task, inputs, urls, log_url, "runs/r1/tasks/", retention)
+
+    assert json.dumps(body) == json.dumps(sent_body(model))
+    assert json.dumps(body) == json.dumps(
+        wire(task_request(task, inputs, urls, log_url, "runs/r1/tasks/", retention=retention))
+    )
 
 
 # ---- command lines: what the node runs -----------------------------------------------------

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
@@ -394,14 +395,14 @@ class AzureBatchCompute:
                     self._results.expect_logs(task.id, task.logs)
             self._notify(f"  job [{job_id}] already has every task (the run added them all before it died)")
             return
-        requests = []
+        bodies: list[dict[str, Any]] = []
         for task in tasks:
             if task.logs is not None:
                 self._results.expect_logs(task.id, task.logs)
             names = {o.container for o in task.outputs} | ({task.logs.container} if task.logs else set())
             urls = {name: self._container_url(name) for name in names}
-            requests.append(
-                build.task_request(
+            bodies.append(
+                build.task_body(
                     task,
                     [self._resolve(i) for i in task.inputs],
                     urls,
@@ -413,7 +414,7 @@ class AzureBatchCompute:
             report = submit_tasks(
                 self._client,
                 job_id,
-                requests,
+                bodies,
                 concurrency=self._concurrency,
                 deadline=self.timeouts.submit,
                 clock=self._clock,

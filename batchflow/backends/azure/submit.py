@@ -5,8 +5,10 @@ Why not the SDK's `create_tasks`: it retries 5xx answers and per-task server err
 ids are sent again, and `TaskExists` counts as done (the earlier request was processed but its
 answer was lost).
 
+- Tasks are Add Task bodies: batch_build.task_body's dicts (or SDK models, sent as their `wire`).
+  Each is serialized once; that JSON measures it and goes into the request body as is (batch_rest).
 - Chunks hold at most 100 tasks and a JSON body under `max_body_bytes` (the service's limit is
-  1 MB), measured on the exact body the SDK sends. A chunk the service still finds too large
+  1 MB), measured on the exact body sent. A chunk the service still finds too large
   (413 RequestBodyTooLarge) is halved and both halves are sent.
 - Per task (statuses compared without case: the live service answers "Success", the spec
   "success"): success -> submitted; TaskExists -> already existed; another client error ->
@@ -23,6 +25,7 @@ The caller's BatchClient should not retry on its own, so this module owns retrie
 bound: construct it with `retry_total=0` (azure-core's RetryPolicy keyword, which BatchClient
 passes through). Each request here also passes `retry_total=0`, which overrides the client's
 policy for that call, so a client built with the default policy (10 retries) is still bounded.
+The answers are read as JSON (batch_rest), and only a task's error, rare, becomes an SDK model.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
+from batchflow.backends.azure import batch_rest
 from batchflow.backends.azure.batch_build import wire
 from batchflow.backends.azure.enums import is_
 from batchflow.backends.azure.errors import batch_message, describe, retry_after
@@ -55,8 +60,15 @@ BACKOFF_MAX = 30.0
 LISTED_FAILURES = 20  # client errors listed by name in the final error; the rest are counted
 
 # The body is {"value": [task, task, ...]}, dumped with json's default separators, as the SDK does.
-_BODY_OVERHEAD = len(json.dumps({"value": []}).encode())
-_SEPARATOR = len(b", ")
+_BODY_OVERHEAD = len(batch_rest.task_group_body([]))
+_SEPARATOR = len(", ")
+
+TaskBody = dict[str, Any] | bm.BatchTaskCreateOptions  # batch_build.task_body's dict, or the SDK model
+
+
+class _Task(NamedTuple):
+    id: str
+    json: str  # its JSON in the request body; ASCII (json.dumps escapes the rest): one byte a character
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ class SubmitReport:
 
 @dataclass(frozen=True)
 class _Chunk:
-    tasks: tuple[bm.BatchTaskCreateOptions, ...]
+    tasks: tuple[_Task, ...]
     attempt: int = 0  # > 0: a resend, sent after a back-off
     reason: str | None = None  # why it is resent
 
@@ -91,7 +103,7 @@ class _Outcome:
 def submit_tasks(
     client: BatchClient,
     job_id: str,
-    tasks: Sequence[bm.BatchTaskCreateOptions],
+    tasks: Sequence[TaskBody],
     *,
     concurrency: int = 8,
     deadline: float = 600.0,
@@ -108,9 +120,10 @@ def submit_tasks(
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-    _check_unique_ids(tasks)
+    encoded = [_encode(task) for task in tasks]
+    _check_unique_ids(encoded)
     sender = _Sender(client, job_id, clock() + deadline, clock, sleep, jitter)
-    chunks, too_large = _chunks(tasks, max_body_bytes)
+    chunks, too_large = _chunks(encoded, max_body_bytes)
     total = _Outcome(failures=too_large)
     pending: deque[_Chunk] = deque(chunks)
     split_413 = 0
@@ -182,9 +195,10 @@ class _Sender:
             out.requests += 1
             if attempt > 0:
                 out.retries += 1
+            body = batch_rest.task_group_body([task.json for task in chunk.tasks])
             try:
-                result = self.client.create_task_collection(
-                    self.job_id, bm.BatchTaskGroup(task_values=list(chunk.tasks)), retry_total=0
+                result = batch_rest.send(
+                    self.client, batch_rest.add_task_collection_request(self.job_id, body), retry_total=0
                 )
             except HttpResponseError as e:
                 if _is_too_large(e):
@@ -204,14 +218,14 @@ class _Sender:
                 return out
 
 
-def _classify(chunk: _Chunk, result: bm.BatchCreateTaskCollectionResult, out: _Outcome) -> _Outcome:
-    # The models are dict-backed: reading the wire keys skips decoding every attribute again, a third
-    # of the client's CPU time for 10,000 tasks (bench/azure_scale.py). Errors, rare, get the model.
-    by_id = {str(r["taskId"]).casefold(): r for r in result.get("value") or []}
-    resend: list[bm.BatchTaskCreateOptions] = []
+def _classify(chunk: _Chunk, result: Any, out: _Outcome) -> _Outcome:
+    """Reads the answer's JSON (a BatchCreateTaskCollectionResult); a task's error becomes the model."""
+    values = result.get("value") if isinstance(result, dict) else None
+    by_id = {str(r.get("taskId")).casefold(): r for r in values or [] if isinstance(r, dict)}
+    resend: list[_Task] = []
     reason = None
     for task in chunk.tasks:
-        task_id: str = task["id"]
+        task_id = task.id
         r = by_id.get(task_id.casefold())
         status = r.get("status") if r is not None else None
         if is_(status, bm.BatchTaskAddStatus.SUCCESS):
@@ -246,16 +260,20 @@ def _split(chunk: _Chunk, e: HttpResponseError, out: _Outcome) -> _Outcome:
     return out
 
 
-def _chunks(
-    tasks: Sequence[bm.BatchTaskCreateOptions], max_body_bytes: int
-) -> tuple[list[_Chunk], list[tuple[str, str, str]]]:
+def _encode(task: TaskBody) -> _Task:
+    """The task's id and JSON: json.dumps of the body the SDK would send for it (its `wire`)."""
+    body = task if isinstance(task, dict) else wire(task)
+    return _Task(str(body["id"]), json.dumps(body))
+
+
+def _chunks(tasks: Sequence[_Task], max_body_bytes: int) -> tuple[list[_Chunk], list[tuple[str, str, str]]]:
     """Consecutive chunks of <= 100 tasks whose body is under `max_body_bytes`; tasks too large alone."""
     chunks: list[_Chunk] = []
     too_large: list[tuple[str, str, str]] = []
-    current: list[bm.BatchTaskCreateOptions] = []
+    current: list[_Task] = []
     size = _BODY_OVERHEAD
     for task in tasks:
-        task_size = len(json.dumps(wire(task)).encode())
+        task_size = len(task.json)
         if _BODY_OVERHEAD + task_size >= max_body_bytes:
             message = (
                 f"its request body would be {_BODY_OVERHEAD + task_size:,} bytes, over {max_body_bytes:,}"
@@ -273,10 +291,10 @@ def _chunks(
     return chunks, too_large
 
 
-def _check_unique_ids(tasks: Sequence[bm.BatchTaskCreateOptions]) -> None:
+def _check_unique_ids(tasks: Sequence[_Task]) -> None:
     seen: dict[str, str] = {}
     for task in tasks:
-        task_id: str = task["id"]  # the wire value (attribute access decodes it again, each time)
+        task_id = task.id
         key = task_id.casefold()
         if key in seen:
             raise ValueError(
