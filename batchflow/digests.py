@@ -63,7 +63,8 @@ def md5_of(path: Path, stat: os.stat_result) -> str:
     was read: stat again and retry), OSError when it cannot be read."""
     want = version_key(stat)
     digest = hashlib.md5(usedforsecurity=False)
-    buffer = bytearray(_CHUNK)
+    # (For a small file, a small buffer: allocating 1 MB costs 25 us, 4 times the rest for a 1 KB file.)
+    buffer = bytearray(min(_CHUNK, stat.st_size + 1))
     view = memoryview(buffer)
     with path.open("rb", buffering=0) as f:
         if version_key(os.fstat(f.fileno())) != want:
