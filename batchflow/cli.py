@@ -28,7 +28,6 @@ from batchflow.redact import RedactingFilter, redact, redact_json
 
 if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
     from batchflow.gc import Survey
-    from batchflow.ledger import TaskKey
     from batchflow.model import Plan, Workflow
     from batchflow.resume import Decision
     from batchflow.state import RunState
@@ -41,6 +40,25 @@ def _backend_choices() -> list[str]:
     from batchflow.backends import registry
 
     return registry.names()
+
+
+def _backend_option(sp: argparse.ArgumentParser, flag: str, **kw: Any) -> None:
+    """An option naming a backend (--backend, --storage). Its choices are set once it exists: argparse
+    lists an option's choices as it adds it (to check its metavar), which would import the registry,
+    and through it the model, for every command, --version too."""
+    sp.add_argument(flag, **kw).choices = _BackendNames()
+
+
+class _BackendNames:
+    """argparse `choices` of --backend and --storage: the registry's names, read only when argparse
+    looks at them (to check a value given, or to show help), so `batchflow --version` imports no
+    registry (and, through it, no model)."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in _backend_choices()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_backend_choices())
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -87,23 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workflow_args(sp)
     output_arg(sp)
-    sp.add_argument(
-        "--backend", choices=_backend_choices(), default="local", help="check it for this backend"
-    )
+    _backend_option(sp, "--backend", default="local", help="check it for this backend")
 
     sp = sub.add_parser(
         "plan", help="show what a run would do, creating nothing", formatter_class=_HelpFormatter
     )
     workflow_args(sp)
     output_arg(sp)
-    sp.add_argument("--backend", choices=_backend_choices(), default="local", help="plan it for this backend")
+    _backend_option(sp, "--backend", default="local", help="plan it for this backend")
     sp.add_argument("--all", action="store_true", help="list every task, not only the first 20")
 
     sp = sub.add_parser("run", help="run a workflow", formatter_class=_HelpFormatter)
     workflow_args(sp)
     output_arg(sp, stream=True)
-    sp.add_argument("--backend", choices=_backend_choices(), default="local", help="where tasks run")
-    sp.add_argument("--storage", choices=_backend_choices(), help="where files live (default: the backend's)")
+    _backend_option(sp, "--backend", default="local", help="where tasks run")
+    _backend_option(sp, "--storage", help="where files live (default: the backend's)")
     sp.add_argument(
         "--workspace", type=Path, help="local state folder (default: .batchflow beside the workflow)"
     )
@@ -125,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", nargs="?", help="run id (a unique prefix is enough; default: the latest)")
     sp.add_argument("--workflow", type=Path, help="find runs in this workflow's workspace")
     sp.add_argument("--workspace", type=Path, help="find runs in this workspace (default: ./.batchflow)")
-    sp.add_argument("--backend", choices=_backend_choices(), help="where tasks run (default: the run's)")
-    sp.add_argument("--storage", choices=_backend_choices(), help="where files live (default: the run's)")
+    _backend_option(sp, "--backend", help="where tasks run (default: the run's)")
+    _backend_option(sp, "--storage", help="where files live (default: the run's)")
     sp.add_argument("--concurrency", type=_positive_int, help="local backend: tasks at once")
     sp.add_argument("--quiet", "-q", action="store_true", help="only warnings and the summary")
     output_arg(sp, stream=True)
@@ -294,64 +310,68 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from batchflow.render import build_plan
+    from batchflow.render import check_plan, gc_paused
     from batchflow.spec import load_workflow
 
-    wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
-    plan = build_plan(wf, args.backend)
-    _warn(plan.warnings)
+    with gc_paused():  # (render.gc_paused: a short-lived process that makes millions of objects)
+        wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
+        tasks, warnings = check_plan(wf, args.backend)
+    _warn(warnings)
     if args.output == "json":
-        result = {"valid": True, "problems": [], "warnings": list(plan.warnings), "tasks": len(plan.tasks)}
+        result = {"valid": True, "problems": [], "warnings": list(warnings), "tasks": tasks}
         print(redact_json(result, indent=2))
     else:
-        print(f"{args.workflow}: valid ({len(plan.tasks)} tasks)", file=sys.stderr)
+        print(f"{args.workflow}: valid ({tasks} tasks)", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from batchflow.plan_view import plan_as_json, print_plan
-    from batchflow.render import build_plan
+    from batchflow.plan_view import print_plan, write_plan_json
+    from batchflow.render import build_plan, gc_paused
     from batchflow.runplan import RUN_ID_PLACEHOLDER, plan_run
     from batchflow.spec import load_workflow
 
-    wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
-    plan = build_plan(wf, args.backend)
-    _warn(plan.warnings)
-    decisions, keys = _resume_view(wf, plan, args.backend)
-    run = plan_run(plan, RUN_ID_PLACEHOLDER, keys)
-    if args.output == "json":
-        print(redact_json({**plan_as_json(run, decisions), "warnings": list(plan.warnings)}, indent=2))
-    else:
-        print_plan(run, limit=None if args.all else 20, decisions=decisions)
+    with gc_paused():  # (render.gc_paused: a short-lived process that makes millions of objects)
+        wf = load_workflow(args.workflow, _parse_overrides(args.overrides))
+        plan = build_plan(wf, args.backend)
+        _warn(plan.warnings)
+        decisions = _resume_view(wf, plan, args.backend)
+        run = plan_run(plan, RUN_ID_PLACEHOLDER)
+        if args.output == "json":
+            write_plan_json(sys.stdout, run, decisions, plan.warnings)
+        else:
+            print_plan(run, limit=None if args.all else 20, decisions=decisions)
     return EXIT_OK
 
 
-def _resume_view(
-    wf: Workflow, plan: Plan, backend_name: str
-) -> tuple[list[Decision] | None, dict[str, TaskKey]]:
+def _resume_view(wf: Workflow, plan: Plan, backend_name: str) -> list[Decision] | None:
     """What a run would take from earlier ones: the workspace's runs and the storage's ledger, read
     only. Without a reachable storage (no credentials here), `plan` says so and shows every task."""
     from batchflow.backends import registry
     from batchflow.backends.base import Context
     from batchflow.digests import DigestCache
-    from batchflow.ledger import task_keys
+    from batchflow.ledger import TaskKey, task_keys
     from batchflow.resume import decide, load_ledger
 
     workspace = (wf.workspace or wf.base_dir / ".batchflow").resolve()
     backend = registry.get(backend_name)
-    digests = DigestCache(workspace / "cache" / "digests.json")
-    keys = task_keys(plan, backend.name, digests.md5)  # not saved: `plan` writes nothing
     try:
         ctx = Context(workflow=wf, workspace=workspace, run_dir=workspace / "runs" / "plan")
         storage = registry.get(backend.default_storage).storage(ctx)
     except BatchflowError as e:
         print(f"note: not checking earlier runs' outputs ({first_line(str(e))})", file=sys.stderr)
-        return None, keys
+        return None
     try:
-        return decide(keys, load_ledger(workspace, wf, storage), storage), keys
+        ledger = load_ledger(workspace, wf, storage)
+        if ledger.count:
+            digests = DigestCache(workspace / "cache" / "digests.json")
+            keys = task_keys(plan, backend.name, digests.md5)  # not saved: `plan` writes nothing
+        else:  # no earlier run: every task is new, whatever its key, and no input need be read
+            keys = dict.fromkeys((t.id for t in plan.tasks), TaskKey("", {}))
+        return decide(keys, ledger, storage)
     except BatchflowError as e:
         print(f"note: not checking earlier runs' outputs ({first_line(str(e))})", file=sys.stderr)
-        return None, keys
+        return None
     finally:
         storage.close()
 

@@ -27,11 +27,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _MAGIC = "*?["
+_ESCAPES = str.maketrans({c: f"[{c}]" for c in _MAGIC})
 
 
 def glob_escape(s: str) -> str:
     """`s` as a pattern that matches exactly `s`: `a[1]*.mp4` -> `a[[]1][*].mp4`."""
-    return "".join(f"[{c}]" if c in _MAGIC else c for c in s)
+    return s.translate(_ESCAPES)
 
 
 def has_magic(pattern: str) -> bool:
@@ -65,6 +66,8 @@ def glob_literal(pattern: str) -> str | None:
 
     `a[[]1].mp3` -> `a[1].mp3`; `*.mp3` -> None.
     """
+    if "[" not in pattern and "*" not in pattern and "?" not in pattern:
+        return pattern  # (each character is a "char" token)
     chars: list[str] = []
     for kind, value in _tokens(pattern):
         if kind == "char" or (kind == "class" and len(value) == 1):

@@ -25,8 +25,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import json.encoder
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +103,16 @@ class Entry:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> Entry:
-        """Raises (KeyError, TypeError, ValueError) on anything malformed: the caller skips it."""
+    def from_json(cls, data: Any, same: dict[str, str] | None = None) -> Entry:
+        """Raises (KeyError, TypeError, ValueError) on anything malformed: the caller skips it.
+        `same`: texts met before, to keep one copy of those that repeat from entry to entry (the run,
+        the containers, the pool's digest, the parts' names): a third of a ledger's memory."""
+
+        def one(text: str) -> str:
+            return text if same is None else same.setdefault(text, text)
+
         outputs = tuple(
-            StoredOutput(str(c), str(b), None if s is None else int(s), None if m is None else str(m))
+            StoredOutput(one(str(c)), str(b), None if s is None else int(s), None if m is None else str(m))
             for c, b, s, m in data["outputs"]
         )
         parts = data["parts"]
@@ -114,12 +122,12 @@ class Entry:
         return cls(
             key=_text(data["key"]),
             task=_text(data["task"]),
-            run=_text(data["run"]),
+            run=one(_text(data["run"])),
             succeeded=bool(data["succeeded"]),
-            parts={k: _text(v) for k, v in parts.items()},
+            parts={one(k): one(_text(v)) if k == "pool" else _text(v) for k, v in parts.items()},
             outputs=outputs,
             at=float(data["at"]),
-            reused_from=None if reused is None else _text(reused),
+            reused_from=None if reused is None else one(_text(reused)),
         )
 
 
@@ -149,23 +157,24 @@ class KeyMaker:
 
     def __init__(self, plan: Plan, backend: str, digest: Digest) -> None:
         self._digest = digest
-        self._files: dict[tuple[str, str], UploadItem] = {(u.container, u.blob_name): u for u in plan.uploads}
-        self._content: dict[tuple[str, str], list[object]] = {}
+        # (container, blob) -> its UploadItem, replaced by its content once known (_identity).
+        self._files: dict[tuple[str, str], UploadItem | list[object]] = {
+            (u.container, u.blob_name): u for u in plan.uploads
+        }
         self._pool = _sha([KEY_VERSION, backend, self._pool_identity(plan)])
 
     def _identity(self, item: TaskInput) -> list[object]:
         """An input's content: its size and MD5, or the blob's name where no local file backs it."""
         where = (item.container, item.blob_name)
-        known = self._content.get(where)
+        known = self._files.get(where)
         if known is None:
-            upload = self._files.get(where)
-            if upload is None:
-                known = ["blob", item.container, item.blob_name]
-            else:
-                st = upload.local_path.stat()
-                known = [st.st_size, self._digest(upload.local_path, st)]
-            self._content[where] = known
-        return known
+            return ["blob", item.container, item.blob_name]
+        if isinstance(known, list):
+            return known
+        st = known.local_path.stat()
+        content: list[object] = [st.st_size, self._digest(known.local_path, st)]
+        self._files[where] = content
+        return content
 
     def _pool_identity(self, plan: Plan) -> list[object]:
         pool = plan.workflow.pool
@@ -185,9 +194,15 @@ class KeyMaker:
         ]
 
     def key(self, task: RenderedTask) -> TaskKey:
+        inputs = task.inputs
+        if len(inputs) == 1:  # (sorting one item, fast)
+            files: list[list[object]] = [[inputs[0].file_path, *self._identity(inputs[0])]]
+        else:
+            files = sorted([i.file_path, *self._identity(i)] for i in inputs)
+        environment = task.environment
         parts = {
-            "inputs": _sha(sorted([i.file_path, *self._identity(i)] for i in task.inputs)),
-            "command": _sha([task.command, sorted(task.environment.items())]),
+            "inputs": _sha(files),
+            "command": _sha([task.command, sorted(environment.items()) if environment else []]),
             "outputs": _sha(
                 [[o.pattern, o.container, o.destination, o.condition.value] for o in task.outputs]
             ),
@@ -293,13 +308,32 @@ def entries_text(entries: Iterable[Entry]) -> str:
 
 def parse_entries(text: str, where: str) -> Iterator[Entry]:
     """Every well-formed entry; a damaged line (a write cut short) is skipped and logged."""
-    for n, line in enumerate(text.splitlines(), 1):
+    same: dict[str, str] = {}
+    for n, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
-            yield Entry.from_json(json.loads(line))
+            yield Entry.from_json(json.loads(line), same)
         except (ValueError, KeyError, TypeError) as e:
             log.warning("ledger %s line %d is damaged (%s): skipped", where, n, type(e).__name__)
+
+
+# What str.splitlines splits at, besides "\n" (entries_text writes none of them: JSON escapes them).
+_OTHER_LINE_ENDS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """text.splitlines(), one line at a time: the list of a 100,000-entry ledger's lines is 70 MB."""
+    if _OTHER_LINE_ENDS.search(text):
+        yield from text.splitlines()
+        return
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n", start)
+        if stop == -1:
+            stop = end
+        yield text[start:stop]
+        start = stop + 1
 
 
 def write_ledger(folder: Path, entries: Iterable[Entry]) -> Path:

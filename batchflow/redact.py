@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+import json.encoder
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,26 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 # What each of _PATTERNS starts with (case aside): text without any of these matches none of them.
 _ANY_PATTERN = re.compile(r"(?i)sig=|AccountKey=|SharedAccessSignature=|Authorization")
+
+
+_PATTERN_WORDS = ("sig=", "accountkey=", "sharedaccesssignature=", "authorization")
+# Case aside, the regex engine matches 'i' with U+0131 and U+0130 (dotless i, dotted capital I) and
+# 's' with U+017F (long s), which str.lower() makes U+0131, 'i' + U+0307 (combining dot) and U+017F;
+# every other character it matches with a letter of those words lowercases to that letter.
+_FOLD = str.maketrans({"\u0131": "i", "\u017f": "s", "\u0307": None})
+
+
+def _may_hold_a_pattern(text: str) -> bool:
+    """False when `text` cannot match _ANY_PATTERN, found without its slow scan (a case-insensitive
+    search takes 5 to 30 us over a plan task's 500 characters; this, one): lowercased and folded
+    as above, a text that matches holds one of _PATTERN_WORDS (tests/test_redact_json.py checks the
+    folding against every character there is)."""
+    folded = text.lower()
+    if not folded.isascii():
+        folded = folded.translate(_FOLD)
+    sig, key, sas, auth = _PATTERN_WORDS
+    return sig in folded or key in folded or sas in folded or auth in folded
+
 
 # Secret values known at run time (account keys read from the environment): replaced wherever they
 # appear, whatever the text around them.
@@ -81,7 +102,7 @@ def _secrets_now() -> list[str]:
 
 
 def _redact(text: str, secrets: list[str]) -> str:
-    if _ANY_PATTERN.search(text):  # one scan for the common case: none of them
+    if _may_hold_a_pattern(text) and _ANY_PATTERN.search(text):  # the common case: none of them
         for pattern, repl in _PATTERNS:
             text = pattern.sub(repl, text)
     for secret in secrets:
@@ -95,25 +116,90 @@ def redact_json(obj: object, **dumps: Any) -> str:
     redacted before it is dumped. Redacting the dumped text instead misses a secret whose JSON
     form is not its raw text (`ä` dumped as `\\u00e4`, a `"` or `\\` escaped), and a pattern that
     stops at a quote cuts an escape in two (`sig=abc\\"` -> `sig=REDACTED"`): invalid JSON."""
-    secrets = _secrets_now()
-    seen: dict[str, str] = {}  # the same text (a state, a folder name) is redacted once per call
+    return JsonRedactor(**dumps).dumps(obj)
 
-    def clean(text: str) -> str:
-        done = seen.get(text)
-        if done is None:
-            done = seen[text] = _redact(text, secrets)
-        return done
 
-    def walk(value: object) -> object:
-        if isinstance(value, str):
-            return clean(value)
-        if isinstance(value, Mapping):
-            return {clean(k) if isinstance(k, str) else k: walk(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(v) for v in value]
-        return value
+class JsonRedactor:
+    """redact_json for many objects (each line of a long output), with the secrets of the moment
+    gathered once.
 
-    return json.dumps(walk(obj), **dumps)
+    Most objects hold nothing to redact, and for those the dumped text says so by itself: JSON
+    escapes each character on its own, so a string holding a secret dumps to text holding the
+    secret's dumped form, and every pattern's first words (_ANY_PATTERN) are plain ASCII, which
+    dumps as itself. So an object whose dumped text holds neither is dumped as it is (json's C
+    encoder, once); any other is walked and each of its strings redacted first, as always."""
+
+    def __init__(self, **dumps: Any) -> None:
+        self._secrets = _secrets_now()
+        self._encoder = json.JSONEncoder(**dumps)
+        self._dumped_secrets = [self._encoder.encode(s)[1:-1] for s in self._secrets]
+        self._quick = _one_shot(self._encoder)
+
+    def dumps(self, obj: object) -> str:
+        try:
+            text = self._quick(obj)
+        except (TypeError, ValueError, RecursionError):  # a Mapping that is not a dict (the walk makes
+            text = ""  # it one), or what the encoder refuses, said by it below
+        if text and not self.suspect(text):
+            return text
+        return self._encoder.encode(self._walk(obj))
+
+    def suspect(self, text: str) -> bool:
+        """Whether JSON `text` may hold a secret or a pattern's match in one of its strings (if not,
+        nothing in the object it was dumped from is redacted)."""
+        if _may_hold_a_pattern(text) and _ANY_PATTERN.search(text):
+            return True
+        return bool(self._dumped_secrets) and any(s in text for s in self._dumped_secrets)
+
+    def _walk(self, obj: object) -> object:
+        secrets = self._secrets
+        seen: dict[str, str] = {}  # the same text (a state, a folder name) is redacted once per object
+
+        def clean(text: str) -> str:
+            done = seen.get(text)
+            if done is None:
+                done = seen[text] = _redact(text, secrets)
+            return done
+
+        def walk(value: object) -> object:
+            if isinstance(value, str):
+                return clean(value)
+            if isinstance(value, Mapping):
+                return {clean(k) if isinstance(k, str) else k: walk(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [walk(v) for v in value]
+            return value
+
+        return walk(obj)
+
+
+def _one_shot(encoder: json.JSONEncoder) -> Callable[[object], str]:
+    """encoder.encode, with json's C encoder built once rather than at every call (as
+    JSONEncoder.iterencode builds it: the same options, less the check for circular references,
+    which here would only turn a circular object's RecursionError into a ValueError)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    indent: object = encoder.indent  # (typeshed says never None)
+    if make is None or indent is not None:
+        return encoder.encode
+    strings = json.encoder.encode_basestring_ascii if encoder.ensure_ascii else json.encoder.encode_basestring
+    c_encode = make(
+        None,
+        encoder.default,
+        strings,
+        None,
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+
+    def encode(obj: object) -> str:
+        if isinstance(obj, str):
+            return encoder.encode(obj)
+        return "".join(c_encode(obj, 0))
+
+    return encode
 
 
 class RedactingFilter(logging.Filter):

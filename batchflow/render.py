@@ -4,7 +4,9 @@ Pure: it lists and stats local files and reads the workflow file (for error posi
 but writes nothing and calls no backend. Any problem anywhere -> InvalidWorkflow listing
 them all, so a workflow that cannot fully render never creates anything.
 
-Templates are Jinja in a sandbox (ImmutableSandboxedEnvironment, StrictUndefined). Context:
+Templates are Jinja in a sandbox (ImmutableSandboxedEnvironment, StrictUndefined), each compiled
+once; plain substitutions are rendered without Jinja's machinery, to the same text (templates.py).
+Context:
 `input` (name, stem, suffix, relative_path, blob, container, path, size), `index` (0-based),
 `vars`, `pool` (id, vm_size, dedicated_nodes, spot_nodes, task_slots_per_node), `job` (id)
 and, everywhere but in `tasks.id`, `task` (id).
@@ -29,28 +31,23 @@ YAML lines and is reported at the first.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import re
-import shlex
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Container, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import Any, ClassVar
-
-from jinja2 import StrictUndefined, Template
-from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from batchflow.backends import registry
 from batchflow.backends.base import Backend, start_task_of
 from batchflow.errors import InvalidWorkflow, Problem
-from batchflow.globs import compile_glob, glob_escape, glob_literal, glob_match
+from batchflow.globs import compile_glob, glob_literal, glob_match
 from batchflow.inputs import NeverInput, discover, inside_never_input
 from batchflow.model import (
     DocPath,
-    InputFile,
     Plan,
     RenderedTask,
     ResourceFileSpec,
@@ -60,21 +57,37 @@ from batchflow.model import (
     Workflow,
 )
 from batchflow.names import BATCH_ID, blob_name_problem, id_problem
+from batchflow.templates import (
+    GLOB,
+    INDEX,
+    RAW,
+    SHELL,
+    TASK_ID,
+    CompiledTemplate,
+    InputContext,
+    JobContext,
+    PoolContext,
+    Row,
+    TaskContext,
+    Unquoted,
+    VarsContext,
+    fast_parts,
+    jinja_environment,
+    jinja_globals,
+    render_jinja,
+    shell_quote,
+    stem_and_suffix,
+    template_line,
+)
+
+if TYPE_CHECKING:
+    from jinja2 import Template
+
+__all__ = ["Unquoted", "build_plan", "check_plan", "derive_task_id", "shell_quote"]
 
 _TASK_ID_RULE = "a task id is 1-64 letters, digits, '-' or '_'"
-
-
-class Unquoted(str):
-    """A value to insert into a command as is (the `unquoted` filter returns one)."""
-
-    __slots__ = ()
-
-
-def shell_quote(value: object) -> str:
-    """`value` as one /bin/sh word (single-quoted when needed); an `Unquoted` value as is."""
-    if isinstance(value, Unquoted):
-        return str(value)
-    return shlex.quote(str(value))
+_SLUG_JUNK = re.compile(r"[^A-Za-z0-9_-]+")
+_DASHES = re.compile(r"-{2,}")
 
 
 def derive_task_id(blob_name: str) -> str:
@@ -82,11 +95,13 @@ def derive_task_id(blob_name: str) -> str:
 
     `videos/My clip.mp4` -> `videos-My-clip-<hash>`; at most 64 characters.
     """
-    digest = hashlib.sha256(blob_name.encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha256(blob_name.encode("utf-8")).digest()[:4].hex()  # (8 hex digits)
     folder, _, base = blob_name.rpartition("/")
-    stem = PurePosixPath(base).stem if base else base
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{folder}/{stem}" if folder else stem)
-    slug = re.sub(r"-{2,}", "-", slug).strip("-")[: 64 - 9].rstrip("-")
+    stem = stem_and_suffix(base)[0] if base else base
+    slug = _SLUG_JUNK.sub("-", f"{folder}/{stem}" if folder else stem)
+    if "--" in slug:
+        slug = _DASHES.sub("-", slug)
+    slug = slug.strip("-")[: 64 - 9].rstrip("-")
     return f"{slug}-{digest}" if slug else digest
 
 
@@ -97,22 +112,61 @@ def build_plan(workflow: Workflow, backend: str | Backend = "local", *, exclude:
     download destination and in each `exclude` folder (a workspace given on the command line) are
     never inputs. What discovery skipped for another reason (links, folders) is in `Plan.warnings`.
     """
-    r = _Renderer(workflow)
-    files = r.collect_uploads(_never_inputs(workflow, exclude))
-    uploaded = {(f.container, f.blob_name): f for f in files}
-    templates = r.compile_templates()
-    inputs = r.foreach_inputs(files)
-    tasks = r.render_tasks(inputs, uploaded, templates) if inputs and templates is not None else []
-    chosen = registry.get(backend) if isinstance(backend, str) else backend
-    start_task, where = start_task_of(chosen, workflow)
-    start_inputs = r.resolve_resource_files(start_task.resource_files, where, uploaded) if start_task else []
-    r.check_log_prefix()
-    for path, message in chosen.problems(workflow):
-        r.problem(path, message)
-    if r.problems:
-        raise InvalidWorkflow(r.problems)
-    items = tuple(UploadItem(f.local_path, f.container, f.blob_name, f.size) for f in files)
-    return Plan(workflow, items, tuple(tasks), start_task, tuple(start_inputs), tuple(r.warnings))
+    return _build(workflow, backend, exclude, [])[0]
+
+
+def check_plan(workflow: Workflow, backend: str | Backend = "local") -> tuple[int, tuple[str, ...]]:
+    """What build_plan checks, for `batchflow validate`: every task rendered and checked, but none
+    kept (a third of the memory of 100,000 tasks). Returns the number of tasks and the warnings;
+    raises InvalidWorkflow with every problem found, as build_plan does."""
+    plan, count = _build(workflow, backend, (), None)
+    return count, plan.warnings
+
+
+def _build(
+    workflow: Workflow, backend: str | Backend, exclude: Sequence[Path], tasks: list[RenderedTask] | None
+) -> tuple[Plan, int]:
+    """build_plan, and its number of tasks; with `tasks` None, they are only counted (the Plan has
+    none)."""
+    with gc_paused():
+        r = _Renderer(workflow)
+        files, uploaded = r.collect_uploads(_never_inputs(workflow, exclude))
+        templates = r.compile_templates()
+        inputs = r.foreach_inputs(files)
+        count = r.render_tasks(inputs, uploaded, templates, tasks) if inputs and templates is not None else 0
+        chosen = registry.get(backend) if isinstance(backend, str) else backend
+        start_task, where = start_task_of(chosen, workflow)
+        start_inputs = (
+            r.resolve_resource_files(start_task.resource_files, where, uploaded) if start_task else []
+        )
+        r.check_log_prefix()
+        for path, message in chosen.problems(workflow):
+            r.problem(path, message)
+        if r.problems:
+            raise InvalidWorkflow(r.problems)
+        items = tuple(f for f, _ in files)
+        plan = Plan(workflow, items, tuple(tasks or ()), start_task, tuple(start_inputs), tuple(r.warnings))
+        return plan, count
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a plan is built: building one makes millions of objects
+    that live on, and none of them in a cycle, so each collection (every 700 allocations, and full
+    ones ever larger) only walks them again: 27% of the time at 100,000 inputs, and growth worse
+    than linear. What fails to render leaves no cycle behind either (_forget_traceback)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            if gc.get_freeze_count() == 0:  # (nobody else's frozen objects to unfreeze)
+                # What was made meanwhile goes straight to the oldest generation: re-enabled as it
+                # is, the collector's next pass would walk all of it at once (0.4 s at 100,000).
+                gc.freeze()
+                gc.unfreeze()
+            gc.enable()
 
 
 def _never_inputs(workflow: Workflow, exclude: Sequence[Path]) -> list[NeverInput]:
@@ -127,93 +181,26 @@ def _never_inputs(workflow: Workflow, exclude: Sequence[Path]) -> list[NeverInpu
     ]
 
 
-# ---- template context ----------------------------------------------------------------------
+def _input_row(f: UploadItem, rel: str, index: int) -> Row:
+    """A task's own template values (templates.Row): `input`'s fields, `index`, then its task id.
+    `rel`: the file's path relative to its upload folder."""
+    name = rel.rpartition("/")[2]
+    stem, suffix = stem_and_suffix(name)
+    # path: never an option (-x), a URL or a protocol (a:b), a remote (host:x)
+    return [name, stem, suffix, rel, f.blob_name, f.container, "./" + rel, f.size, index, None]
 
 
-@dataclass(frozen=True)
-class _InputContext:
-    label: ClassVar[str] = "input"
-    name: str
-    stem: str
-    suffix: str
-    relative_path: str
-    blob: str
-    container: str
-    path: str
-    size: int
-
-
-@dataclass(frozen=True)
-class _PoolContext:
-    label: ClassVar[str] = "pool"
-    id: str
-    vm_size: str
-    dedicated_nodes: int
-    spot_nodes: int
-    task_slots_per_node: int
-
-
-@dataclass(frozen=True)
-class _IdContext:
-    label: ClassVar[str]
-    id: str
-
-
-class _JobContext(_IdContext):
-    label = "job"
-
-
-class _TaskContext(_IdContext):
-    label = "task"
-
-
-class _VarsContext(dict[str, str]):
-    label: ClassVar[str] = "vars"
-
-
-class _Undefined(StrictUndefined):
-    """StrictUndefined that names the variable: `'input' has no attribute 'stm' (it has: ...)`."""
-
-    __slots__ = ()
-
-    @property
-    def _undefined_message(self) -> str:
-        obj, name = self._undefined_obj, self._undefined_name
-        label = getattr(type(obj), "label", None)
-        if self._undefined_hint or not isinstance(label, str) or not isinstance(name, str):
-            return str(super()._undefined_message)
-        names = sorted(obj) if isinstance(obj, dict) else [f.name for f in fields(obj)]
-        return f"{label!r} has no attribute {name!r} (it has: {', '.join(names) or 'nothing'})"
-
-
-def _input_context(f: InputFile) -> _InputContext:
-    name = PurePosixPath(f.name)
-    path = "./" + f.relative_path  # never an option (-x), a URL or a protocol (a:b), a remote (host:x)
-    return _InputContext(
-        f.name, name.stem, name.suffix, f.relative_path, f.blob_name, f.container, path, f.size
-    )
-
-
-def _glob_finalize(value: object) -> str:
-    return str(value) if isinstance(value, Unquoted) else glob_escape(str(value))
-
-
-def _environment(finalize: Callable[[object], str] | None) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        undefined=_Undefined, autoescape=False, keep_trailing_newline=True, finalize=finalize
-    )
-    env.filters["unquoted"] = lambda value: Unquoted(value)
-    return env
+_File = tuple[UploadItem, str]  # a file an upload sends, and its path relative to the upload's folder
 
 
 @dataclass(frozen=True)
 class _Templates:
-    id: Template | None
-    command: Template
-    environment: Mapping[str, Template]
-    resource_blobs: tuple[Template, ...]
-    output_patterns: tuple[Template, ...]
-    output_destinations: tuple[Template | None, ...]
+    id: CompiledTemplate | None
+    command: CompiledTemplate
+    environment: Mapping[str, CompiledTemplate]
+    resource_blobs: tuple[CompiledTemplate, ...]
+    output_patterns: tuple[CompiledTemplate, ...]
+    output_destinations: tuple[CompiledTemplate | None, ...]
 
 
 # ---- the renderer ------------------------------------------------------------------------
@@ -226,9 +213,19 @@ class _Renderer:
         self.warnings: list[str] = []  # `file:line:col: field: message`, as problems are printed
         self._seen: set[tuple[str, int | None, str]] = set()
         self._lines: list[str] | None = None
-        self._shell = _environment(shell_quote)
-        self._glob = _environment(_glob_finalize)
-        self._raw = _environment(None)
+        p = workflow.pool
+        self._shared: dict[str, Any] = {
+            "vars": VarsContext(workflow.vars),
+            "pool": PoolContext(p.id, p.vm_size, p.dedicated_nodes, p.spot_nodes, p.task_slots_per_node),
+            "job": JobContext(workflow.job.id),
+        }
+        self._jinja_base: dict[str, Any] | None = None  # Jinja's globals + _shared, made on first use
+        self._context_of: tuple[Row, bool] | None = None  # whose _context it is: (row, with task?)
+        self._context: dict[str, Any] = {}
+        self._output_paths: list[tuple[DocPath, DocPath]] = [  # (pattern, destination) of each
+            (("tasks", "outputs", i, "pattern"), ("tasks", "outputs", i, "destination"))
+            for i in range(len(workflow.tasks.outputs))
+        ]
 
     # -- problems and positions
 
@@ -277,9 +274,18 @@ class _Renderer:
 
     # -- templates
 
-    def _compile(self, env: ImmutableSandboxedEnvironment, path: DocPath, source: str) -> Template | None:
+    def _compile(
+        self, kind: str, path: DocPath, source: str, *, task: bool = True
+    ) -> CompiledTemplate | None:
+        """The template compiled once: by the fast path if it can (templates.py), else by Jinja;
+        None (the problem recorded) for a syntax error. `task`: whether `task` is defined in it."""
+        parts = fast_parts(source, kind, self._shared, task_defined=task)
+        if parts is not None:
+            return CompiledTemplate(parts, None)
+        from jinja2.exceptions import TemplateSyntaxError
+
         try:
-            return env.from_string(source)
+            return CompiledTemplate(None, jinja_environment(kind).from_string(source))
         except TemplateSyntaxError as exc:
             self.problem(path, f"template syntax error: {exc.message or exc}", exc.lineno)
             return None
@@ -288,55 +294,76 @@ class _Renderer:
         """Every task template compiled once; None (problems recorded) if any has a syntax error."""
         t = self.wf.tasks
         ok = True
+        empty = CompiledTemplate(("",), None)
 
-        def compiled(env: ImmutableSandboxedEnvironment, path: DocPath, source: str) -> Template:
+        def compiled(kind: str, path: DocPath, source: str, *, task: bool = True) -> CompiledTemplate:
             nonlocal ok
-            template = self._compile(env, path, source)
+            template = self._compile(kind, path, source, task=task)
             if template is None:
                 ok = False
-                return self._raw.from_string("")
+                return empty
             return template
 
         result = _Templates(
-            id=None if t.id is None else compiled(self._raw, ("tasks", "id"), t.id),
-            command=compiled(self._shell, ("tasks", "command"), t.command),
-            environment={
-                k: compiled(self._raw, ("tasks", "environment", k), v) for k, v in t.environment.items()
-            },
+            id=None if t.id is None else compiled(RAW, ("tasks", "id"), t.id, task=False),
+            command=compiled(SHELL, ("tasks", "command"), t.command),
+            environment={k: compiled(RAW, ("tasks", "environment", k), v) for k, v in t.environment.items()},
             resource_blobs=tuple(
-                compiled(self._raw, ("tasks", "resource_files", i, "blob"), rf.blob)
+                compiled(RAW, ("tasks", "resource_files", i, "blob"), rf.blob)
                 for i, rf in enumerate(t.resource_files)
             ),
             output_patterns=tuple(
-                compiled(self._glob, ("tasks", "outputs", i, "pattern"), o.pattern)
-                for i, o in enumerate(t.outputs)
+                compiled(GLOB, ("tasks", "outputs", i, "pattern"), o.pattern) for i, o in enumerate(t.outputs)
             ),
             output_destinations=tuple(
                 None
                 if o.destination is None
-                else compiled(self._raw, ("tasks", "outputs", i, "destination"), o.destination)
+                else compiled(RAW, ("tasks", "outputs", i, "destination"), o.destination)
                 for i, o in enumerate(t.outputs)
             ),
         )
         return result if ok else None
 
-    def render(self, template: Template, path: DocPath, context: Mapping[str, Any]) -> str | None:
+    def render(self, template: CompiledTemplate, path: DocPath, row: Row) -> str | None:
         """The rendered text, or None with the problem recorded at the template's line."""
+        if template.jinja is None:
+            return template.render_fast(row)
+        return self._render_jinja(template.jinja, path, row)
+
+    def _jinja_context(self, row: Row) -> dict[str, Any]:
+        """The task's context for Jinja: Jinja's globals, vars, pool, job, then input, index and (once
+        known) task; made once per task, whichever of its templates need it."""
+        with_task = row[TASK_ID] is not None
+        if self._context_of is None or self._context_of[0] is not row or self._context_of[1] != with_task:
+            if self._jinja_base is None:
+                self._jinja_base = {**jinja_globals(RAW), **self._shared}
+            context = dict(self._jinja_base)
+            context["input"] = InputContext(*row[:INDEX])
+            context["index"] = row[INDEX]
+            if row[TASK_ID] is not None:
+                context["task"] = TaskContext(row[TASK_ID])
+            self._context, self._context_of = context, (row, with_task)  # (the row kept: an id can be reused)
+        return self._context
+
+    def _render_jinja(self, template: Template, path: DocPath, row: Row) -> str | None:
+        from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+
         try:
-            return template.render(context)
+            return render_jinja(template, self._jinja_context(row))
         except UndefinedError as exc:
-            error: BaseException = exc
             message = str(exc.message)
             if re.fullmatch(r"'\w+' is undefined", message):
-                message += f" (defined here: {', '.join(context)})"
+                defined = ["input", "index", *self._shared, *(["task"] if row[TASK_ID] is not None else [])]
+                message += f" (defined here: {', '.join(defined)})"
+            line = _forget_traceback(exc)
         except SecurityError as exc:
-            error, message = exc, f"refused by the template sandbox: {exc}"
+            message, line = f"refused by the template sandbox: {exc}", _forget_traceback(exc)
         except TemplateError as exc:
-            error, message = exc, str(exc)
+            message, line = str(exc), _forget_traceback(exc)
         # What an expression in a user's template may raise: '1' + 1, 1 / 0, [][0], deep recursion.
         except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
-            error, message = exc, f"{type(exc).__name__}: {exc}"
-        self.problem(path, message, _template_line(error.__traceback__))
+            message, line = f"{type(exc).__name__}: {exc}", _forget_traceback(exc)
+        self.problem(path, message, line)
         return None
 
     # -- uploads and inputs
@@ -348,9 +375,13 @@ class _Renderer:
             if problem is not None:
                 self.problem(("storage", "logs", "prefix"), f"not a safe blob name prefix: {problem}")
 
-    def collect_uploads(self, never: Sequence[NeverInput]) -> list[InputFile]:
-        files: list[InputFile] = []
-        origin: dict[tuple[str, str], tuple[InputFile, int]] = {}
+    def collect_uploads(
+        self, never: Sequence[NeverInput]
+    ) -> tuple[list[_File], dict[tuple[str, str], tuple[UploadItem, int]]]:
+        """Every file the uploads send, with its path relative to its upload folder, and each by
+        (container, blob name) with its upload's index."""
+        files: list[_File] = []
+        origin: dict[tuple[str, str], tuple[UploadItem, int]] = {}
         for i, up in enumerate(self.wf.uploads):
             where: DocPath = ("storage", "uploads", i, "source")
             if not up.source.is_dir():
@@ -372,14 +403,15 @@ class _Renderer:
             found = discover(up.source, up.include, up.exclude, never)
             for message in found.warnings:
                 self.warn(where, message)
-            for rel, path in found.files:
-                if not _is_utf8(rel):
+            container = up.container
+            for (rel, path), size in zip(found.files, found.sizes, strict=True):
+                if not rel.isascii() and not _is_utf8(rel):
                     self.problem(
                         ("storage", "uploads", i, "source"), f"file name is not valid UTF-8: {rel!r}"
                     )
                     continue
-                f = InputFile(path, up.container, prefix + rel, rel, path.stat().st_size)
-                key = (f.container, f.blob_name)
+                f = UploadItem(path, container, prefix + rel, size)
+                key = (container, f.blob_name)
                 if key in origin:
                     first, j = origin[key]
                     if first.local_path != f.local_path:
@@ -390,21 +422,23 @@ class _Renderer:
                         )
                     continue
                 origin[key] = (f, i)
-                files.append(f)
-        return files
+                files.append((f, rel))
+        return files, origin
 
-    def foreach_inputs(self, files: list[InputFile]) -> list[InputFile]:
+    def foreach_inputs(self, files: list[_File]) -> list[_File]:
         spec = self.wf.tasks.foreach
-        in_container = [f for f in files if f.container == spec.container]
+        in_container = [f for f in files if f[0].container == spec.container]
         regex = compile_glob(spec.pattern)
-        matched = sorted((f for f in in_container if regex.fullmatch(f.blob_name)), key=lambda f: f.blob_name)
+        matched = sorted(
+            (f for f in in_container if regex.fullmatch(f[0].blob_name)), key=lambda f: f[0].blob_name
+        )
         if matched:
             return matched
         path = ("tasks", "foreach", "pattern")
         if in_container:
             n = len(in_container)
             hint = ""
-            if any(glob_match("**/" + spec.pattern, f.blob_name) for f in in_container):
+            if any(glob_match("**/" + spec.pattern, f.blob_name) for f, _ in in_container):
                 hint = f"; patterns match the whole blob name: '**/{spec.pattern}' matches at any depth"
             message = f"{spec.pattern!r} matches none of the {n} file{'s' if n != 1 else ''} uploaded"
             self.problem(path, f"{message} to container {spec.container!r}{hint}")
@@ -426,7 +460,7 @@ class _Renderer:
         self,
         specs: tuple[ResourceFileSpec, ...],
         where: DocPath,
-        uploaded: Mapping[tuple[str, str], InputFile],
+        uploaded: Container[tuple[str, str]],
         blobs: list[str] | None = None,
     ) -> list[TaskInput]:
         """TaskInputs for resource files whose (rendered) blobs are uploaded; problems for the rest."""
@@ -449,68 +483,78 @@ class _Renderer:
     # -- tasks
 
     def render_tasks(
-        self, inputs: list[InputFile], uploaded: Mapping[tuple[str, str], InputFile], templates: _Templates
-    ) -> list[RenderedTask]:
+        self,
+        inputs: list[_File],
+        uploaded: Container[tuple[str, str]],
+        templates: _Templates,
+        tasks: list[RenderedTask] | None,
+    ) -> int:
+        """Render and check every task; those that pass go into `tasks` (unless it is None: then
+        they are only counted). Returns how many passed."""
         wf, t = self.wf, self.wf.tasks
-        p = wf.pool
-        shared: dict[str, Any] = {
-            "vars": _VarsContext(wf.vars),
-            "pool": _PoolContext(p.id, p.vm_size, p.dedicated_nodes, p.spot_nodes, p.task_slots_per_node),
-            "job": _JobContext(wf.job.id),
-        }
         max_retries = t.max_retries if t.max_retries is not None else wf.job.max_task_retries
         ids: dict[str, tuple[str, str]] = {}  # id.lower() -> (id, input blob)
         writers: dict[tuple[str, str], tuple[str, str, int]] = {}  # (container, blob) -> (id, input, output)
         spread: dict[
             tuple[str, str], list[tuple[str, str, int, str]]
         ] = {}  # glob outputs by (container, prefix)
-        tasks: list[RenderedTask] = []
-        for index, f in enumerate(inputs):
-            context: dict[str, Any] = {"input": _input_context(f), "index": index, **shared}
-            task_id = self._task_id(templates.id, context, f, ids)
+        command_path: DocPath = ("tasks", "command")
+        environment_templates = [
+            (key, template, ("tasks", "environment", key)) for key, template in templates.environment.items()
+        ]
+        blob_templates = [
+            (template, ("tasks", "resource_files", i, "blob"))
+            for i, template in enumerate(templates.resource_blobs)
+        ]
+        output_range = range(len(t.outputs))
+        count = 0
+        for index, (f, rel) in enumerate(inputs):
+            row = _input_row(f, rel, index)
+            task_id = self._task_id(templates.id, row, f, ids)
             if task_id is None:
                 continue
-            context["task"] = _TaskContext(task_id)
-            command = self.render(templates.command, ("tasks", "command"), context)
+            row[TASK_ID] = task_id
+            command = self.render(templates.command, command_path, row)
             environment: dict[str, str] = {}
-            for key, template in templates.environment.items():
-                value = self.render(template, ("tasks", "environment", key), context)
+            for key, template, path in environment_templates:
+                value = self.render(template, path, row)
                 if value is not None:
                     environment[key] = value
-            blobs = [
-                self.render(template, ("tasks", "resource_files", i, "blob"), context)
-                for i, template in enumerate(templates.resource_blobs)
-            ]
-            outputs = [self._output(i, templates, context) for i in range(len(t.outputs))]
-            rendered_blobs = [b for b in blobs if b is not None]
-            rendered_outputs = [o for o in outputs if o is not None]
+            blobs = [self.render(template, path, row) for template, path in blob_templates]
+            outputs = [self._output(i, templates, row) for i in output_range]
             if (
                 command is None
-                or len(environment) != len(templates.environment)
-                or len(rendered_blobs) != len(blobs)
-                or len(rendered_outputs) != len(outputs)
+                or len(environment) != len(environment_templates)
+                or None in blobs
+                or None in outputs
             ):
                 continue
-            task_inputs = [
-                TaskInput(f.container, f.blob_name, f.relative_path),
-                *self.resolve_resource_files(
-                    t.resource_files, ("tasks", "resource_files"), uploaded, rendered_blobs
-                ),
-            ]
-            self._check_input_paths(task_id, f, task_inputs)
+            rendered_outputs = [o for o in outputs if o is not None]
+            task_inputs = [TaskInput(f.container, f.blob_name, rel)]
+            if t.resource_files:  # (the input alone cannot collide with anything)
+                task_inputs += self.resolve_resource_files(
+                    t.resource_files,
+                    ("tasks", "resource_files"),
+                    uploaded,
+                    [b for b in blobs if b is not None],
+                )
+                self._check_input_paths(task_id, f, task_inputs)
             self._check_output_collisions(task_id, f, rendered_outputs, writers)
-            for i, out in enumerate(rendered_outputs):
-                if glob_literal(out.pattern) is None:
+            for i, (out, literal) in enumerate(rendered_outputs):
+                if literal is None:
                     spread.setdefault((out.container, out.destination), []).append(
                         (task_id, f.blob_name, i, out.pattern)
                     )
+            count += 1
+            if tasks is None:
+                continue
             tasks.append(
                 RenderedTask(
                     id=task_id,
                     index=index,
                     command=command,
                     inputs=tuple(task_inputs),
-                    outputs=tuple(rendered_outputs),
+                    outputs=tuple(out for out, _ in rendered_outputs),
                     environment=environment,
                     max_retries=max_retries,
                     max_wall_clock=t.max_wall_clock,
@@ -518,19 +562,19 @@ class _Renderer:
                 )
             )
         self._check_glob_collisions(spread)
-        return tasks
+        return count
 
     def _task_id(
         self,
-        template: Template | None,
-        context: Mapping[str, Any],
-        f: InputFile,
+        template: CompiledTemplate | None,
+        row: Row,
+        f: UploadItem,
         ids: dict[str, tuple[str, str]],
     ) -> str | None:
         if template is None:
             task_id = derive_task_id(f.blob_name)
         else:
-            rendered = self.render(template, ("tasks", "id"), context)
+            rendered = self.render(template, ("tasks", "id"), row)
             if rendered is None:
                 return None
             task_id = rendered
@@ -556,14 +600,15 @@ class _Renderer:
         ids[key] = (task_id, f.blob_name)
         return task_id
 
-    def _output(self, i: int, templates: _Templates, context: Mapping[str, Any]) -> TaskOutput | None:
+    def _output(self, i: int, templates: _Templates, row: Row) -> tuple[TaskOutput, str | None] | None:
+        """The rendered output and, if its pattern names one file, that file's name."""
         spec = self.wf.tasks.outputs[i]
-        path: DocPath = ("tasks", "outputs", i)
-        pattern = self.render(templates.output_patterns[i], (*path, "pattern"), context)
+        pattern_path, destination_path = self._output_paths[i]
+        pattern = self.render(templates.output_patterns[i], pattern_path, row)
         destination_template = templates.output_destinations[i]
         destination = ""
         if destination_template is not None:
-            rendered = self.render(destination_template, (*path, "destination"), context)
+            rendered = self.render(destination_template, destination_path, row)
             if rendered is None:
                 return None
             destination = rendered
@@ -571,7 +616,7 @@ class _Renderer:
             return None
         if not _is_relative(pattern):
             self.problem(
-                (*path, "pattern"),
+                pattern_path,
                 f"{pattern!r} must be a relative path in the task working directory, without '..'",
             )
             return None
@@ -584,11 +629,11 @@ class _Renderer:
         unsafe = blob_name_problem(destination if literal is not None else destination + "x")
         if unsafe is not None:
             kind = "blob name" if literal is not None else "blob name prefix"
-            self.problem((*path, "destination"), f"{destination!r} is not a safe {kind}: {unsafe}")
+            self.problem(destination_path, f"{destination!r} is not a safe {kind}: {unsafe}")
             return None
-        return TaskOutput(pattern, spec.container, destination, spec.condition)
+        return TaskOutput(pattern, spec.container, destination, spec.condition), literal
 
-    def _check_input_paths(self, task_id: str, f: InputFile, inputs: list[TaskInput]) -> None:
+    def _check_input_paths(self, task_id: str, f: UploadItem, inputs: list[TaskInput]) -> None:
         seen: dict[str, TaskInput] = {}
         for item in inputs:
             first = seen.setdefault(item.file_path, item)
@@ -602,12 +647,12 @@ class _Renderer:
     def _check_output_collisions(
         self,
         task_id: str,
-        f: InputFile,
-        outputs: list[TaskOutput],
+        f: UploadItem,
+        outputs: list[tuple[TaskOutput, str | None]],
         writers: dict[tuple[str, str], tuple[str, str, int]],
     ) -> None:
-        for i, out in enumerate(outputs):
-            if glob_literal(out.pattern) is None:
+        for i, (out, literal) in enumerate(outputs):
+            if literal is None:
                 continue
             key = (out.container, out.destination)
             if key not in writers:
@@ -676,13 +721,16 @@ def _colliding_pair(
     return None
 
 
-def _template_line(tb: TracebackType | None) -> int:
-    """The template line of the innermost template frame (Jinja rewrites tracebacks to say)."""
-    line = 1
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
+def _forget_traceback(exc: BaseException) -> int:
+    """The template line the error happened at; then the traceback is dropped, with those of the
+    exceptions it chains, so that nothing of a failed render outlives it (gc_paused)."""
+    line = template_line(exc.__traceback__)
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
     return line
 
 

@@ -8,15 +8,12 @@ Templates are not rendered here (render.py does that).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from batchflow.backends import registry
 from batchflow.credentials import (
@@ -29,9 +26,12 @@ from batchflow.credentials import (
 from batchflow.durations import parse_duration
 from batchflow.errors import InvalidWorkflow, Problem
 from batchflow.model import DocPath, SourceMap, Workflow
-from batchflow.schema_errors import Explainer
+from batchflow.schema_check import certainly_valid
 from batchflow.spec_build import build_workflow
 from batchflow.yamlsrc import MAX_BYTES, YamlDoc, dotted, read_yaml, too_big
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 # The core of the workflow schema; each backend adds its own block (`local:`, `azure:`) from the
 # registry. schemas/workflow.schema.json is the whole, as `batchflow schema` prints it.
@@ -88,7 +88,19 @@ def _validator() -> Draft202012Validator:
 
 @functools.cache
 def _validator_for(generation: int) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
+
+
+def _schema_problems(data: Any, source: SourceMap, file: Path) -> list[Problem]:
+    """Every way `data` breaks the schema, each explained at its position (schema_errors). A valid
+    document is told by schema_check alone: jsonschema is imported only for one that may not be."""
+    if certainly_valid(data, schema()):
+        return []
+    from batchflow.schema_errors import Explainer
+
+    return Explainer(schema(), source, file).problems(_validator().iter_errors(data))
 
 
 def _start_task_paths() -> list[DocPath]:
@@ -150,8 +162,7 @@ def _check(text: str, file: Path) -> tuple[YamlDoc | None, SourceMap, list[Probl
     if doc is None:
         return None, SourceMap(file=file), _sorted(problems)
     source = SourceMap(file=file, positions=doc.positions, key_positions=doc.key_positions)
-    explainer = Explainer(schema(), source, file)
-    problems = explainer.problems(_validator().iter_errors(doc.data))
+    problems = _schema_problems(doc.data, source, file)
     problems += _credential_problems(doc, source, file)
     problems += _container_problems(doc.data, source, file)
     problems += _autoscale_problems(doc.data, source, file)
@@ -236,6 +247,8 @@ def _container_problems(data: Any, source: SourceMap, file: Path) -> list[Proble
         if name in declared:
             continue
         message = f"container '{name}' is not declared in storage.containers"
+        import difflib  # (only for a problem: 1 ms of every start-up otherwise)
+
         match = difflib.get_close_matches(name, declared, n=1)
         if match:
             message += f"; did you mean '{match[0]}'?"
@@ -284,6 +297,8 @@ def _resolve_vars(
             values[name] = doc.raw[("vars", name)]  # as written: `yes` stays "yes", 0.10 stays "0.10"
     for name in overrides:
         if name not in declared:
+            import difflib
+
             match = difflib.get_close_matches(name, [str(k) for k in declared], n=1)
             hint = f"; did you mean '{match[0]}'?" if match else "; declare it in vars first"
             problems.append(Problem(file, None, None, "--set", f"'{name}' is not declared in vars{hint}"))

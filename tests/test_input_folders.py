@@ -382,3 +382,15 @@ def test_a_link_cannot_bring_in_a_file_the_patterns_leave_out(tmp_path: Path) ->
         "skipped 'public/env': a link to '.env', which the include/exclude patterns leave out",
         "skipped 'public/key': a link to 'secrets/key', which the include/exclude patterns leave out",
     ]
+
+
+def test_a_listed_child_is_the_path_the_slash_makes(tmp_path: Path) -> None:
+    """inputs._children may take pathlib's shortcut for a name from a listing: the same Path."""
+    from batchflow.inputs import _children
+
+    for name in ["a.mp4", "a b", "é 日本", ".hidden", "x:y", "-rf"]:
+        made = _children(tmp_path)(name)
+        assert made == tmp_path / name
+        assert str(made) == str(tmp_path / name)
+        assert type(made) is type(tmp_path / name)
+        assert made.parent == tmp_path and made.name == name
