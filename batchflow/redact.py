@@ -81,7 +81,9 @@ def _secrets_now() -> list[str]:
 
 
 def _redact(text: str, secrets: list[str]) -> str:
-    if _ANY_PATTERN.search(text):  # one scan for the common case: none of them
+    # Every one of _PATTERNS needs a '=' or a ':' (characters without case): text with neither,
+    # most of what is redacted (names, states, paths), is not scanned at all.
+    if ("=" in text or ":" in text) and _ANY_PATTERN.search(text):  # one scan: none of them, mostly
         for pattern, repl in _PATTERNS:
             text = pattern.sub(repl, text)
     for secret in secrets:
