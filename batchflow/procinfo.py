@@ -3,6 +3,7 @@ for the process that was recorded (run states, the local task ledger)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -11,8 +12,12 @@ PROC = Path("/proc")
 def process_start(pid: int) -> int | None:
     """The start time of process `pid` in clock ticks since boot (Linux /proc), or None (no such
     process, a zombie, or no /proc)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    try:  # os-level: the local backend asks once per task it starts
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stat = os.read(fd, 4096).decode("ascii", errors="replace")  # one line, well under 1 KB
+        finally:
+            os.close(fd)
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces

@@ -233,12 +233,18 @@ class Runner:
                 by_container[c.container].append((c.source, c.destination))
             for container, pairs in by_container.items():
                 self.storage.copy_blobs(container, pairs)
-            for d in decisions:
-                if d.reuse is not None:
-                    outputs = reused_outputs(d.reuse, wf, self.state.run_id)
-                    self.state.tasks[d.task] = TaskRecord(
-                        RecordState.SUCCEEDED, exit_code=0, outputs=outputs, reused_from=d.reuse.run
+            self.state.record(
+                {
+                    d.task: TaskRecord(
+                        RecordState.SUCCEEDED,
+                        exit_code=0,
+                        outputs=reused_outputs(d.reuse, wf, self.state.run_id),
+                        reused_from=d.reuse.run,
                     )
+                    for d in decisions
+                    if d.reuse is not None
+                }
+            )
             self.decisions = decisions
             self.reporter.emit(Info(summary(decisions)))
             self.run_plan = self.run_plan.narrowed({d.task for d in decisions if d.run})

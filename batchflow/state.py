@@ -1,10 +1,18 @@
-"""Run folders: one per run, holding its state (state.json), its log and each task's logs.
+"""Run folders: one per run, holding its state (state.json and tasks.jsonl), its log and task logs.
 
 Layout: <workspace>/runs/<run id>/
-    state.json          written atomically at every stage change
-    tasks.jsonl         one line per task attempt started or ended, as it happens (TaskJournal)
+    state.json          the run itself (stage, status, pool, job, ...), small, written atomically
+                        at every change of stage; its size does not grow with the number of tasks
+    tasks.jsonl         the tasks' records, appended, never rewritten (TaskJournal): one line per
+                        task attempt started or ended as it happens (local backend), and one per
+                        record the run makes (results it collects, tasks reused or not started)
     batchflow.log       the run's log (redacted)
-    tasks/<task id>/    stdout.txt, stderr.txt of the task's last attempt
+    tasks/<task id>/    stdout.txt, stderr.txt of a task's last attempt, where no other copy is on
+                        this machine: a failed task's, or any task's when the logs are stored remotely
+
+A task's record is the last line of the journal that names it. state.json files of earlier versions
+held every task's record at the end of the run (and win over the journal); they still load, and
+the first change such a run gets appends them to its journal (a cleanup, an attach).
 
 state.json holds plain JSON (strings, numbers, lists); RunState and TaskRecord hold the typed
 values (RunStatus, RecordState). Loading checks every type and tolerates a missing optional key.
@@ -18,7 +26,6 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +34,7 @@ from typing import Any
 
 from batchflow import strict_json as sj
 from batchflow.errors import BatchflowError
+from batchflow.linelog import LineLog
 from batchflow.model import TaskResult, TaskState
 from batchflow.procinfo import is_running, process_start
 from batchflow.redact import redact_json
@@ -65,7 +73,8 @@ NOT_STARTED = RecordState.NOT_STARTED.value
 
 @dataclass(frozen=True)
 class TaskRecord:
-    """What the run knows of one task. stdout and stderr are relative to the run folder."""
+    """What the run knows of one task. stdout and stderr: paths of its logs on this machine, relative
+    to the run folder if they are in it (a failed task's), else whole (a log in folder storage)."""
 
     state: RecordState
     exit_code: int | None = None
@@ -163,6 +172,9 @@ class RunState:
     host: str | None = None
     cleanup_failures: list[str] = field(default_factory=list)  # what the run's own cleanup could not do
     cleaned_up: list[str] = field(default_factory=list)  # what `batchflow cleanup` removed later
+    # The records the journal holds, as far as this state knows (None: not read): what a save
+    # appends is what differs from them.
+    _journaled: dict[str, TaskRecord] | None = field(default=None, repr=False, compare=False)
 
     def still_running(self) -> bool:
         """The run's process is alive on this machine (it has not ended and its pid still exists)."""
@@ -206,19 +218,28 @@ class RunState:
     def log_file(self) -> Path:
         return self.folder / "batchflow.log"
 
+    def record(self, records: Mapping[str, TaskRecord]) -> None:
+        """Set these tasks' records and append them to the journal (as save() does)."""
+        self.tasks.update(records)
+        self._append_records()
+
     def record_tasks(self, results: list[TaskResult]) -> None:
-        for r in results:
-            self.tasks[r.id] = TaskRecord.of(r, self.folder)
+        """The compute's results. What the journal has already (the local compute appends each
+        task's end as it happens) is not appended again."""
+        self._merge_journal()
+        self.record({r.id: TaskRecord.of(r, self.folder) for r in results})
 
     def mark_not_started(self, task_ids: Iterable[str]) -> None:
         """After an interrupt: each task with no result, or stopped before its command ever ran (no
         start time), is "not started", whichever backend ran it. They run on a re-run."""
+        changed: dict[str, TaskRecord] = {}
         for task_id in task_ids:
             record = self.tasks.get(task_id)
             if record is None:
-                self.tasks[task_id] = TaskRecord(RecordState.NOT_STARTED)
+                changed[task_id] = TaskRecord(RecordState.NOT_STARTED)
             elif record.state is RecordState.FAILED and record.started_at is None:
-                self.tasks[task_id] = replace(record, state=RecordState.NOT_STARTED, failure=None, attempts=0)
+                changed[task_id] = replace(record, state=RecordState.NOT_STARTED, failure=None, attempts=0)
+        self.record(changed)
 
     def counts(self) -> dict[str, int]:
         """Tasks per state, every state named (keys: RecordState values). While the run goes on,
@@ -239,11 +260,17 @@ class RunState:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """state.json's content: plain JSON types, the same keys as the fields."""
-        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        """The whole state as plain JSON types, the same keys as the fields: state.json's content
+        (header_json) and, under "tasks", every task's record."""
+        data = self.header_json()
+        data["tasks"] = {tid: t.to_json() for tid, t in self.tasks.items()}
+        return data
+
+    def header_json(self) -> dict[str, Any]:
+        """state.json's content: every field but the tasks' records (which are in the journal)."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _HEADER}
         data["folder"] = str(self.folder)
         data["status"] = self.status.value
-        data["tasks"] = {tid: t.to_json() for tid, t in self.tasks.items()}
         for name in ("stage_seconds", "overrides"):
             data[name] = dict(data[name])
         for name in ("containers_created", "cleanup_failures", "cleaned_up"):
@@ -251,15 +278,52 @@ class RunState:
         return data
 
     def save(self) -> None:
-        """Write state.json atomically. On a full disk the last good copy stays and the run goes on
-        (it still cleans up); the failure is logged, and the next save tries again."""
+        """Append to the journal each task record that differs from what the journal holds (none,
+        mostly: record() appends as records change), then write state.json atomically. On a full
+        disk the last good copy stays and the run goes on (it still cleans up); the failure is
+        logged, and the next save tries again."""
+        self._append_records()
         tmp = self.folder / (STATE_FILE + ".tmp")
         try:  # redacted: messages and failures may quote a service's answer or a task's words
-            tmp.write_text(redact_json(self.to_json(), indent=1, sort_keys=True), encoding="utf-8")
+            tmp.write_text(redact_json(self.header_json(), indent=1, sort_keys=True), encoding="utf-8")
             tmp.replace(self.folder / STATE_FILE)
         except OSError as e:
             log.warning("cannot save the run state in %s: %s", self.folder, e)
             tmp.unlink(missing_ok=True)
+
+    def _append_records(self) -> None:
+        """Append the records the journal does not hold (as far as this state knows), in one write.
+        A state.json of an earlier version held the records, winning over the journal: appended,
+        they win there."""
+        known = self._journaled if self._journaled is not None else {}
+        changed = {tid: r for tid, r in self.tasks.items() if (k := known.get(tid)) is not r and k != r}
+        if not changed:
+            return
+        journal = TaskJournal(self.folder)
+        try:
+            if journal.record(changed):
+                self._journaled = {**known, **changed}
+        finally:
+            journal.close()
+
+    def _merge_journal(self) -> None:
+        """Take in the records the journal has that this state has not seen (the compute's own
+        lines, as its tasks end); a record this state set and has not appended yet stays."""
+        try:
+            journal = read_journal(self.folder)
+        except BatchflowError as e:
+            log.warning("%s", e)
+            return
+        self._take(journal)
+
+    def _take(self, journal: dict[str, TaskRecord]) -> None:
+        known = self._journaled
+        for task_id, record in journal.items():
+            if known is None:  # not read before: a record in memory (state.json's) wins
+                self.tasks.setdefault(task_id, record)
+            elif known.get(task_id) != record:  # the journal changed since
+                self.tasks[task_id] = record
+        self._journaled = journal
 
     @classmethod
     def create(
@@ -283,16 +347,17 @@ class RunState:
             pid=os.getpid(),
             pid_start=process_start(os.getpid()),
             host=socket.gethostname(),
+            _journaled={},  # a new folder: no journal yet
         )
         state.save()
         return state
 
     @classmethod
     def load(cls, folder: Path, *, journal: bool = True) -> RunState:
-        """state.json, with the task journal merged in: a task state.json records (at the end of the
-        run) as recorded, any other task the journal knows as running or as it ended. Without
-        `journal`, state.json alone: what `cleanup` and `download` need (a journal they cannot read
-        never stops them)."""
+        """state.json, with the tasks' records from the journal (each task as its last line says;
+        a state.json of an earlier version holds records that win over the journal's). Without
+        `journal`, state.json alone, without the journal's records: what `cleanup`, `download` and
+        `gc` need (a journal they cannot read never stops them)."""
         path = folder / STATE_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -305,24 +370,21 @@ class RunState:
         except sj.BadType as e:
             raise BatchflowError(f"run state {path} is damaged: {e}") from None
         if journal:
-            for task_id, record in read_journal(folder).items():
-                state.tasks.setdefault(task_id, record)
+            state._take(read_journal(folder))
         return state
 
     def end_dead_tasks(self, why: str, at: float) -> None:
         """A dead run, its task processes stopped (`batchflow cleanup`): its record takes what the
-        journal knows, and every task still recorded running or queued fails with `why`. state.json
-        wins over the journal, so no task stays "running" in it, or in `status`, forever."""
-        try:
-            journal = read_journal(self.folder)
-        except BatchflowError as e:
-            log.warning("%s", e)
-            journal = {}
-        for task_id, record in journal.items():
-            self.tasks.setdefault(task_id, record)
-        for task_id, record in self.tasks.items():
-            if record.state in (RecordState.RUNNING, RecordState.ACTIVE):
-                self.tasks[task_id] = replace(record, state=RecordState.FAILED, failure=why, ended_at=at)
+        journal knows, and every task still recorded running or queued fails with `why`, appended
+        to the journal, so no task stays "running" there, or in `status`, forever."""
+        self._merge_journal()
+        self.record(
+            {
+                task_id: replace(record, state=RecordState.FAILED, failure=why, ended_at=at)
+                for task_id, record in self.tasks.items()
+                if record.state in (RecordState.RUNNING, RecordState.ACTIVE)
+            }
+        )
 
     @classmethod
     def from_json(cls, data: object, folder: Path) -> RunState:
@@ -366,9 +428,14 @@ class RunState:
         )
 
 
+# The fields state.json holds: all but the tasks' records and what is only kept in memory.
+_HEADER = frozenset(f.name for f in fields(RunState) if f.name != "tasks" and not f.name.startswith("_"))
+
+
 class TaskJournal:
     """base.TaskObserver: one JSON line per task attempt started or ended, appended to the run
-    folder's tasks.jsonl as it happens, so `batchflow status` is live while the run goes on.
+    folder's tasks.jsonl as it happens, so `batchflow status` is live while the run goes on; and
+    the run's own records of its tasks (RunState.record). The file stays open until close().
 
     Thread-safe (the compute's workers call it). Redacted as state.json is. A write that fails (a
     full disk) is logged once and the run goes on; a line a failed write cut short is ended before
@@ -381,8 +448,8 @@ class TaskJournal:
     def __init__(self, run_folder: Path) -> None:
         self.folder = run_folder
         self.path = run_folder / JOURNAL_FILE
-        self._lock = threading.Lock()
-        self._failed = False  # a write failed: the line it may have cut short needs ending
+        self._log = LineLog(self.path)
+        self._failed = False  # a write failed (warned once until one succeeds)
 
     def task_started(self, task_id: str, attempt: int, at: float) -> None:
         self._append({"event": "started", "task": task_id, "attempt": attempt, "at": at})
@@ -390,20 +457,34 @@ class TaskJournal:
     def task_ended(self, result: TaskResult) -> None:
         self._append({"event": "ended", "task": result.id, **TaskRecord.of(result, self.folder).to_json()})
 
+    def record(self, records: Mapping[str, TaskRecord]) -> bool:
+        """The run's own records of these tasks (results collected, reused, not started...), in
+        one write: each an "ended" line, as a task's end is. False if the write failed."""
+        return not records or self._write(
+            "".join(
+                redact_json({"event": "ended", "task": tid, **r.to_json()}, sort_keys=True) + "\n"
+                for tid, r in records.items()
+            )
+        )
+
+    def close(self) -> None:
+        self._log.close()
+
     def _append(self, entry: Mapping[str, Any]) -> None:
-        line = redact_json(entry, sort_keys=True) + "\n"
-        with self._lock:
-            try:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(("\n" if self._failed else "") + line)
-            except OSError as e:
-                if not self._failed:
-                    log.warning(
-                        "cannot write the task journal %s (status shows less until the end): %s", self.path, e
-                    )
-                self._failed = True
-            else:
-                self._failed = False
+        self._write(redact_json(entry, sort_keys=True) + "\n")
+
+    def _write(self, lines: str) -> bool:
+        try:
+            self._log.append(lines)
+        except OSError as e:
+            if not self._failed:
+                log.warning(
+                    "cannot write the task journal %s (status shows less until the end): %s", self.path, e
+                )
+            self._failed = True
+            return False
+        self._failed = False
+        return True
 
 
 def read_journal(folder: Path) -> dict[str, TaskRecord]:
@@ -488,9 +569,9 @@ def workflow_of(folder: Path) -> Path | None:
 
 
 def _rel(path: Path | None, base: Path) -> str | None:
+    """`path` relative to `base` if it lies under it (Path.relative_to, without its cost: two per
+    task end), else whole."""
     if path is None:
         return None
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)
+    text, under = str(path), str(base).rstrip("/") + "/"
+    return text[len(under) :] if text.startswith(under) and len(text) > len(under) else text

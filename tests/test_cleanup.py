@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, WriteWorkflow
 
 from batchflow.cli import main
-from batchflow.state import JOURNAL_FILE, STATE_FILE, RecordState, RunState
+from batchflow.state import JOURNAL_FILE, RecordState, RunState
 
 
 def _started(pool: Path) -> list[Path]:
@@ -83,8 +83,8 @@ def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_
     state = RunState.load(wf.parent / ".batchflow" / "runs" / report["run_id"])
     assert state.cleaned_up == ["process of task task-item-01", "pool TestPool"]
     assert state.status == "dead"
-    # The task cleanup stopped is failed in state.json (which wins over the journal), not running forever.
-    saved = json.loads((run_folder / STATE_FILE).read_text(encoding="utf-8"))["tasks"]["task-item-01"]
+    # The task cleanup stopped is recorded failed (the journal's last line for it), not running forever.
+    saved = state.tasks["task-item-01"].to_json()
     assert (saved["state"], saved["failure"]) == (
         "failed",
         "its batchflow process died; stopped by batchflow cleanup",

@@ -26,6 +26,7 @@ from media import audio_duration, probe
 import batchflow.runner
 from batchflow.backends.local import local_task_path
 from batchflow.cli import main
+from batchflow.state import RunState
 
 Copy = Callable[[str], Path]
 SAMPLE_NAMES = ["café", "it's $(touch INJECTED)", "plain", "sample 1", "semi;colon & amp"]
@@ -39,8 +40,8 @@ def run_folders(workspace: Path) -> list[Path]:
 
 
 def load_state(folder: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return data
+    """The run's record as JSON: state.json, and under "tasks" each task's (from the journal)."""
+    return RunState.load(folder).to_json()
 
 
 def injected(*roots: Path) -> list[Path]:

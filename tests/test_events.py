@@ -242,7 +242,7 @@ def test_run_output_jsonl_streams_every_event_as_it_happens_and_ends_with_the_re
     assert running[monitor]
 
     result = events[-1]
-    state = json.loads((run_folder / "state.json").read_text(encoding="utf-8"))
+    state = RunState.load(run_folder).to_json()  # state.json, and each task's record (the journal)
     assert (result["run_id"], result["status"], result["run_folder"]) == (
         run_folder.name,
         "succeeded",

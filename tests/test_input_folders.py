@@ -304,8 +304,8 @@ def test_a_task_that_edits_its_input_leaves_the_stored_blob_unchanged(
     assert (stored / "item-02.txt").read_text(encoding="utf-8") == "item 2\n"
     assert (tmp_path / "inputs" / "item-01.txt").read_text(encoding="utf-8") == "item 1\n"
     run_folder = Path(summary["run_folder"])
-    stdout = (run_folder / "tasks" / "task-item-01" / "stdout.txt").read_text(encoding="utf-8")
-    assert stdout == "item 1\nappended\n"
+    stdout = summary["tasks"]["task-item-01"]["stdout"]  # where the run keeps the task's log
+    assert (run_folder / stdout).read_text(encoding="utf-8") == "item 1\nappended\n"
     gz = next(stored.glob("runs/*/gz/item-01.txt.gz"))
     assert subprocess.run(["gzip", "-dc", str(gz)], capture_output=True, check=True).stdout == b"item 1\n"
 

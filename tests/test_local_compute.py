@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from batchflow.model import (
     StartTaskSpec,
     TaskCounts,
     TaskInput,
+    TaskLogs,
     TaskOutput,
     TaskResult,
     TaskState,
@@ -257,6 +259,29 @@ def test_inputs_are_files_of_their_own(
     wd = task_dir(workspace, "t1") / "wd"
     assert (wd / "copy.txt").read_text(encoding="utf-8") == "input data"
     assert not (wd / "sub" / "a.txt").samefile(storage.path_of("in", "dir/a.txt"))  # a copy, as on a node
+
+
+def test_each_log_is_kept_once_in_storage_and_a_failed_tasks_also_in_the_run_folder(
+    compute: LocalCompute, storage: LocalStorage, run_dir: Path
+) -> None:
+    """Every task's logs used to be linked into two folder trees (10,000 tasks: 20,000 folders).
+    Now a task's logs are where storage keeps them; only a failed task's are linked into the run
+    folder too (task contract, clause 4), as one file under two names."""
+    logs = TaskLogs("out", "logs/run-1/")
+    tasks = [
+        dataclasses.replace(make_task("fine", "echo fine"), logs=logs),
+        dataclasses.replace(make_task("broken", "echo broken >&2; exit 3"), logs=logs),
+    ]
+    results = run(compute, tasks)
+
+    fine, broken = results["fine"], results["broken"]
+    assert fine.stdout_path == storage.path_of("out", "logs/run-1/fine/stdout.txt")
+    assert fine.stderr_path == storage.path_of("out", "logs/run-1/fine/stderr.txt")
+    assert fine.stdout_path.read_text(encoding="utf-8") == "fine\n"
+    assert sorted(p.name for p in (run_dir / "tasks").iterdir()) == ["broken"]
+    assert broken.stderr_path == run_dir / "tasks" / "broken" / "stderr.txt"
+    assert broken.stderr_path.read_text(encoding="utf-8") == "broken\n"
+    assert broken.stderr_path.samefile(storage.path_of("out", "logs/run-1/broken/stderr.txt"))
 
 
 def test_missing_input_fails_the_task_without_running_it(compute: LocalCompute, workspace: Path) -> None:

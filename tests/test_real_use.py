@@ -20,6 +20,7 @@ from azure_env import AzureEnv, rename_containers, unique_containers
 from conftest import REPO, WriteWorkflow, in_out_storage
 
 from batchflow.cli import main
+from batchflow.state import RunState
 
 pytest_plugins = ["azurite", "azure_env"]
 
@@ -45,8 +46,8 @@ def runs(workspace: Path) -> list[Path]:
 
 
 def state_of(run: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((run / "state.json").read_text(encoding="utf-8"))
-    return data
+    """The run's record as JSON: state.json, and under "tasks" each task's (from the journal)."""
+    return RunState.load(run).to_json()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from conftest import WriteWorkflow, in_out_storage
 
+from batchflow.state import RunState
+
 REPO = Path(__file__).resolve().parent.parent
 SAFETY_NET = 60.0
 
@@ -79,8 +81,7 @@ class Runs:
 
     def latest_state(self) -> dict[str, Any]:
         folders = sorted((self.wf.parent / ".batchflow" / "runs").iterdir())
-        data: dict[str, Any] = json.loads((folders[-1] / "state.json").read_text(encoding="utf-8"))
-        return data
+        return RunState.load(folders[-1]).to_json()  # state.json, and each task's record (the journal)
 
     def downloaded(self) -> dict[str, str]:
         out = self.wf.parent / "out"

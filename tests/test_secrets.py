@@ -99,7 +99,9 @@ def test_local_tasks_and_start_task_see_a_node_environment_not_yours(
 
     out, err = capsys.readouterr()
     folder = run_folder(wf)
-    task = env_of((folder / "tasks" / "task-item-01" / "stdout.txt").read_text(encoding="utf-8"))
+    stdout = RunState.load(folder).tasks["task-item-01"].stdout  # where the run keeps the task's log
+    assert stdout is not None
+    task = env_of((folder / stdout).read_text(encoding="utf-8"))
     start = env_of((folder / "start-task" / "node-0" / "stdout.txt").read_text(encoding="utf-8"))
     for seen, own in ((task, {"GREETING": "hello from the workflow"}), (start, {"STAGE": "start"})):
         for name in SECRETS:

@@ -62,7 +62,18 @@ def rewrite(state: RunState, change: Any) -> None:
 # ---- state.json: typed in memory, the same JSON on disk -----------------------------------------
 
 
+def journal_records(state: RunState) -> dict[str, dict[str, Any]]:
+    """Each task's last line in the journal, as JSON, without its "event" and "task" keys."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in (state.folder / JOURNAL_FILE).read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        assert entry.pop("event") == "ended"
+        out[entry.pop("task")] = entry
+    return out
+
+
 def test_state_json_keeps_its_shape_and_loads_back_typed(tmp_path: Path) -> None:
+    """state.json holds the run; the journal every task's record, one line each, as JSON."""
     state = new_state(tmp_path)
     state.record_tasks(
         [
@@ -76,47 +87,53 @@ def test_state_json_keeps_its_shape_and_loads_back_typed(tmp_path: Path) -> None
 
     data = raw(state)
     assert data["status"] == "failed"
-    assert data["tasks"] == {
-        "t1": {
-            "state": "succeeded",
-            "exit_code": 0,
-            "attempts": 1,
-            "started_at": 1000.0,
-            "ended_at": 1001.5,
-            "failure": None,
-            "stdout": "tasks/t1/stdout.txt",
-            "stderr": "tasks/t1/stderr.txt",
-            "outputs": ["out/t1.mp3"],
-            "unmatched_outputs": [],
-            "reused_from": None,
-        },
-        "t2": {
-            "state": "failed",
-            "exit_code": 1,
-            "attempts": 1,
-            "started_at": 1000.0,
-            "ended_at": 1001.5,
-            "failure": "killed",
-            "stdout": "tasks/t2/stdout.txt",
-            "stderr": "tasks/t2/stderr.txt",
-            "outputs": [],
-            "unmatched_outputs": ["*.mp3"],
-            "reused_from": None,
-        },
-        "t3": {
-            "state": "not_started",
-            "exit_code": None,
-            "attempts": 0,
-            "started_at": None,
-            "ended_at": None,
-            "failure": None,
-            "stdout": None,
-            "stderr": None,
-            "outputs": [],
-            "unmatched_outputs": [],
-            "reused_from": None,
-        },
-    }
+    assert "tasks" not in data
+    assert set(data) == set(state.to_json()) - {"tasks"}
+    assert (
+        journal_records(state)
+        == state.to_json()["tasks"]
+        == {
+            "t1": {
+                "state": "succeeded",
+                "exit_code": 0,
+                "attempts": 1,
+                "started_at": 1000.0,
+                "ended_at": 1001.5,
+                "failure": None,
+                "stdout": "tasks/t1/stdout.txt",
+                "stderr": "tasks/t1/stderr.txt",
+                "outputs": ["out/t1.mp3"],
+                "unmatched_outputs": [],
+                "reused_from": None,
+            },
+            "t2": {
+                "state": "failed",
+                "exit_code": 1,
+                "attempts": 1,
+                "started_at": 1000.0,
+                "ended_at": 1001.5,
+                "failure": "killed",
+                "stdout": "tasks/t2/stdout.txt",
+                "stderr": "tasks/t2/stderr.txt",
+                "outputs": [],
+                "unmatched_outputs": ["*.mp3"],
+                "reused_from": None,
+            },
+            "t3": {
+                "state": "not_started",
+                "exit_code": None,
+                "attempts": 0,
+                "started_at": None,
+                "ended_at": None,
+                "failure": None,
+                "stdout": None,
+                "stderr": None,
+                "outputs": [],
+                "unmatched_outputs": [],
+                "reused_from": None,
+            },
+        }
+    )
     loaded = RunState.load(state.folder)
     assert loaded == state
     assert loaded.status is RunStatus.FAILED
@@ -165,9 +182,11 @@ def test_a_task_stopped_before_it_ran_is_not_started_but_one_that_ran_stays_fail
     ],
 )
 def test_loading_is_strict_about_types(tmp_path: Path, change: Any, message: str) -> None:
+    """Of a state.json as earlier versions wrote it too, with the task records in it."""
     state = new_state(tmp_path)
     state.record_tasks([result("t1", TaskState.SUCCEEDED, state.folder)])
     state.save()
+    rewrite(state, lambda d: d.update(tasks=state.to_json()["tasks"]))
     rewrite(state, change)
 
     with pytest.raises(BatchflowError) as caught:
@@ -192,6 +211,67 @@ def test_loading_tolerates_a_missing_optional_key(tmp_path: Path) -> None:
     assert (loaded.storage, loaded.pid_start, loaded.overrides, loaded.host) == ("local", None, {}, None)
     assert (loaded.cleanup_failures, loaded.cleaned_up, loaded.job_created) == ([], [], False)
     assert loaded.tasks == {"t1": TaskRecord(RecordState.SUCCEEDED, exit_code=0)}
+
+
+def test_saving_writes_the_run_not_its_tasks_and_records_append_only_what_changed(tmp_path: Path) -> None:
+    """state.json was rewritten whole, every task in it, at every stage (2.3 s a save at 100,000
+    tasks): now its size does not depend on the tasks, whose records are appended once each."""
+    state = new_state(tmp_path)
+    state.save()
+    empty = (state.folder / STATE_FILE).stat().st_size
+    journal = TaskJournal(state.folder)  # what the local compute writes as tasks end
+    for i in range(500):
+        journal.task_ended(result(f"t{i:03d}", TaskState.SUCCEEDED, state.folder))
+    written = (state.folder / JOURNAL_FILE).read_bytes()
+
+    # The runner collects the same results: nothing is appended for them.
+    state.record_tasks([result(f"t{i:03d}", TaskState.SUCCEEDED, state.folder) for i in range(500)])
+    for stage in ("monitor", "download", "cleanup"):
+        state.stage = stage
+        state.save()
+    assert (state.folder / JOURNAL_FILE).read_bytes() == written
+    assert (state.folder / STATE_FILE).stat().st_size == empty + len('"cleanup"') - len('"plan"')
+    assert len(state.tasks) == 500
+
+    # A record that changes is appended (one line), and wins.
+    state.record({"t007": TaskRecord(RecordState.FAILED, failure="gone")})
+    state.record({"t008": state.tasks["t008"]})  # unchanged: nothing
+    lines = (state.folder / JOURNAL_FILE).read_bytes()[len(written) :].decode().splitlines()
+    assert [json.loads(line)["task"] for line in lines] == ["t007"]
+    loaded = RunState.load(state.folder)
+    assert loaded == state
+    assert loaded.tasks["t007"] == TaskRecord(RecordState.FAILED, failure="gone")
+
+
+def test_a_state_json_of_an_earlier_version_loads_and_its_records_move_to_the_journal(
+    tmp_path: Path,
+) -> None:
+    """Earlier versions wrote every task's record into state.json at the end, where it won over
+    the journal. Such a run still loads as it was; the first change it gets (a cleanup, an
+    attach) appends those records to the journal, and state.json is the new, short one."""
+    state = new_state(tmp_path)
+    journal = TaskJournal(state.folder)
+    journal.task_started("t1", 1, 100.0)
+    journal.task_started("t2", 1, 100.0)
+    journal.task_ended(result("t3", TaskState.FAILED, state.folder))
+    old = {
+        "t1": TaskRecord(RecordState.SUCCEEDED, exit_code=0, attempts=1, started_at=100.0),
+        "t3": TaskRecord(RecordState.NOT_STARTED),
+    }
+    rewrite(state, lambda d: d.update(tasks={tid: r.to_json() for tid, r in old.items()}))
+
+    expected = {**old, "t2": TaskRecord(RecordState.RUNNING, attempts=1, started_at=100.0)}
+    assert RunState.load(state.folder).tasks == expected
+    assert RunState.load(state.folder, journal=False).tasks == old
+
+    dead = RunState.load(state.folder, journal=False)  # as `batchflow cleanup` loads a dead run
+    dead.end_dead_tasks("stopped", 200.0)
+    dead.save()
+    assert "tasks" not in raw(dead)
+    stopped = TaskRecord(RecordState.FAILED, attempts=1, started_at=100.0, ended_at=200.0, failure="stopped")
+    after = {**expected, "t2": stopped}
+    assert RunState.load(state.folder).tasks == after
+    assert read_journal(state.folder) == after
 
 
 # ---- the task journal ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from batchflow.backends.files import TMP_PREFIX, replace_with_clone, replace_with_link
+from batchflow.backends.files import TMP_PREFIX, clone_new, replace_with_clone, replace_with_link
 from batchflow.errors import BatchflowError, first_line
 from batchflow.names import check_blob_name
 from batchflow.redact import redact
@@ -170,19 +170,23 @@ def file_url_path(url: str) -> Path:
     return Path(unquote(parts.path))
 
 
-def fetch_url(url: str, dest: Path, *, retry: RetrySettings | None = None) -> int:
+def fetch_url(url: str, dest: Path, *, retry: RetrySettings | None = None, in_place: bool = False) -> int:
     """Place the file at `url` at `dest` (replacing it atomically); return its size in bytes.
 
     file:// -> a file of its own, as a node downloads one (a reflink where the filesystem supports it,
     else a copy: never a hard link, so a task that edits its input never changes the stored blob, and
     `gzip -k` accepts it); http(s):// -> a GET through
     azure-storage-blob (a blob URL with a read SAS), written under a temporary name, then renamed.
+    `in_place`: `dest` is new, in an existing folder nobody reads yet (a task's fresh wd/), so a
+    file:// copy is written under its own name, without a temporary one.
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "file":
         src = file_url_path(url)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if in_place:
+                return clone_new(src, dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             replace_with_clone(src, dest)
         except FileNotFoundError:
             raise BatchflowError(f"cannot fetch {src}: file not found") from None

@@ -27,11 +27,13 @@ class Deadlines:
 
     def after(self, seconds: float, action: Callable[[], None]) -> None:
         """Run `action` (lock held) `seconds` from now, unless stopped before."""
-        heapq.heappush(self._heap, (self._clock() + seconds, next(self._seq), action))
+        entry = (self._clock() + seconds, next(self._seq), action)
+        heapq.heappush(self._heap, entry)
         if self._thread is None and not self._stopped:
             self._thread = threading.Thread(target=self._watch, name="batchflow-deadlines", daemon=True)
             self._thread.start()
-        self._timer.notify()
+        if self._heap[0] is entry:  # the thread sleeps until an earlier one otherwise: let it sleep
+            self._timer.notify()
 
     def stop(self) -> threading.Thread | None:
         """Run no more actions. Returns the thread to join once the lock is released."""

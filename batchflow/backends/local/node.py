@@ -22,6 +22,7 @@ an attempt runs or is retried, deadlines (a node kills when told to), task state
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -32,8 +33,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from batchflow.backends.blob_urls import fetch_url, put_to_container_url
+from batchflow.backends.blob_urls import fetch_url, file_url_path, put_to_container_url
 from batchflow.backends.files import replace_with_link
 from batchflow.backends.local.processes import ProcessLedger
 from batchflow.errors import BatchflowError
@@ -58,6 +60,7 @@ STDERR_TAIL_LINES = 20  # of a failed start task, in the error
 # credential exported in your shell reaches a task unless local.pass_env names it (README "The task
 # contract").
 BASE_ENV = ("HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # stdout.txt, stderr.txt
 
 
 def node_environment(environ: Mapping[str, str], pass_env: Iterable[str] = ()) -> dict[str, str]:
@@ -113,6 +116,7 @@ class Collected:
     outputs: tuple[str, ...]  # "container/blob" of each uploaded file
     unmatched: tuple[str, ...]  # glob patterns that matched nothing
     failure: str | None  # why the task fails for them, if it does
+    stored_logs: tuple[Path, Path] | None = None  # stdout.txt, stderr.txt in a folder storage
 
 
 @dataclass(frozen=True)
@@ -165,11 +169,15 @@ class NodeTask:
 
     def prepare(self) -> str | None:
         """A fresh wd/ holding every input. Returns why the attempt cannot start, or None."""
+        wd = self.wd
         try:
-            self.wd.mkdir(parents=True)
-        except FileExistsError:
-            shutil.rmtree(self.wd)
-            self.wd.mkdir()
+            self.dir.mkdir()
+        except FileNotFoundError:  # the job's first task on this node
+            self.dir.mkdir(parents=True)
+        except FileExistsError:  # another attempt, or the start task: what the last one left goes
+            if wd.exists():
+                shutil.rmtree(wd)
+        wd.mkdir()
         placed: set[str] = set()
         for item in self.inputs:
             problem = blob_name_problem(item.file_path, drive=False)  # wd/ is on Linux: a:b.mp4 is a name
@@ -178,24 +186,34 @@ class NodeTask:
             if item.file_path in placed:
                 return f"two inputs have the same file path {item.file_path!r}"
             placed.add(item.file_path)
+            dest = wd.joinpath(*item.file_path.split("/"))
             try:
-                fetch_url(item.http_url, self.wd.joinpath(*item.file_path.split("/")))
+                if "/" in item.file_path:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                fetch_url(item.http_url, dest, in_place=True)  # wd/ is new: nobody reads it yet
             except BatchflowError as e:
                 return f"input {item.file_path!r}: {e}"
         return None
 
     def run(self, handle: ProcessHandle) -> int:
         """Run the command once, in wd/ as it is, until it exits or `handle` kills it. Its exit code."""
-        with open(self.dir / "stdout.txt", "wb") as out, open(self.dir / "stderr.txt", "wb") as err:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", self.command],
-                cwd=self.wd,
-                env=dict(self.env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+        out = os.open(self.dir / "stdout.txt", _LOG_FLAGS, 0o666)
+        try:
+            err = os.open(self.dir / "stderr.txt", _LOG_FLAGS, 0o666)
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", self.command],
+                    cwd=self.wd,
+                    env=self.env,
+                    stdin=_devnull(),
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(err)
+        finally:
+            os.close(out)
         handle.attach(proc)
         self._record(self.ledger.started, proc.pid, self.name)  # `batchflow cleanup` stops it if we die
         code = proc.wait()
@@ -226,8 +244,8 @@ class NodeTask:
             except (BatchflowError, OSError) as e:
                 log.warning("task %s: could not upload output %r: %s", self.name, out.pattern, e)
                 failure = failure or f"could not upload output {out.pattern!r}: {e}"
-        logs_failure = self._upload_logs()
-        return Collected(tuple(outputs), tuple(unmatched), failure or logs_failure)
+        logs_failure, stored = self._upload_logs()
+        return Collected(tuple(outputs), tuple(unmatched), failure or logs_failure, stored)
 
     def keep_logs(self, dest: Path) -> bool:
         """Hard-link the last attempt's stdout.txt/stderr.txt into `dest`. False if the command never ran."""
@@ -238,9 +256,11 @@ class NodeTask:
             replace_with_link(self.dir / name, dest / name)
         return True
 
-    def _upload_logs(self) -> str | None:
+    def _upload_logs(self) -> tuple[str | None, tuple[Path, Path] | None]:
+        """(why the upload failed, or None; where stdout.txt and stderr.txt are stored on this
+        machine, if they are: a file:// container)."""
         if self.logs is None or not (self.dir / "stdout.txt").exists():
-            return None
+            return None, None
         url = self.container_urls[self.logs.container]
         failure: str | None = None
         for name in ("stdout.txt", "stderr.txt"):
@@ -249,7 +269,10 @@ class NodeTask:
             except BatchflowError as e:
                 log.warning("task %s: could not upload %s: %s", self.name, name, e)
                 failure = failure or f"could not upload {name}: {e}"
-        return failure
+        if failure is not None or urlsplit(url).scheme.lower() != "file":
+            return failure, None
+        folder = file_url_path(url).joinpath(*self.logs.blob(self.name, "").split("/"))
+        return None, (folder / "stdout.txt", folder / "stderr.txt")
 
     def _record(self, write: Callable[..., None], *args: object) -> None:
         """A ledger line; a full disk costs only `batchflow cleanup`'s knowledge of this process."""
@@ -308,17 +331,27 @@ class Node:
         )
 
     def _batch_env(self, task_dir: Path) -> dict[str, str]:
+        task = str(task_dir)
+        return {**self._node_env, "AZ_BATCH_TASK_DIR": task, "AZ_BATCH_TASK_WORKING_DIR": task + "/wd"}
+
+    @functools.cached_property
+    def _node_env(self) -> dict[str, str]:
+        """The AZ_BATCH_* variables every command on this node has, whatever its task."""
         return {
             "AZ_BATCH_NODE_ROOT_DIR": str(self.root),
             "AZ_BATCH_NODE_SHARED_DIR": str(self.root / "shared"),
             "AZ_BATCH_NODE_STARTUP_DIR": str(self.root / "startup"),
-            "AZ_BATCH_TASK_DIR": str(task_dir),
-            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
             "AZ_BATCH_POOL_ID": self.pool_id,
             "AZ_BATCH_NODE_ID": self.name,
             "AZ_BATCH_ACCOUNT_NAME": self.account,
             "AZ_BATCH_TASK_USER_IDENTITY": USER_IDENTITY,
         }
+
+
+@functools.cache
+def _devnull() -> int:
+    """Every command's stdin: /dev/null, opened once (Popen's DEVNULL opens it again for each one)."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _killpg(pgid: int) -> None:

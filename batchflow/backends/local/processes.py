@@ -13,21 +13,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
+from batchflow.linelog import LineLog
 from batchflow.procinfo import process_start
 
 LEDGER = "processes.jsonl"
 
 
 class ProcessLedger:
-    """Appends start and end records of process groups to a run's ledger file (thread-safe)."""
+    """Appends start and end records of process groups to a run's ledger file (thread-safe). The
+    file stays open until close() (a record after that opens it again)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LEDGER
-        self._lock = threading.Lock()
+        self._log = LineLog(self.path)
 
     def started(self, pgid: int, task: str) -> None:
         self._append({"pgid": pgid, "task": task, "start": process_start(pgid)})
@@ -35,12 +36,16 @@ class ProcessLedger:
     def ended(self, pgid: int) -> None:
         self._append({"pgid": pgid, "ended": True})
 
+    def close(self) -> None:
+        self._log.close()
+
     def _append(self, record: dict[str, object]) -> None:
         line = json.dumps(record) + "\n"
-        with self._lock:
+        try:
+            self._log.append(line)
+        except FileNotFoundError:  # no run folder yet
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
+            self._log.append(line)
 
 
 def leftovers(run_dir: Path) -> dict[int, str]:

@@ -55,6 +55,7 @@ WALL_CLOCK = "max wall clock time exceeded"
 JOB_WALL_CLOCK = "job max wall clock time exceeded"
 CANCELLED = "cancelled"
 JOB_DELETED = "job deleted"
+GATHER = 0.05  # seconds of task state changes wait() gathers into one return
 
 
 @dataclass(eq=False)
@@ -126,6 +127,7 @@ class LocalCompute:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # workers: a task was queued, or stop
         self._changed = threading.Condition(self._lock)  # callers: a task changed state
+        self._settled = threading.Condition(self._lock)  # wait(): no task is queued or running, or stop
         self._pool: _Pool | None = None
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[_Task] = deque()
@@ -270,9 +272,14 @@ class LocalCompute:
             )
 
     def wait(self, timeout: float) -> None:
-        """Return as soon as any task changed state since the last task_counts/wait, else after `timeout`."""
+        """Return soon after any task changed state since the last task_counts/wait, else after
+        `timeout`. Changes come in bursts (two per task, hundreds a second when tasks are short):
+        after the first, the changes of the next GATHER seconds come with it, unless every task is
+        done, so the caller wakes a few times a second, not twice per task."""
+        start = time.monotonic()
         with self._lock:
-            self._changed.wait_for(lambda: self._version != self._seen, timeout)
+            if self._changed.wait_for(lambda: self._version != self._seen, timeout) and not self._idle():
+                self._settled.wait(min(GATHER, timeout - (time.monotonic() - start)))
             self._seen = self._version
 
     def task_results(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
@@ -293,6 +300,7 @@ class LocalCompute:
             for handle in self._active:
                 handle.kill(CANCELLED)
             self._work.notify_all()
+            self._settled.notify_all()
             timer = self._deadlines.stop()
             threads = [*self._workers, *([timer] if timer else [])]
             self._workers = []
@@ -300,6 +308,7 @@ class LocalCompute:
             thread.join()
         if self._pool is not None:
             futures.wait(self._pool.start_runs)  # their errors surface in wait_for_pool
+        self._ledger.close()
 
     def delete_job(self, job_id: str) -> None:
         """Stop the job's tasks (queued ones fail with "job deleted") and remove its folders."""
@@ -345,6 +354,12 @@ class LocalCompute:
         task.job.counts[state] += 1
         task.state = state
         self._bump()
+        if state in (TaskState.SUCCEEDED, TaskState.FAILED) and self._idle():
+            self._settled.notify_all()
+
+    def _idle(self) -> bool:
+        """No task is queued or running, in any job."""
+        return not self._queue and not any(j.counts[TaskState.RUNNING] for j in self._jobs.values())
 
     def _fail_unstarted(self, task: _Task, reason: str) -> None:
         """A task dropped from the queue. The observer is not told: it never started, and the run
@@ -418,10 +433,18 @@ class LocalCompute:
         # Every attempt reports when the task was taken from the queue: its TaskResult's started_at.
         started = functools.partial(self._observer.task_started, spec.id, at=started_at)
         task.exit_code, task.failure, task.attempts = _attempts(work, task.handle, spec.max_retries, started)
+        stored = None
         if not self._stopped:
             got = work.collect(succeeded=task.failure is None and task.exit_code == 0)
             task.outputs, task.unmatched_outputs = list(got.outputs), list(got.unmatched)
             task.failure = task.failure or got.failure
+            stored = got.stored_logs
+        # One copy of each log: where storage keeps it, if that is on this machine. A failed task's
+        # are also linked into the run folder, for the run summary (task contract, clause 4).
+        succeeded = task.failure is None and task.exit_code == 0
+        if stored is not None and succeeded:
+            task.stdout_path, task.stderr_path = stored
+            return
         logs = self._run_dir / "tasks" / spec.id
         if work.keep_logs(logs):
             task.stdout_path, task.stderr_path = logs / "stdout.txt", logs / "stderr.txt"

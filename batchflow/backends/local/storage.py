@@ -47,6 +47,7 @@ class LocalStorage:
         read on first use."""
         self.root = root.absolute()
         self.digests = DigestCache(digest_cache or self.root / DIGEST_CACHE)
+        self._resolved_containers: dict[str, Path] = {}
 
     # ---- containers -----------------------------------------------------------------------
 
@@ -68,6 +69,7 @@ class LocalStorage:
         if not path.is_dir():
             return False
         shutil.rmtree(path)
+        self._resolved_containers.pop(name, None)
         self.digests.forget(path)
         self.digests.save()
         return True
@@ -110,11 +112,20 @@ class LocalStorage:
         return self.container_path(container).joinpath(*blob.split("/"))
 
     def resource_url(self, container: str, blob: str) -> str:
-        """A file:// URL: the local compute links the file into the task working dir."""
-        return self.path_of(container, blob).resolve().as_uri()
+        """A file:// URL: the local compute copies the file into the task working dir. The container's
+        folder is resolved (symlinks and all) once, not for each of its blobs: a blob's name cannot
+        leave it (check_blob_name)."""
+        check_blob_name(blob)
+        return self._resolved(container).joinpath(*blob.split("/")).as_uri()
 
     def container_url(self, container: str) -> str:
-        return self.container_path(container).resolve().as_uri()
+        return self._resolved(container).as_uri()
+
+    def _resolved(self, container: str) -> Path:
+        found = self._resolved_containers.get(container)
+        if found is None:
+            found = self._resolved_containers[container] = self.container_path(container).resolve()
+        return found
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         base = self._existing(container)
@@ -243,6 +254,7 @@ class LocalStorage:
         transferred = skipped = size = 0
         files: list[str] = []
         checked: set[str] = set()
+        folders: set[Path] = set()  # made (or found) already: one mkdir per folder, not per file
         for item in items:
             if item.container not in checked:
                 self._existing(item.container)
@@ -256,7 +268,9 @@ class LocalStorage:
                 skipped += 1
                 continue
             try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.parent not in folders:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    folders.add(dst.parent)
                 replace_with_copy(item.local_path, dst)
             except OSError as e:
                 raise BatchflowError(
