@@ -28,6 +28,8 @@ from azurite import AzuriteInfo
 from conftest import REPO, WriteWorkflow, in_out_storage
 from test_resume import COMMAND
 
+from batchflow.state import RunState
+
 pytest_plugins = ["azurite", "azure_env"]
 
 SAFETY_NET = 90.0
@@ -100,8 +102,7 @@ class Workspace:
         return sorted(p for p in root.iterdir() if (p / "state.json").is_file()) if root.is_dir() else []
 
     def latest_state(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.runs()[-1] / "state.json").read_text(encoding="utf-8"))
-        return data
+        return RunState.load(self.runs()[-1]).to_json()  # state.json, and each task's record (the journal)
 
 
 def interrupt_at_half(ws: Workspace, signum: signal.Signals, half_done: Callable[[], bool]) -> str:
