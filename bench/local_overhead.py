@@ -16,8 +16,9 @@ so before and after are measured side by side. Every repeat runs the contenders 
 the order rotating from repeat to repeat; wall time and CPU time (user + system of the command and
 every process it waited for) are medians of --repeat runs. `--hogs N` keeps N busy-looping processes
 running meanwhile (a loaded machine). `--footprint N` runs N trivial tasks once and reports the run
-folder batchflow leaves. Workspaces are made in the system's temporary folder (TMPDIR): its file
-system counts, as every local task makes and removes folders (TMPDIR=/dev/shm: a tmpfs).
+folder batchflow leaves; `--state N` times saving (4 times) and loading the run state of N tasks.
+Workspaces are made in the system's temporary folder (TMPDIR): its file system counts, as every
+local task makes and removes folders (TMPDIR=/dev/shm: a tmpfs).
 (a) --tasks trivial tasks (`true`); (b) --videos ffmpeg MP4 -> MP3 conversions of --video-seconds clips.
 Targets (issue 12): (a) <= 1.3x and (b) <= 1.05x xargs + setsid.
 """
@@ -236,9 +237,12 @@ def footprint(src: Path, n: int, concurrency: int) -> None:
         for label, folder in (("run folder", run), ("workspace", run.parent.parent)):
             size, folders, files = _disk_use(folder)
             print(f"  {label}: {size / 1e6:.1f} MB on disk, {folders} folders, {files} files")
-        for p in sorted(run.iterdir()):
-            if p.is_file():
-                print(f"    {p.name}: {p.stat().st_size / 1e6:.2f} MB")
+        kept = [f"{p.name} {_size(p.stat().st_size)}" for p in sorted(run.iterdir()) if p.is_file()]
+        print("    " + ", ".join(kept))
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
 
 
 def _disk_use(folder: Path) -> tuple[int, int, int]:
@@ -254,6 +258,49 @@ def _disk_use(folder: Path) -> tuple[int, int, int]:
                 seen.add((st.st_dev, st.st_ino))
                 size += st.st_blocks * 512
     return size, folders, files
+
+
+STATE_SCRIPT = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+from batchflow.state import RecordState, RunState, TaskRecord
+n = int(sys.argv[1])
+with tempfile.TemporaryDirectory() as tmp:
+    state = RunState.create(Path(tmp), Path(tmp) / "wf.yaml", "local", "20261201-000000-000-aaaaaa")
+    for i in range(n):  # as the run records them when it collects the results
+        state.tasks[f"task-{i:06d}"] = TaskRecord(
+            RecordState.SUCCEEDED, 0, 1, 1.7e9 + i, 1.7e9 + i + 0.5, None,
+            f"tasks/task-{i:06d}/stdout.txt", f"tasks/task-{i:06d}/stderr.txt", (f"output/runs/r/{i}.mp3",),
+        )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for stage in ("collect", "download", "cleanup", "end"):
+        state.stage = stage
+        start = time.perf_counter()
+        state.save()
+        times.append(time.perf_counter() - start)
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+    start = time.perf_counter()
+    loaded = RunState.load(state.folder)
+    load = time.perf_counter() - start
+    assert len(loaded.tasks) == n
+    sizes = {p.name: p.stat().st_size for p in state.folder.iterdir() if p.is_file()}
+    print(json.dumps({"saves": times, "load": load, "rss_growth_kb": grew, "sizes": sizes}))
+"""
+
+
+def state_cost(label: str, src: Path, n: int) -> None:
+    """The run state of a run with n tasks: four saves, as the runner makes after collecting results
+    (collect, download, cleanup, the end), and one load."""
+    argv = [sys.executable, "-c", STATE_SCRIPT, str(n)]
+    _, r = timed(argv, cwd=Path(tempfile.gettempdir()), env=batchflow_env(src))
+    got = json.loads(r.stdout)
+    saves = ", ".join(f"{t:.3f}" for t in got["saves"])
+    files = ", ".join(f"{name} {_size(size)}" for name, size in sorted(got["sizes"].items()))
+    print(
+        f"run state of {n} tasks ({label}): saves {saves} s, load {got['load']:.2f} s, "
+        f"peak memory +{got['rss_growth_kb'] / 1024:.0f} MB during the saves; {files}"
+    )
 
 
 @contextlib.contextmanager
@@ -285,6 +332,7 @@ def main() -> None:
     ap.add_argument("--before", type=Path, help="another checkout whose batchflow runs side by side")
     ap.add_argument("--hogs", type=int, default=0, help="busy-looping processes kept running meanwhile")
     ap.add_argument("--footprint", type=int, default=0, help="report the run folder of N trivial tasks")
+    ap.add_argument("--state", type=int, default=0, help="time saving and loading the state of N tasks")
     args = ap.parse_args()
     for tool in ("xargs", "setsid"):
         if shutil.which(tool) is None:
@@ -308,6 +356,9 @@ def main() -> None:
         f"{args.hogs} CPU hog(s)"
     )
     with hogs(args.hogs):
+        if args.state:
+            for label, src in sources.items():
+                state_cost(label, src, args.state)
         if args.footprint:
             for src in sources.values():
                 footprint(src, args.footprint, args.concurrency)
