@@ -100,8 +100,17 @@ def start(
     pool: PoolSpec | None = None,
     job: JobSpec | None = None,
     observer: TaskObserver | None = None,
+    keep_task_folders: bool = False,
 ) -> LocalCompute:
-    compute = LocalCompute(workspace, storage, run_dir, concurrency, account_name="acct", observer=observer)
+    compute = LocalCompute(
+        workspace,
+        storage,
+        run_dir,
+        concurrency,
+        account_name="acct",
+        observer=observer,
+        keep_task_folders=keep_task_folders,
+    )
     pool = pool or make_pool()
     assert compute.create_pool(pool, pool.start_task) is True
     compute.wait_for_pool(pool.id)
@@ -173,7 +182,8 @@ def test_task_sees_batch_layout_and_environment(
     workspace: Path, storage: LocalStorage, run_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BATCHFLOW_TEST_INHERITED", "from-user")
-    compute = start(workspace, storage, run_dir, concurrency=2, pool=make_pool(nodes=2))
+    pool = make_pool(nodes=2)
+    compute = start(workspace, storage, run_dir, concurrency=2, pool=pool, keep_task_folders=True)
     try:
         t = make_task("t1", "echo hello; echo oops >&2; env > env.txt", environment={"MY_VAR": "x y"})
         result = run(compute, [t])["t1"]
@@ -249,16 +259,105 @@ def test_default_concurrency_is_capped_by_cpu_count(
 
 
 def test_inputs_are_files_of_their_own(
-    compute: LocalCompute, storage: LocalStorage, workspace: Path, tmp_path: Path
+    storage: LocalStorage, workspace: Path, run_dir: Path, tmp_path: Path
 ) -> None:
+    compute = start(workspace, storage, run_dir, keep_task_folders=True)  # to look into wd/ afterwards
     src = tmp_path / "a.txt"
     src.write_text("input data", encoding="utf-8")
     storage.upload([UploadItem(src, "in", "dir/a.txt", src.stat().st_size)])
     t = make_task("t1", "cat sub/a.txt > copy.txt", inputs=[TaskInput("in", "dir/a.txt", "sub/a.txt")])
-    assert run(compute, [t])["t1"].state is TaskState.SUCCEEDED
+    try:
+        assert run(compute, [t])["t1"].state is TaskState.SUCCEEDED
+    finally:
+        compute.stop()
     wd = task_dir(workspace, "t1") / "wd"
     assert (wd / "copy.txt").read_text(encoding="utf-8") == "input data"
     assert not (wd / "sub" / "a.txt").samefile(storage.path_of("in", "dir/a.txt"))  # a copy, as on a node
+
+
+# What a task's folder holds, from inside: its inode (the same folder, renamed, or a new one) and wd/.
+SHOW_FOLDER = (
+    'stat -c %i "$AZ_BATCH_TASK_DIR"; ls -A "$AZ_BATCH_TASK_DIR" | tr "\\n" " "; echo; ls -AR | tr "\\n" " "'
+)
+
+
+def shown(result: TaskResult) -> tuple[str, str, str]:
+    assert result.stdout_path is not None
+    inode, task_folder, wd = result.stdout_path.read_text(encoding="utf-8").splitlines()[:3]
+    return inode, task_folder.strip(), wd.strip()
+
+
+def upload_input(storage: LocalStorage, tmp_path: Path, name: str) -> TaskInput:
+    src = tmp_path / name
+    src.write_text(name, encoding="utf-8")
+    storage.upload([UploadItem(src, "in", name, src.stat().st_size)])
+    return TaskInput("in", name, name)
+
+
+def test_a_succeeded_tasks_folder_serves_the_next_task_as_a_fresh_one(
+    compute: LocalCompute, storage: LocalStorage, workspace: Path, tmp_path: Path
+) -> None:
+    """One node, one slot: t2 gets t1's folder renamed (the same inode), emptied of everything t1 left
+    in wd/ (files, a folder tree, a symlink), with only its own input and its own fresh logs."""
+    mess = "echo x > junk.txt; mkdir -p deep/er; echo y > deep/er/f; ln -s /etc/passwd link"
+    t1 = make_task("t1", f"{SHOW_FOLDER}; {mess}", inputs=[upload_input(storage, tmp_path, "a.txt")])
+    t2 = make_task("t2", SHOW_FOLDER, inputs=[upload_input(storage, tmp_path, "b.txt")])
+    results = run(compute, [t1, t2])
+    assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}
+    inode1, folder1, wd1 = shown(results["t1"])
+    inode2, folder2, wd2 = shown(results["t2"])
+    assert inode2 == inode1  # renamed, not made
+    assert (folder1, wd1) == ("stderr.txt stdout.txt wd", ".: a.txt")
+    assert (folder2, wd2) == ("stderr.txt stdout.txt wd", ".: b.txt")
+    assert not task_dir(workspace, "t1").exists()
+    assert task_dir(workspace, "t2").is_dir()  # the last one's, until the job is deleted
+    assert results["t1"].stdout_path is not None and results["t1"].stdout_path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        ("exit 3", "a failed task's folder stays, to be looked at"),
+        ("chmod 701 .", "a folder whose mode a task changed is not as a new one"),
+        ('echo x > "$AZ_BATCH_TASK_DIR/extra"', "something beside wd/ and the logs"),
+    ],
+)
+def test_a_folder_not_as_a_new_one_would_be_serves_no_other_task(
+    compute: LocalCompute, storage: LocalStorage, workspace: Path, tmp_path: Path, first: str, why: str
+) -> None:
+    t1 = make_task("t1", f"{SHOW_FOLDER}; {first}")
+    t2 = make_task("t2", SHOW_FOLDER, inputs=[upload_input(storage, tmp_path, "b.txt")])
+    results = run(compute, [t1, t2])
+    assert results["t2"].state is TaskState.SUCCEEDED
+    assert shown(results["t2"])[0] != shown(results["t1"])[0], why
+    assert shown(results["t2"])[1:] == ("stderr.txt stdout.txt wd", ".: b.txt")
+    assert task_dir(workspace, "t1").is_dir(), why
+    mode = (task_dir(workspace, "t2") / "wd").stat().st_mode & 0o777
+    assert mode == task_dir(workspace, "t2").parent.stat().st_mode & 0o777
+
+
+def test_a_retried_task_runs_again_in_its_own_folder(compute: LocalCompute, workspace: Path) -> None:
+    """t2's first attempt gets t1's folder; its retry runs in the same folder, wd/ made anew."""
+    first = 'touch "$AZ_BATCH_TASK_DIR/tried" x; exit 1'
+    flaky = f'test -e "$AZ_BATCH_TASK_DIR/tried" || {{ {first}; }}; ls -A'
+    results = run(compute, [make_task("t1", "true"), make_task("t2", flaky, max_retries=1)])
+    assert (results["t2"].attempts, results["t2"].state) == (2, TaskState.SUCCEEDED)
+    assert results["t2"].stdout_path is not None
+    assert results["t2"].stdout_path.read_text(encoding="utf-8") == ""  # x went with the first wd/
+    assert (task_dir(workspace, "t2") / "tried").exists()
+    assert not task_dir(workspace, "t1").exists()
+
+
+def test_a_kept_job_keeps_every_tasks_folder(storage: LocalStorage, workspace: Path, run_dir: Path) -> None:
+    """With the job kept (cleanup.job: keep, LocalBackend.compute) every task's folder stays as the
+    task left it, to be looked at, as on Batch."""
+    compute = start(workspace, storage, run_dir, keep_task_folders=True)
+    try:
+        run(compute, [make_task(f"t{i}", f"echo {i} > out.txt") for i in range(3)])
+    finally:
+        compute.stop()
+    for i in range(3):
+        assert (task_dir(workspace, f"t{i}") / "wd" / "out.txt").read_text(encoding="utf-8") == f"{i}\n"
 
 
 def test_each_log_is_kept_once_in_storage_and_a_failed_tasks_also_in_the_run_folder(

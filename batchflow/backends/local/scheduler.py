@@ -33,7 +33,14 @@ from pathlib import Path
 
 from batchflow.backends.base import Storage, TaskObserver
 from batchflow.backends.local.deadlines import Deadlines
-from batchflow.backends.local.node import Node, NodeTask, ProcessHandle, StartResult, node_environment
+from batchflow.backends.local.node import (
+    Node,
+    NodeTask,
+    ProcessHandle,
+    SpareFolders,
+    StartResult,
+    node_environment,
+)
 from batchflow.backends.local.processes import ProcessLedger
 from batchflow.errors import BatchflowError
 from batchflow.model import (
@@ -112,6 +119,7 @@ class LocalCompute:
         clock: Callable[[], float] = time.monotonic,
         pass_env: Iterable[str] = (),
         observer: TaskObserver | None = None,
+        keep_task_folders: bool = False,
     ) -> None:
         if concurrency is not None and concurrency < 1:
             raise BatchflowError(f"local concurrency must be at least 1, not {concurrency}")
@@ -123,6 +131,9 @@ class LocalCompute:
         self._account = account_name
         self._env = node_environment(os.environ, pass_env)
         self._observer = _Guarded(observer)
+        # A succeeded task's folder serves the next task (node.SpareFolders), unless the job is kept
+        # (cleanup.job: keep), whose task folders stay to be looked at, as on Batch.
+        self._recycle = not keep_task_folders
 
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # workers: a task was queued, or stop
@@ -162,7 +173,15 @@ class LocalCompute:
         if root.exists():
             shutil.rmtree(root)
         nodes = [
-            Node(pool.id, f"node-{i}", root / "nodes" / f"node-{i}", self._account, self._env, self._ledger)
+            Node(
+                pool.id,
+                f"node-{i}",
+                root / "nodes" / f"node-{i}",
+                self._account,
+                self._env,
+                self._ledger,
+                SpareFolders() if self._recycle else None,
+            )
             for i in range(math.ceil(concurrency / slots))
         ]
         for node in nodes:
@@ -444,10 +463,12 @@ class LocalCompute:
         succeeded = task.failure is None and task.exit_code == 0
         if stored is not None and succeeded:
             task.stdout_path, task.stderr_path = stored
-            return
-        logs = self._run_dir / "tasks" / spec.id
-        if work.keep_logs(logs):
-            task.stdout_path, task.stderr_path = logs / "stdout.txt", logs / "stderr.txt"
+        else:
+            logs = self._run_dir / "tasks" / spec.id
+            if work.keep_logs(logs):
+                task.stdout_path, task.stderr_path = logs / "stdout.txt", logs / "stderr.txt"
+        if succeeded and not self._stopped and node.spares is not None:
+            node.spares.give(work.dir)  # outputs and logs are stored: the folder serves the next task
 
 
 # ---- helpers ----------------------------------------------------------------------------------
