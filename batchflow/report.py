@@ -14,11 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Column
+from typing import IO, TYPE_CHECKING, Any
 
 from batchflow.events import (
     Event,
@@ -36,10 +32,15 @@ from batchflow.model import TaskCounts
 from batchflow.redact import redact, redact_json
 from batchflow.state import RecordState, RunState, RunStatus
 
-_CUT_LAST = Column(no_wrap=True, overflow="ellipsis")  # cut, not wrapped, when the line is full
+if TYPE_CHECKING:  # rich is imported where a terminal needs it: a run in a pipe or a log prints plain lines
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Column
 
 
 def _fixed(width: int) -> Column:
+    from rich.table import Column
+
     return Column(min_width=width, no_wrap=True)
 
 
@@ -62,7 +63,10 @@ class Reporter:
         self.quiet = quiet
         self.live = (not quiet) and (self.stream.isatty() if live is None else live)
         self.clock = clock
-        self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        # On a terminal (or with FORCE_COLOR, which rich honours), rich: colour and the live bar.
+        # Elsewhere the same lines, plain, without importing rich (25 ms of start-up).
+        self._rich = self.live or self.stream.isatty() or bool(os.environ.get("FORCE_COLOR"))
+        self._console_made: Console | None = None
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
         self._last_plain: tuple[TaskCounts, float] | None = None
@@ -75,10 +79,22 @@ class Reporter:
         if self._gone:
             return
         try:
-            self._console.print(text, **options)
+            if self._rich:
+                self._console.print(text, **options)
+            else:
+                self.stream.write(text + "\n")
+                self.stream.flush()
         except OSError:
             self._gone = True
             self.live = False
+
+    @property
+    def _console(self) -> Console:
+        if self._console_made is None:
+            from rich.console import Console
+
+            self._console_made = Console(file=self.stream, highlight=False, soft_wrap=True)
+        return self._console_made
 
     def emit(self, event: Event) -> None:
         if isinstance(event, Info):
@@ -116,6 +132,15 @@ class Reporter:
     def _show_progress(self, counts: TaskCounts, total: int) -> None:
         if self.live:
             if self._progress is None:
+                from rich.progress import (
+                    BarColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
+                from rich.table import Column
+
                 # Done/total, elapsed and ETA first and never squeezed; then the bar, the counts
                 # (succeeded is done minus failed) and the rate, cut, not wrapped, on a narrow
                 # terminal: at 80 columns only the rate at the end may go.
@@ -126,7 +151,9 @@ class Reporter:
                     TextColumn("ETA", table_column=_fixed(3)),
                     TimeRemainingColumn(table_column=_fixed(7)),
                     BarColumn(bar_width=10, table_column=_fixed(10)),
-                    TextColumn("{task.fields[counts]}", table_column=_CUT_LAST),
+                    TextColumn(
+                        "{task.fields[counts]}", table_column=Column(no_wrap=True, overflow="ellipsis")
+                    ),
                     console=self._console,
                     transient=False,
                 )
@@ -163,6 +190,8 @@ class Reporter:
             return
         verb = event.direction.verb
         if self._progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
             self._progress = Progress(
                 TextColumn(f"[bold]{verb}"),
                 BarColumn(),

@@ -311,3 +311,28 @@ def test_run_output_jsonl_streams_what_input_discovery_skipped(
     assert warning["message"].startswith("warning: ") and warning["message"].endswith(skipped)
     assert warning["message"] in err.splitlines()  # stderr shows the same line, as before
     assert (events[0]["event"], events[1]["event"], events[-1]["event"]) == ("warning", "run", "result")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("force_color", [False, True])
+def test_a_run_in_a_pipe_prints_plain_lines_without_importing_rich(
+    write_workflow: WriteWorkflow, force_color: bool
+) -> None:
+    """Off a terminal the text reporter writes its lines itself (rich costs 25 ms of start-up), the
+    same lines; FORCE_COLOR, which rich honours, brings rich and its colours."""
+    wf = write_workflow("echo hi; exit 3", inputs=1)
+    code = (
+        "import sys; from batchflow.cli import main; code = main(['run', sys.argv[1]]); "
+        "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'rich'}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TERM")}
+    if force_color:
+        env["FORCE_COLOR"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(wf)], capture_output=True, text=True, env=env, cwd=wf.parent
+    )
+    assert out.stdout.strip() == ("1 ['rich']" if force_color else "1 []"), out.stderr
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("Run ") and ": 1 tasks, backend local, storage local" in lines[0]
+    assert any(line.startswith("Task task-item-01 failed (exit code 3, 1 attempt(s))") for line in lines)
+    assert lines[-1].startswith("Run folder: ")
