@@ -17,6 +17,8 @@ the order rotating from repeat to repeat; wall time and CPU time (user + system 
 every process it waited for) are medians of --repeat runs. `--hogs N` keeps N busy-looping processes
 running meanwhile (a loaded machine). `--footprint N` runs N trivial tasks once and reports the run
 folder batchflow leaves; `--state N` times saving (4 times) and loading the run state of N tasks.
+batchflow runs as a regular install runs it (bench/installed.py: without the development venv's
+editable-install hook, 15-20 ms per process); --editable keeps the hook.
 Workspaces are made in the system's temporary folder (TMPDIR): its file system counts, as every
 local task makes and removes folders (TMPDIR=/dev/shm: a tmpfs).
 (a) --tasks trivial tasks (`true`); (b) --videos ffmpeg MP4 -> MP3 conversions of --video-seconds clips.
@@ -46,6 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from media import ffmpeg_exe, sample_maker  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from installed import python  # noqa: E402
+
+PYTHON = sys.executable  # main() sets the one batchflow runs with (bench/installed.py)
 
 WORKFLOW = """\
 version: 1
@@ -111,7 +118,7 @@ def batchflow_env(src: Path) -> dict[str, str]:
 
 
 def batchflow_run(src: Path, wf: Path) -> tuple[Timing, dict[str, Any]]:
-    argv = [sys.executable, "-m", "batchflow", "run", str(wf), "--quiet", "--output", "json"]
+    argv = [PYTHON, "-m", "batchflow", "run", str(wf), "--quiet", "--output", "json"]
     timing, r = timed(argv, cwd=wf.parent, env=batchflow_env(src))
     return timing, json.loads(r.stdout)
 
@@ -120,7 +127,7 @@ def xargs_scripts(wf: Path, workdir: Path) -> bytes:
     """The rendered commands, each in a prepared folder holding its input (a hard link), NUL-separated."""
     plan = json.loads(
         subprocess.run(
-            [sys.executable, "-m", "batchflow", "plan", str(wf), "--all", "--output", "json"],
+            [PYTHON, "-m", "batchflow", "plan", str(wf), "--all", "--output", "json"],
             capture_output=True,
             cwd=wf.parent,
             env=batchflow_env(ROOT),
@@ -292,7 +299,7 @@ with tempfile.TemporaryDirectory() as tmp:
 def state_cost(label: str, src: Path, n: int) -> None:
     """The run state of a run with n tasks: four saves, as the runner makes after collecting results
     (collect, download, cleanup, the end), and one load."""
-    argv = [sys.executable, "-c", STATE_SCRIPT, str(n)]
+    argv = [PYTHON, "-c", STATE_SCRIPT, str(n)]
     _, r = timed(argv, cwd=Path(tempfile.gettempdir()), env=batchflow_env(src))
     got = json.loads(r.stdout)
     saves = ", ".join(f"{t:.3f}" for t in got["saves"])
@@ -333,7 +340,12 @@ def main() -> None:
     ap.add_argument("--hogs", type=int, default=0, help="busy-looping processes kept running meanwhile")
     ap.add_argument("--footprint", type=int, default=0, help="report the run folder of N trivial tasks")
     ap.add_argument("--state", type=int, default=0, help="time saving and loading the state of N tasks")
+    ap.add_argument(
+        "--editable", action="store_true", help="run batchflow with this venv's Python, editable hook and all"
+    )
     args = ap.parse_args()
+    global PYTHON
+    PYTHON = python(args.editable)
     for tool in ("xargs", "setsid"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required")
@@ -343,16 +355,17 @@ def main() -> None:
     for label, src in sources.items():
         where = Path(tempfile.gettempdir())
         _, r = timed(
-            [sys.executable, "-c", "import batchflow; print(batchflow.__file__)"],
+            [PYTHON, "-c", "import batchflow; print(batchflow.__file__)"],
             cwd=where,
             env=batchflow_env(src),
         )
         if not Path(r.stdout.decode().strip()).is_relative_to(src):
             raise SystemExit(f"{label}: {src} is not the batchflow that runs ({r.stdout.decode().strip()})")
-        timing, _ = timed([sys.executable, "-m", "batchflow", "--version"], cwd=where, env=batchflow_env(src))
+        timing, _ = timed([PYTHON, "-m", "batchflow", "--version"], cwd=where, env=batchflow_env(src))
         print(f"{label} start-up (python -m batchflow --version): {timing.wall * 1000:.0f} ms ({src})")
     print(
-        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, concurrency {args.concurrency}, "
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} ({PYTHON}), "
+        f"concurrency {args.concurrency}, "
         f"{args.hogs} CPU hog(s)"
     )
     with hogs(args.hogs):
