@@ -476,15 +476,17 @@ def _run(
     # Backends are built (and requirements checked) before the run folder exists: a run that
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
     run_id = attach_to.run_id if attach_to is not None else new_run_id()
+    journal = TaskJournal(workspace / "runs" / run_id)  # written once the run folder exists
     ctx = Context(
         workflow=wf,
         workspace=workspace,
         run_dir=workspace / "runs" / run_id,
         concurrency=args.concurrency,
-        observer=TaskJournal(workspace / "runs" / run_id),  # written once the run folder exists
+        observer=journal,
         notify=info_lines(reporter),
     )
-    with contextlib.ExitStack() as stack:  # unwinds in reverse: log, lock, compute, storage
+    with contextlib.ExitStack() as stack:  # unwinds in reverse: log, lock, compute, storage, journal
+        stack.callback(journal.close)  # after the compute: its workers write to it until they stop
         storage = registry.get(storage_name).storage(ctx)
         stack.callback(storage.close)
         compute = backend.compute(ctx, storage)
