@@ -14,8 +14,9 @@ transport (`emu.client()`), which skips HTTP. Each approach and task count gets 
 in a child process of its own (RemoteEmulator): the client's CPU time (`time.process_time()` in
 this process, every thread) is then the client's alone, and the emulator's (its own process time)
 is printed beside it. The machine's cores are still shared, so the emulator's work (for a listing:
-rendering every task as JSON) is inside the wall times; the script prints that share for the
-polls. Its scheduler is held (`emu.paused()`) from the first Add Task
+rendering every task as JSON; since issue 12 only the properties its $select and $filter name, and
+only the tasks within its bounds on id) is inside the wall times; the script prints that share for
+the polls. Its scheduler is held (`emu.paused()`) from the first Add Task
 Collection to the monitor's first poll, on both sides: the monitor then starts with every task
 queued and watches them complete, as on a real pool, where tasks outlast their submission (instant
 tasks would otherwise all finish during it); requests are answered as usual meanwhile.
@@ -25,7 +26,13 @@ tasks would otherwise all finish during it); requests are answered as usual mean
     building the request bodies included: wall time, client CPU time, Add Task Collection
     requests), `seal_job`, then a monitor loop like the runner's, `task_counts` + `wait(--poll-s)`
     until every task has completed: Get Task Counts requests / polls, and every other request made
-    meanwhile. Then the one `task_results` listing a run makes after its monitor (wall and CPU).
+    meanwhile. Then the `task_results` a run makes once its monitor sees every task complete (wall
+    and CPU): what the end of a run pays, after the job's tasks are all complete, until the results
+    are in hand. Since issue 12 it lists the completed tasks in ranges of task ids, one listing per
+    1,000 ids, in parallel (results.id_ranges); before, one listing whose pages came one after the
+    other. Nothing is listed during the monitor, before or after, so the figure is the whole of that
+    cost both times (and the monitor stays at one request per poll); the requests are counted as
+    listings (first pages) and pages.
 (b) the tutorial (learn.microsoft.com, "Tutorial: Run a parallel workload with Azure Batch using the
     Python API"): all tasks in ONE Add Task Collection call, here
     `client.create_task_collection(job, BatchTaskGroup(task_values=all_tasks))` (the same task
@@ -120,6 +127,12 @@ class MeteredEmulator(BatchEmulator):
             with self._busy_lock:
                 self.busy += time.perf_counter() - start
 
+    def listings(self, mark: int) -> int:
+        """List Tasks requests after the first `mark` ones that ask for a first page (no $skiptoken)."""
+        rx = compile_pattern(LIST_TASKS)
+        first_pages = [r for r in self.requests[mark:] if r.method == "GET" and "$skiptoken" not in r.query]
+        return sum(1 for r in first_pages if rx.fullmatch(r.path))
+
     def since(self, mark: int) -> Counter[str]:
         """Requests after the first `mark` ones, by "METHOD /path pattern"."""
         patterns = [(p, compile_pattern(p)) for p in (COLLECTION, COUNTS, LIST_TASKS)]
@@ -147,6 +160,8 @@ def _emulator_process(conn: Connection, workdir: str, latency: float) -> None:
                 conn.send(len(emu.requests))
             elif op == "since":
                 conn.send(emu.since(*args))
+            elif op == "listings":
+                conn.send(emu.listings(*args))
             elif op == "busy":
                 conn.send(emu.busy)
             elif op == "cpu":
@@ -191,6 +206,9 @@ class RemoteEmulator:
 
     def since(self, mark: int) -> Counter[str]:
         return Counter(self._ask("since", mark))
+
+    def listings(self, mark: int) -> int:
+        return int(self._ask("listings", mark))
 
     @property
     def busy(self) -> float:
@@ -296,6 +314,7 @@ class BatchflowFigures:
     results_emulator_cpu_s: float
     results_emulator_s: float  # the emulator's time answering them (MeteredEmulator.busy)
     results_requests: Counter[str]
+    results_listings: int  # of those requests, the first pages: listings sent at once
 
 
 def run_batchflow(s: Setup, n: int, args: argparse.Namespace) -> BatchflowFigures:
@@ -363,6 +382,7 @@ def run_batchflow(s: Setup, n: int, args: argparse.Namespace) -> BatchflowFigure
         results_emulator_cpu_s,
         results_emulator_s,
         s.emu.since(mark),
+        s.emu.listings(mark),
     )
 
 
@@ -523,7 +543,14 @@ def issue_12_verdicts(tag: str, n: int, submit_cpu_s: float, results_s: float) -
 
 # ---- before/after (--against) ---------------------------------------------------------------------
 
-MEASURES = ("submit_s", "submit_cpu_s", "results_s", "results_cpu_s", "results_emulator_s")
+MEASURES = (
+    "submit_s",
+    "submit_cpu_s",
+    "results_s",
+    "results_cpu_s",
+    "results_emulator_s",
+    "results_emulator_cpu_s",
+)
 
 
 def client_run(counts: list[int], latency: float, args: argparse.Namespace) -> int:
@@ -535,6 +562,8 @@ def client_run(counts: list[int], latency: float, args: argparse.Namespace) -> i
                 bf = run_batchflow(s, n, args)
             out[str(n)] = {k: v for k, v in dataclasses.asdict(bf).items() if k in MEASURES}
             out[str(n)]["submit_requests"] = bf.submit_requests
+            out[str(n)]["results_pages"] = sum(bf.results_requests.values())
+            out[str(n)]["results_listings"] = bf.results_listings
     print(json.dumps(out))
     return 0
 
@@ -588,9 +617,13 @@ def compare(against: Path, counts: list[int], args: argparse.Namespace) -> int:
             ("submit_cpu_s", "add_tasks client CPU"),
             ("results_s", "task_results wall"),
             ("results_cpu_s", "task_results client CPU"),
-            ("results_emulator_s", "  the emulator's work"),
+            ("results_emulator_s", "  the emulator's busy"),  # summed over requests: overlaps when parallel
+            ("results_emulator_cpu_s", "  the emulator's CPU"),
         ):
             print(f"  {label:24} {b[key]:6.3f} s -> {a[key]:6.3f} s   ({a[key] / b[key]:.2f})")
+        last = {name: runs[name][-1][str(n)] for name in runs}
+        shape = {k: f"{f['results_listings']} listings, {f['results_pages']} pages" for k, f in last.items()}
+        print(f"  task_results requests   {shape['before']} -> {shape['after']}")
         print(
             f"  client CPU per task submitted: {per_task_us(b['submit_cpu_s'], n):.1f} us -> "
             f"{per_task_us(a['submit_cpu_s'], n):.1f} us"
@@ -796,10 +829,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             pages = sum(bf.results_requests.values())
             print(
-                f"{tag} batchflow task_results, once after the monitor: {bf.results_s:.2f} s, client CPU "
-                f"{bf.results_cpu_s:.2f} s; requests: {others(bf.results_requests)}, one after the other: "
-                f"{pages} x {args.latency_ms:g} ms added latency + the emulator's own work "
-                f"{bf.results_emulator_s:.2f} s (its process's CPU: {bf.results_emulator_cpu_s:.2f} s)"
+                f"{tag} batchflow task_results, the end of the run (every task complete -> results in "
+                f"hand): {bf.results_s:.2f} s, client CPU {bf.results_cpu_s:.2f} s; requests: "
+                f"{others(bf.results_requests)}: {bf.results_listings} listings at once (up to "
+                f"{CONCURRENCY}), {pages} pages, {args.latency_ms:g} ms added latency each; the "
+                f"emulator's own work {bf.results_emulator_s:.2f} s (its process's CPU: "
+                f"{bf.results_emulator_cpu_s:.2f} s)"
             )
 
             with service(work / f"tut-{n}", latency) as s:

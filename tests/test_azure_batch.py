@@ -9,6 +9,7 @@ The SDK's delete/terminate pollers sleep for real (`Timeouts.delete_poll`, 0.05 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from fakes import FakeClock
 from batchflow.backends.azure.auth import batch_auth, blob_auth
 from batchflow.backends.azure.batch import AzureBatchCompute, Timeouts
 from batchflow.backends.azure.batch_client import batch_client
+from batchflow.backends.azure.results import TaskResults, id_ranges
 from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Storage
 from batchflow.backends.local.storage import LocalStorage
@@ -740,14 +742,21 @@ def test_10000_tasks_are_each_added_once_despite_503s_413s_and_lost_answers(
 
     results = compute.task_results(JOB)
     assert len(results) == 10_000
-    assert sorted(r.id for r in results) == [t.id for t in tasks]
+    assert [r.id for r in results] == [t.id for t in tasks]  # each once, in the order of the ranges
     assert {(r.state, r.exit_code, r.attempts) for r in results} == {(TaskState.SUCCEEDED, 0, 1)}
+    # Ten listings, one per range of 1,000 task ids, each one page: none waits for another's pages.
     listing = [r for r in bench.emu.requests if r.path == f"/jobs/{JOB}/tasks"]
-    assert len(listing) == 10  # 1,000 per page
-    assert (listing[0].query["$filter"], listing[0].query["$select"]) == (
-        "state eq 'completed'",
-        "id,state,executionInfo",
+    bounds = [f"'clip-{i:05d}'" for i in range(1000, 10_000, 1000)]
+    assert sorted(r.query["$filter"] for r in listing) == sorted(
+        [
+            f"state eq 'completed' and id lt {bounds[0]}",
+            *(f"state eq 'completed' and id ge {a} and id lt {b}" for a, b in itertools.pairwise(bounds)),
+            f"state eq 'completed' and id ge {bounds[-1]}",
+        ]
     )
+    assert {r.query["$select"] for r in listing} == {"id,state,executionInfo"}
+    assert not any("$skiptoken" in r.query for r in listing)
+    assert compute.requests["list_tasks"] == 10
     ids = [t.id for t in bench.client.list_tasks(JOB, select=["id"])]
     assert len(ids) == len(set(ids)) == 10_000
     bench.emu.wait_for(lambda: bench.client.get_job(JOB).state == bm.BatchJobState.COMPLETED, what="done")
@@ -948,6 +957,68 @@ def test_task_results_fetch_the_logs_of_failed_tasks_and_list_the_succeeded_ones
         ("state eq 'completed'", "id,state,executionInfo")
     ]
     assert [r.id for r in compute.task_results(JOB, ["FAILS"])] == ["fails"]  # ids ignore case
+
+
+def test_task_results_split_by_id_list_every_completed_task_once_known_to_the_run_or_not(
+    make_bench: Callable[..., Bench],
+) -> None:
+    """Ranges of the ids the run added, open at both ends: tasks it did not add (ids below, between
+    and above the bounds) are listed too, each once; a task still running is not. A range that cannot
+    be listed fails the whole listing: no results with a range missing."""
+    bench = make_bench()
+    compute = bench.compute()
+    compute.create_pool(pool_spec(dedicated=2), None)
+    compute.wait_for_pool(POOL)
+    compute.create_job(JobSpec(id=JOB), POOL, RUN)
+    known = [task(f"k{i}", "exec sleep 60" if i == 5 else "true", index=i) for i in range(7)]
+    compute.add_tasks(JOB, known)
+    others = ["A0", "k3x", "zz"]  # not this run's: added by another client
+    bodies = [bm.BatchTaskCreateOptions(id=i, command_line="true") for i in others]
+    bench.client.create_task_collection(JOB, bm.BatchTaskGroup(task_values=bodies))
+    wait_for_completed(bench, compute, 9)
+    counted: list[str] = []
+    results = TaskResults(bench.client, None, bench.run_dir, counted.append, concurrency=4, per_range=2)
+    results.expect_tasks(JOB, [t.id for t in known])
+    mark = len(bench.emu.requests)
+
+    listed = results.completed(JOB)
+
+    assert sorted(r.id for r in listed) == sorted(["k0", "k1", "k2", "k3", "k4", "k6", *others])
+    assert {r.state for r in listed} == {TaskState.SUCCEEDED}
+    filters = [r.query["$filter"] for r in bench.emu.requests[mark:] if r.path == f"/jobs/{JOB}/tasks"]
+    assert sorted(filters) == [
+        "state eq 'completed' and id ge 'k2' and id lt 'k4'",
+        "state eq 'completed' and id ge 'k4' and id lt 'k6'",
+        "state eq 'completed' and id ge 'k6'",
+        "state eq 'completed' and id lt 'k2'",
+    ]
+    assert counted == ["list_tasks"] * 4
+
+    bench.emu.faults.fail_next("GET", "/jobs/{job}/tasks", status=500, count=1, after=2)
+    with pytest.raises(BatchflowError, match="cannot list the tasks of job 'TestJob'"):
+        results.completed(JOB)
+    compute.stop()
+
+
+def _in_range(where: str, task_id: str, key: Callable[[str], str]) -> bool:
+    """`where` (id_ranges' form: `id ge|lt 'x'`, joined by and) for `task_id`, ids ordered by `key`."""
+    tests = re.findall(r"id (ge|lt) '([^']*)'", where)
+    assert " and ".join(f"id {op} '{v}'" for op, v in tests) == where
+    return all((key(task_id) >= key(v)) if op == "ge" else (key(task_id) < key(v)) for op, v in tests)
+
+
+def test_id_ranges_hold_every_id_once_and_at_least_once_in_any_order_the_service_compares_in() -> None:
+    assert id_ranges(["t1", "t2"], 1000) == [None]  # one page: one listing
+    known = ["0", "b", "C", "d"]
+    ranges = id_ranges(known, 1)
+    assert ranges == ["id lt 'b'", "id ge 'b' and id lt 'C'", "id ge 'C' and id lt 'd'", "id ge 'd'"]
+    bounded = [r for r in ranges if r is not None]
+    ids = [*known, "", "-", "_", "9", "a", "B", "bb", "c", "Ca", "D", "dz", "zzz", "ZZZ"]
+    without_case = {i: sum(_in_range(r, i, str.casefold) for r in bounded) for i in ids}
+    assert set(without_case.values()) == {1}  # the order the ranges were cut in: each id once
+    ordinal = {i: sum(_in_range(r, i, str) for r in bounded) for i in ids}  # 'C' < 'b' < 'd'
+    assert min(ordinal.values()) == 1  # bounds out of order: still every id
+    assert ordinal["Ca"] == 2  # ... some twice, which `completed` keeps once
 
 
 def test_logs_come_from_the_log_container_when_the_node_has_them_no_more(

@@ -717,6 +717,94 @@ def test_task_counts_and_paged_listing(instant: BatchEmulator) -> None:
     assert error_of(bad_select.value)[:2] == (400, "InvalidQueryParameterValue")
 
 
+def test_list_tasks_filters_only_on_what_microsofts_table_lists(instant: BatchEmulator) -> None:
+    """docs: https://learn.microsoft.com/rest/api/batchservice/odata-filters-in-batch#list-tasks"""
+    client = instant.client(retry_total=0)
+    client.create_pool(pool("p", dedicated=1, slots=4))
+    client.create_job(job("run", "p"))
+    add(client, "run", [task(f"t{i}", "x") for i in range(3)])
+    wait(instant, lambda: client.get_job_task_counts("run").task_counts.succeeded == 3, "3 succeeded")
+    documented = [
+        "id ge 't1' and id lt 't2'",
+        "startswith(id, 't')",
+        "state ne 'active'",
+        "stateTransitionTime ge datetime'2000-01-01T00:00:00Z'",
+        "creationTime lt datetime'2999-01-01T00:00:00Z'",
+        "executionInfo/endTime gt datetime'2000-01-01T00:00:00Z'",
+        "executionInfo/exitCode eq 0",
+        "executionInfo/result ne 'failure'",
+    ]
+    assert [len(list(client.list_tasks("run", filter=f, select=["id"]))) for f in documented] == [
+        1,
+        3,
+        3,
+        3,
+        3,
+        3,
+        3,
+        3,
+    ]
+    for undocumented in (
+        "requiredSlots eq 1",  # a task property, but not in the table
+        "executionInfo/retryCount eq 0",
+        "state gt 'active'",  # state: eq, ne only
+        "executionInfo/result ge 'success'",
+        "startswith(state, 'c')",
+    ):
+        with pytest.raises(HttpResponseError) as refused:
+            list(client.list_tasks("run", filter=undocumented))
+        assert error_of(refused.value)[:2] == (400, "InvalidQueryParameterValue"), undocumented
+
+
+def test_a_task_listing_bounded_by_id_lists_what_a_scan_of_every_task_finds(instant: BatchEmulator) -> None:
+    """The emulator starts a listing at its lower bound on id and ends it past the upper one: the
+    same tasks, page after page, as the filter applied to every task."""
+    client = instant.client(retry_total=0)
+    client.create_job(job("waiting", "no-pool"))
+    ids = [f"w{i:03d}" for i in range(250)] + ["W-upper", "a", "zz"]
+    for start in range(0, len(ids), 100):
+        add(client, "waiting", [task(i, "x") for i in ids[start : start + 100]])
+    every = [t.id for t in client.list_tasks("waiting", select=["id"])]
+    assert len(every) == len(ids)
+    cases: list[tuple[str, Callable[[str], bool]]] = [  # each filter, and the same test in Python
+        ("id ge 'w050' and id lt 'w120'", lambda i: "w050" <= i < "w120"),
+        ("id gt 'w050' and id le 'w120'", lambda i: "w050" < i <= "w120"),
+        ("id lt 'w010'", lambda i: i < "w010"),
+        ("id ge 'w240'", lambda i: i >= "w240"),
+        ("state eq 'active' and id ge 'W1' and id lt 'w2'", lambda i: "w1" <= i < "w2"),  # without case
+        ("id ge 'w100' and id ge 'w200' and id lt 'w300' and id lt 'w210'", lambda i: "w200" <= i < "w210"),
+        ("id lt 'w010' or id ge 'w245'", lambda i: i < "w010" or i >= "w245"),  # no bounds: a scan
+        ("not (id lt 'w245')", lambda i: i >= "w245"),
+        ("id ge 'x'", lambda i: i >= "x"),
+        ("id lt 'a'", lambda i: i < "a"),
+    ]
+    for where, test in cases:
+        before = instant.count("GET", "/jobs/{job}/tasks")
+        paged = [t.id for t in client.list_tasks("waiting", filter=where, select=["id"], max_results=7)]
+        pages = instant.count("GET", "/jobs/{job}/tasks") - before
+        scanned = [i for i in every if test(i.lower())]
+        assert paged == scanned, where
+        assert pages == max(1, -(-len(scanned) // 7)), where  # pages of 7, none empty
+
+
+def test_a_task_listing_with_select_shows_what_the_full_listing_shows(instant: BatchEmulator) -> None:
+    """The emulator renders only the properties a page shows and its filter reads: the same values."""
+    client = instant.client(retry_total=0)
+    client.create_pool(pool("p", dedicated=1, slots=4))
+    client.create_job(job("run", "p"))
+    add(client, "run", [task(f"t{i}", "x") for i in range(3)])
+    wait(instant, lambda: client.get_job_task_counts("run").task_counts.succeeded == 3, "3 succeeded")
+    full = [t.as_dict() for t in client.list_tasks("run")]
+    for select in (
+        ["id", "state", "executionInfo"],
+        ["url", "eTag", "creationTime", "lastModified", "stateTransitionTime"],
+        ["id", "commandLine", "constraints"],
+    ):
+        for where in (None, "state eq 'completed'", "stateTransitionTime ge datetime'2000-01-01T00:00:00Z'"):
+            listed = [t.as_dict() for t in client.list_tasks("run", filter=where, select=select)]
+            assert listed == [{k: t[k] for k in select} for t in full], (select, where)
+
+
 def test_ten_thousand_instant_tasks(instant: BatchEmulator) -> None:
     client = instant.client(retry_total=0)
     client.create_pool(pool("p", dedicated=4, slots=8))

@@ -5,6 +5,10 @@ factor := '(' expr ')' | 'not' factor | path op literal | startswith(path, 'text
 op := eq | ne | gt | ge | lt | le ; literal := 'text' | number | true | false | null | datetime'...' ;
 path := name ('/' name)*, e.g. executionInfo/result. A path whose first name is not one the resource
 filters on, or anything else, is 400 InvalidQueryParameterValue naming $filter.
+
+List Tasks takes only the properties and operators of Microsoft's table (`TASK_FILTERS`); the other
+lists take any top-level property (their tables are not transcribed). A filter's top-level `and`ed
+bounds on `id` (`Filter.id_low`, `Filter.id_high`) let a listing ordered by id start and stop there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .wire import invalid_query
@@ -42,9 +47,51 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def parse_filter(text: str, fields: Collection[str]) -> Predicate:
-    """A predicate over one resource's JSON. `fields`: the top-level properties the filter may use."""
-    return _Parser(text, fields).parse()
+_ORDERED = ("eq", "ne", "ge", "gt", "le", "lt")
+# What List Tasks filters on: Microsoft, "OData filters in Azure Batch", List tasks
+# (https://learn.microsoft.com/rest/api/batchservice/odata-filters-in-batch#list-tasks; its source,
+# docs-ref-conceptual/batchservice/odata-filters-in-batch.md, e.g. tongwu-msft/azure-rest-api-specs
+# at 1d0c6c06c3758dcc6e2d902712494c0e40060469): property path -> operations allowed.
+TASK_FILTERS: Mapping[str, frozenset[str]] = {
+    "id": frozenset(("startswith", *_ORDERED)),
+    "state": frozenset(("eq", "ne")),
+    "stateTransitionTime": frozenset(_ORDERED),
+    "creationTime": frozenset(_ORDERED),
+    "lastModifiedTime": frozenset(_ORDERED),
+    "executionInfo/startTime": frozenset(_ORDERED),
+    "executionInfo/endTime": frozenset(_ORDERED),
+    "executionInfo/exitCode": frozenset(_ORDERED),
+    "executionInfo/result": frozenset(("eq", "ne")),
+}
+# The table's name for a property the resource's JSON names otherwise (BatchTask.lastModified).
+_JSON_PATH = {"lastModifiedTime": "lastModified"}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A bound on `id`, normalized as the filter compares (lowercase)."""
+
+    value: str
+    inclusive: bool
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A parsed $filter: `predicate` over one resource's JSON, and the bounds on `id` that every
+    match lies within (from top-level `and`ed `id ge|gt|le|lt 'text'`), if any."""
+
+    predicate: Predicate
+    id_low: Bound | None = None
+    id_high: Bound | None = None
+    fields: frozenset[str] = frozenset()  # the top-level properties the predicate reads
+
+
+def parse_filter(
+    text: str, fields: Collection[str], allowed: Mapping[str, Collection[str]] | None = None
+) -> Filter:
+    """`fields`: the top-level properties the filter may use; `allowed`: if given, the only
+    property paths it may use, each with the operations allowed on it (e.g. TASK_FILTERS)."""
+    return _Parser(text, fields, allowed).parse()
 
 
 def parse_select(text: str, fields: Collection[str]) -> list[str]:
@@ -72,10 +119,18 @@ def lookup(item: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+# A parsed part of a filter: its predicate, and the bounds on id it sets if and-ed at the top.
+_Part = tuple[Predicate, list[tuple[str, str]]]
+
+
 class _Parser:
-    def __init__(self, text: str, fields: Collection[str]) -> None:
+    def __init__(
+        self, text: str, fields: Collection[str], allowed: Mapping[str, Collection[str]] | None
+    ) -> None:
         self.text = text
         self.fields = fields
+        self.allowed = allowed
+        self.used: set[str] = set()  # the top-level properties the paths name
         self.tokens = self._tokenize(text)
         self.pos = 0
 
@@ -112,59 +167,92 @@ class _Parser:
         if got != value:
             raise self.fail(f"expected {value!r}, found {got!r}")
 
-    def parse(self) -> Predicate:
-        pred = self.expr()
+    def parse(self) -> Filter:
+        pred, bounds = self.expr()
         if self.peek() is not None:
             raise self.fail(f"unexpected {self.peek()[1]!r}")  # type: ignore[index]
-        return pred
+        lows = [Bound(v, op == "ge") for op, v in bounds if op in ("ge", "gt")]
+        highs = [Bound(v, op == "le") for op, v in bounds if op in ("le", "lt")]
+        return Filter(
+            pred,
+            max(lows, key=lambda b: (b.value, not b.inclusive), default=None),
+            min(highs, key=lambda b: (b.value, b.inclusive), default=None),
+            frozenset(self.used),
+        )
 
-    def expr(self) -> Predicate:
+    def expr(self) -> _Part:
         terms = [self.term()]
         while self.peek() == ("word", "or"):
             self.pos += 1
             terms.append(self.term())
-        return terms[0] if len(terms) == 1 else (lambda item: any(t(item) for t in terms))
+        if len(terms) == 1:
+            return terms[0]
+        preds = [t[0] for t in terms]
+        return (lambda item: any(p(item) for p in preds)), []
 
-    def term(self) -> Predicate:
+    def term(self) -> _Part:
         factors = [self.factor()]
         while self.peek() == ("word", "and"):
             self.pos += 1
             factors.append(self.factor())
-        return factors[0] if len(factors) == 1 else (lambda item: all(f(item) for f in factors))
+        if len(factors) == 1:
+            return factors[0]
+        preds = [f[0] for f in factors]
+        return (lambda item: all(p(item) for p in preds)), [b for f in factors for b in f[1]]
 
-    def factor(self) -> Predicate:
+    def factor(self) -> _Part:
         kind, value = self.take()
         if (kind, value) == ("punct", "("):
             inner = self.expr()
             self.expect(")")
             return inner
         if (kind, value) == ("word", "not"):
-            negated = self.factor()
-            return lambda item: not negated(item)
+            negated = self.factor()[0]
+            return (lambda item: not negated(item)), []
         if (kind, value) == ("word", "startswith"):
             self.expect("(")
-            path = self.path(self.take())
+            path = self.path(self.take(), "startswith")
             self.expect(",")
             prefix = self.literal(self.take())
             self.expect(")")
             if not isinstance(prefix, str):
                 raise self.fail("startswith needs a string")
-            return lambda item: (
-                isinstance(lookup(item, path), str) and _normal(lookup(item, path)).startswith(prefix)
-            )
-        path = self.path((kind, value))
-        op_kind, op = self.take()
+
+            def starts(item: Mapping[str, Any]) -> bool:
+                value = lookup(item, path)
+                return isinstance(value, str) and _normal(value).startswith(prefix)
+
+            return starts, []
+        op_kind, op = self.peek_op()
         if op_kind != "word" or op not in _OPS:
             raise self.fail(f"{op!r} is not a comparison operator (eq, ne, gt, ge, lt, le)")
+        path = self.path((kind, value), op)
+        self.pos += 1
         literal = self.literal(self.take())
         compare = _OPS[op]
-        return lambda item: bool(compare(_normal(lookup(item, path)), literal))
+        bounds = [(op, literal)] if path == "id" and isinstance(literal, str) else []
+        return (lambda item: bool(compare(_normal(lookup(item, path)), literal))), bounds
 
-    def path(self, token: tuple[str, str]) -> str:
+    def peek_op(self) -> tuple[str, str]:
+        token = self.peek()
+        if token is None:
+            raise self.fail("the filter ends too early")
+        return token
+
+    def path(self, token: tuple[str, str], op: str) -> str:
+        """The JSON path a property of the filter names, checked against what the list takes."""
         kind, value = token
-        if kind != "word" or value.split("/")[0] not in self.fields:
+        if self.allowed is not None:
+            known = kind == "word" and value in self.allowed
+        else:
+            known = kind == "word" and value.split("/")[0] in self.fields
+        if not known:
             raise self.fail(f"{value!r} is not a property this list can be filtered on")
-        return value
+        if self.allowed is not None and op not in self.allowed[value]:
+            raise self.fail(f"{op!r} is not an operation allowed on {value!r}")
+        path = _JSON_PATH.get(value, value)
+        self.used.add(path.split("/")[0])
+        return path
 
     def literal(self, token: tuple[str, str]) -> Any:
         kind, value = token

@@ -49,20 +49,26 @@ class Call:
 
 
 Handler = Callable[[Call], Response]
-Render = Callable[[], dict[str, Any]]
+# An item's JSON: all of it, or (given the names of the properties needed) at least those.
+Render = Callable[[Collection[str] | None], dict[str, Any]]
 
 
 # A list to page through: the (ordering key, JSON renderer) pairs after the given key (None: from the
-# start). Keys are JSON values (they travel in the $skiptoken).
-Listing = Callable[[Any], Iterable[tuple[Any, Render]]]
+# start). Keys are JSON values (they travel in the $skiptoken). A list ordered by id also takes a
+# lower bound (odata.Bound) to start at.
+Listing = Callable[..., Iterable[tuple[Any, Render]]]
 
 
 def _rendered(items: Sequence[dict[str, Any]]) -> Listing:
     def after(key: int | None) -> Iterable[tuple[int, Render]]:
         start = 0 if key is None else key + 1
-        return ((i, functools.partial(dict, items[i])) for i in range(start, len(items)))
+        return ((i, functools.partial(_copy, items[i])) for i in range(start, len(items)))
 
     return after
+
+
+def _copy(item: dict[str, Any], names: Collection[str] | None = None) -> dict[str, Any]:
+    return dict(item)
 
 
 class Router:
@@ -216,7 +222,7 @@ class Router:
 
     def list_tasks(self, call: Call) -> Response:
         tasks = functools.partial(self.service.tasks_after, call.params["jobId"])  # 404 at the first page
-        return _page(call, tasks, TASK_FIELDS, "tasks")
+        return _page(call, tasks, TASK_FIELDS, "tasks", allowed=odata.TASK_FILTERS, by_id=True)
 
     def delete_task(self, call: Call) -> Response:
         self.service.delete_task(call.params["jobId"], call.params["taskId"])
@@ -270,9 +276,21 @@ def _entity(call: Call, item: Mapping[str, Any], fields: Collection[str], kind: 
     return json_response(200, body, {"ETag": str(item.get("eTag", "")), "Last-Modified": _http_now()})
 
 
-def _page(call: Call, items: Listing, fields: Collection[str], kind: str) -> Response:
+def _page(
+    call: Call,
+    items: Listing,
+    fields: Collection[str],
+    kind: str,
+    *,
+    allowed: Mapping[str, Collection[str]] | None = None,
+    by_id: bool = False,
+) -> Response:
     """One page of a list. `items(after)`: the (ordering key, JSON renderer) pairs after a key, in
-    order; a page starts where the last one ended and renders only the items it looks at."""
+    order; a page starts where the last one ended and renders only the items it looks at.
+    `allowed`: what $filter may use (odata.parse_filter). `by_id`: the keys are the casefolded ids
+    and `items(after, low)` starts at a bound on them, so a filter's bounds on id (odata.Filter)
+    start the listing at the lower one and end it past the upper one: the same items as a scan of
+    them all (the filter is still applied to each), without rendering the others."""
     token = call.query.get("$skiptoken")
     state = _read_token(token) if token else {}
     filter_text = state.get("filter", call.query.get("$filter") or None)
@@ -283,12 +301,19 @@ def _page(call: Call, items: Listing, fields: Collection[str], kind: str) -> Res
         # An out-of-range maxresults is InvalidQueryParameterValue (recordings: tests/recordings/README.md).
         raise invalid_query("maxresults", size_text, f"from 1 to {MAX_RESULTS}")
     size = int(size_text)
-    predicate = odata.parse_filter(filter_text, fields) if filter_text else None
+    where = odata.parse_filter(filter_text, fields, allowed) if filter_text else None
+    predicate = where.predicate if where is not None else None
+    low = where.id_low if where is not None and by_id else None
+    high = where.id_high if where is not None and by_id else None
     select = odata.parse_select(select_text, fields) if select_text else None
+    # Only what the page shows and the filter reads need be rendered (the emulator's shortcut).
+    needed = None if select is None else {*select, *(where.fields if where is not None else ())}
     page: list[dict[str, Any]] = []
     more = False
-    for key, render in items(after):
-        item = render()
+    for key, render in items(after, low) if low is not None else items(after):
+        if high is not None and (key > high.value or (key == high.value and not high.inclusive)):
+            break  # ordered by id: nothing further matches
+        item = render(needed)
         if predicate is not None and not predicate(item):
             continue
         if len(page) == size:

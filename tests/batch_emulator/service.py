@@ -11,12 +11,13 @@ import datetime
 import functools
 import random
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import validate
 from .lifecycle import Lifecycle, job_wall_deadline
+from .odata import Bound
 from .render import counts_json, job_json, node_counts_json, node_json, pool_json, task_json
 from .resources import Job, Pool, Task
 from .state import Store
@@ -317,16 +318,19 @@ class Service:
             return task_json(self.store.task(job_id, task_id), self.store.endpoint)
 
     def tasks_after(
-        self, job_id: str, after: str | None
-    ) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+        self, job_id: str, after: str | None, low: Bound | None = None
+    ) -> Iterator[tuple[str, Callable[[Collection[str] | None], dict[str, Any]]]]:
         """(list key, JSON renderer) of the job's tasks after key `after`, in the list's order: by
         task id, not by creation (recordings: a task added later, "mytask1sync", listed before
         "mytasksync"; that the order ignores case is an assumption). A page starts where the last
-        one ended (a binary search, not a rescan of every task) and renders only the tasks it looks
-        at, each under the lock."""
+        one ended, or at the filter's lower bound on id `low` if that is further (a binary search,
+        not a rescan of every task) and renders only the tasks it looks at, each under the lock."""
         with self.store.lock:
             order = self.store.job(job_id).order
             position = 0 if after is None else bisect.bisect_right(order, after, key=_list_key)
+            if low is not None:
+                seek = bisect.bisect_left if low.inclusive else bisect.bisect_right
+                position = max(position, seek(order, low.value, key=_list_key))
         while True:
             with self.store.lock:
                 if position >= len(order):
@@ -336,9 +340,9 @@ class Service:
             if task.state != "deleted":
                 yield _list_key(task), functools.partial(self._render_task, task)
 
-    def _render_task(self, task: Task) -> dict[str, Any]:
+    def _render_task(self, task: Task, names: Collection[str] | None = None) -> dict[str, Any]:
         with self.store.lock:
-            return task_json(task, self.store.endpoint)
+            return task_json(task, self.store.endpoint, names)
 
     def task_files(self, job_id: str, task_id: str) -> tuple[Path, str]:
         """The task's directory on the node where it last ran, and its files URL."""

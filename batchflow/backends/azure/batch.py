@@ -22,7 +22,8 @@ results with their logs from results.
   the service asked for. Only when nothing has moved for `health_interval` while tasks wait does one
   more request look at the pool's node counts (all nodes unusable or start-task-failed -> stop).
 - Results: read by `results.TaskResults` for the jobs this compute created, while the job still
-  exists (the failed tasks' logs come from the nodes).
+  exists (the failed tasks' logs come from the nodes), listed in ranges of the task ids added, in
+  parallel, so that the end of a run waits for one round of pages, not one page after the other.
 - Deletes: the SDK's delete pollers swallow errors during polling, so their final status is checked.
   A delete already under way (PoolBeingDeleted / JobBeingDeleted, e.g. the SDK resent a DELETE whose
   answer was lost) is waited for like one this call started.
@@ -389,6 +390,7 @@ class AzureBatchCompute:
         self._wait_usable(self._pool_id, auto_job=job.id)
 
     def add_tasks(self, job_id: str, tasks: Sequence[RenderedTask]) -> None:
+        self._results.expect_tasks(job_id, (task.id for task in tasks))  # to split the listing by id
         if job_id in self._sealed:
             for task in tasks:
                 if task.logs is not None:
@@ -515,7 +517,8 @@ class AzureBatchCompute:
         self._sleep(max(timeout, self._retry_at - self._clock()))
 
     def task_results(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
-        """Completed tasks, from one paged listing ($filter, $select); failed ones with their logs."""
+        """Completed tasks, listed ($filter, $select) in ranges of the ids added, in parallel; failed
+        ones with their logs."""
         if job_id not in self._jobs:
             return []
         return self._results.completed(job_id, task_ids)

@@ -1,8 +1,15 @@
 """A job's completed tasks as batchflow's TaskResults, and the logs of the failed ones.
 
-- One listing of completed tasks with `$filter` and `$select` (1,000 per page), read as the
+- The completed tasks are listed with `$filter` and `$select` (1,000 per page), read as the
   service's JSON (batch_rest): decoding 10,000 tasks into SDK models and reading their attributes
   cost about 1.1 s of client CPU, for the few keys batchflow reads of each.
+- A job with more tasks than a page is listed in ranges of task ids, in parallel (`id_ranges`):
+  one listing's pages come one after the other (each names the next), so 10,000 tasks in one
+  listing cost 10 round trips at the end of every run. List Tasks filters on `id` with ge and lt
+  (Microsoft, "OData filters in Azure Batch", List tasks:
+  https://learn.microsoft.com/rest/api/batchservice/odata-filters-in-batch#list-tasks). The ranges
+  are open at both ends, so together they hold every task of the job, known or not, whatever order
+  the service compares ids in; a task listed twice is kept once.
 - For a failed task, its stderr.txt / stdout.txt are fetched into the run folder while the job
   still exists: from the node, else from the log container where the node uploaded them on
   completion (the node may be gone). Each task's logs are fetched once, for at most
@@ -14,6 +21,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +43,7 @@ from batchflow.model import TaskLogs, TaskResult, TaskState
 log = logging.getLogger("batchflow")
 
 MAX_LOG_FETCHES = 100  # failed tasks whose logs are fetched into the run folder (the summary shows 20)
+PAGE = 1000  # tasks per page of List Tasks: the most maxresults takes (the default)
 _TASK_SELECT = ["id", "state", "executionInfo"]
 _COMPLETED = "state eq 'completed'"
 # A time as the service writes it (ISO 8601, UTC: 2025-06-01T12:00:00.1234567Z), as the SDK reads it.
@@ -45,7 +54,8 @@ ListedTask = dict[str, Any]  # a task of the listing, as the service's JSON
 
 class TaskResults:
     """Reads a job's task results over `client`; `count` is told the operation of every request
-    sent, and failed tasks' logs land in `run_dir`/tasks/<task id>."""
+    sent, and failed tasks' logs land in `run_dir`/tasks/<task id>. `concurrency`: listings and
+    log fetches at once; `per_range`: known task ids per listing."""
 
     def __init__(
         self,
@@ -54,33 +64,53 @@ class TaskResults:
         run_dir: Path,
         count: Callable[[str], None],
         concurrency: int,
+        per_range: int = PAGE,
     ) -> None:
         self._client = client
+        self._per_range = per_range
         self._storage = storage
         self._run_dir = run_dir
         self._count = count
         self._concurrency = concurrency
         self._task_logs: dict[str, TaskLogs] = {}  # by casefolded task id: where the node put its logs
         self._logs_fetched: dict[str, tuple[Path | None, Path | None]] = {}  # by casefolded task id
+        self._task_ids: dict[str, dict[str, str]] = {}  # by job id: the job's task ids, by casefolded id
 
     def expect_logs(self, task_id: str, logs: TaskLogs) -> None:
         """The node uploads the task's logs there on completion: fetch them from there if need be."""
         self._task_logs[task_id.casefold()] = logs
 
+    def expect_tasks(self, job_id: str, task_ids: Iterable[str]) -> None:
+        """The job has these tasks (added by this run): its listing is split by their ids."""
+        known = self._task_ids.setdefault(job_id, {})
+        for task_id in task_ids:
+            known.setdefault(task_id.casefold(), task_id)
+
     def completed(self, job_id: str, task_ids: Iterable[str] | None = None) -> list[TaskResult]:
-        """Completed tasks, from one paged listing ($filter, $select); failed ones with their logs."""
+        """Completed tasks, listed ($filter, $select) in ranges of ids at once; failed ones with their
+        logs. In the order of the ranges, each in the service's order."""
         wanted = None if task_ids is None else {t.casefold() for t in task_ids}
-        self._count("list_tasks")
+        ranges = id_ranges(self._task_ids.get(job_id, {}).values(), self._per_range)
         try:
-            tasks = [
-                t
-                for page in self._pages(job_id)
-                for t in page
-                if is_(t.get("state"), bm.BatchTaskState.COMPLETED)  # the $filter asked for these; make sure
-                and (wanted is None or _id(t).casefold() in wanted)
-            ]
+            if len(ranges) == 1:
+                listed = [self._listing(job_id, ranges[0])]
+            else:
+                workers = min(len(ranges), self._concurrency)
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batchflow-list") as ex:
+                    listed = list(ex.map(lambda where: self._listing(job_id, where), ranges))
         except (HttpResponseError, *NO_ANSWER) as e:
             raise batch_error(f"cannot list the tasks of job {job_id!r}", e) from None
+        tasks: list[ListedTask] = []
+        seen: set[str] = set()
+        for t in (t for listing in listed for t in listing):
+            key = _id(t).casefold()
+            if (
+                key not in seen  # listed twice (bounds out of the service's order): kept once
+                and is_(t.get("state"), bm.BatchTaskState.COMPLETED)  # the $filter asked for these; make sure
+                and (wanted is None or key in wanted)
+            ):
+                seen.add(key)
+                tasks.append(t)
         # A task's logs are fetched once: the runner may list again while the counts run ahead.
         logs = self._logs_fetched
         failed = [t for t in tasks if _failed(t) and _id(t).casefold() not in logs]
@@ -91,9 +121,15 @@ class TaskResults:
                 logs.update((tid.casefold(), paths) for tid, paths in fetched)
         return [_result(t, *logs.get(_id(t).casefold(), (None, None))) for t in tasks]
 
-    def _pages(self, job_id: str) -> Iterator[list[ListedTask]]:
+    def _listing(self, job_id: str, where: str | None) -> list[ListedTask]:
+        """The completed tasks of one listing (`where`: its range of ids), every page of it."""
+        self._count("list_tasks")
+        return [t for page in self._pages(job_id, where) for t in page]
+
+    def _pages(self, job_id: str, where: str | None) -> Iterator[list[ListedTask]]:
         """Each page of the listing's tasks, following odata.nextLink (the SDK pager's requests)."""
-        request = batch_rest.list_tasks_request(job_id, filter=_COMPLETED, select=_TASK_SELECT)
+        condition = _COMPLETED if where is None else f"{_COMPLETED} and {where}"
+        request = batch_rest.list_tasks_request(job_id, filter=condition, select=_TASK_SELECT)
         while True:
             page = batch_rest.send(self._client, request)
             if not isinstance(page, dict):
@@ -139,6 +175,29 @@ class TaskResults:
             return None, None
         found = [folder / n if (folder / n).is_file() else None for n in ("stdout.txt", "stderr.txt")]
         return found[0], found[1]
+
+
+def id_ranges(task_ids: Iterable[str], per_range: int = PAGE) -> list[str | None]:
+    """$filter conditions that split a job's tasks by id into ranges of `per_range` of `task_ids`
+    each: [None] (no split) for one range, else `id lt 'b1'`, `id ge 'b1' and id lt 'b2'`, ...,
+    `id ge 'bk'`, the bounds taken from the sorted ids. Every id, known or not, falls in one of
+    them in any total order the service compares ids in: it is below b1, or else at or above some
+    b_j, the last such j, and so below b_j+1 (or j = k). Bounds out of the service's order can only
+    put an id in two ranges (`completed` keeps it once), never in none."""
+    ids = sorted(task_ids, key=str.casefold)
+    bounds = [_literal(ids[i]) for i in range(per_range, len(ids), per_range)]
+    if not bounds:
+        return [None]
+    return [
+        f"id lt {bounds[0]}",
+        *(f"id ge {low} and id lt {high}" for low, high in itertools.pairwise(bounds)),
+        f"id ge {bounds[-1]}",
+    ]
+
+
+def _literal(text: str) -> str:
+    """An OData string literal: in single quotes, a quote doubled (task ids have none)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _id(task: ListedTask) -> str:
