@@ -158,10 +158,13 @@ class SpareFolders:
     Only a succeeded task's folder is given, once its outputs and logs are stored (a failed task's
     stays as it is, to be looked at), and only if it is as a new one would be: both folders with the
     mode mkdir gives (their parent's, which batchflow made), nothing beside wd/ but the logs. A spare
-    is taken only if its wd/ is still empty: a new task's wd/ holds its inputs and nothing else."""
+    is taken only if its wd/ is still empty: a new task's wd/ holds its inputs and nothing else.
+    (A process a task started in a session of its own escapes the kill of the task's group; one that
+    kept its working folder and writes there later, rare for a daemon, which moves to /, would write
+    into the next task's wd/, as it would into a shared folder on a node.)"""
 
     def __init__(self) -> None:
-        self._free: list[Path] = []
+        self._free: dict[Path, list[Path]] = {}  # by job folder: a spare serves its own job only
         self._lock = threading.Lock()
 
     def give(self, task_dir: Path) -> None:
@@ -189,20 +192,21 @@ class SpareFolders:
         except OSError:
             return
         with self._lock:
-            self._free.append(task_dir)
+            self._free.setdefault(task_dir.parent, []).append(task_dir)
 
     def take(self, task_dir: Path) -> bool:
         """Rename a spare to `task_dir`, which does not exist. False when there is no spare."""
         while True:
             with self._lock:
-                if not self._free:
+                free = self._free.get(task_dir.parent)
+                if not free:
                     return False
-                spare = self._free.pop()
+                spare = free.pop()
             try:
                 if next((spare / "wd").iterdir(), None) is not None:  # a process that left its group wrote
                     continue
                 spare.rename(task_dir)
-            except OSError:  # its job's folder was deleted meanwhile, say: the next one, or a new folder
+            except OSError:  # gone meanwhile, say: the next one, or a new folder
                 continue
             return True
 
