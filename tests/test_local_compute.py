@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -314,17 +315,35 @@ def test_a_succeeded_tasks_folder_serves_the_next_task_as_a_fresh_one(
     assert results["t1"].stdout_path is not None and results["t1"].stdout_path.read_text(encoding="utf-8")
 
 
+# A task that sets, on its wd/, what a new folder has not (python3: batchflow's, first on a task's PATH).
+SET_XATTR = "python3 -c \"import os; os.setxattr('.', 'user.batchflow-test', b'1')\""
+SET_SYNC_FLAG = (
+    "python3 -c \"import fcntl, os; fd = os.open('.', os.O_RDONLY); "
+    "fcntl.ioctl(fd, 0x40086602, (8).to_bytes(8, 'little'))\""  # FS_IOC_SETFLAGS, FS_SYNC_FL
+)
+
+
 @pytest.mark.parametrize(
     ("first", "why"),
     [
         ("exit 3", "a failed task's folder stays, to be looked at"),
         ("chmod 701 .", "a folder whose mode a task changed is not as a new one"),
         ('echo x > "$AZ_BATCH_TASK_DIR/extra"', "something beside wd/ and the logs"),
+        ("chmod 777 .. .", "the mode of both, checked against a folder batchflow made, not the parent"),
+        ("rm -r ../wd/* ; mv ../wd ../w2 && ln -s w2 ../wd", "wd/ a symlink"),
+        (SET_XATTR, "an extended attribute (an ACL is one)"),
+        (SET_SYNC_FLAG, "an inode flag (chattr +S)"),
     ],
 )
 def test_a_folder_not_as_a_new_one_would_be_serves_no_other_task(
     compute: LocalCompute, storage: LocalStorage, workspace: Path, tmp_path: Path, first: str, why: str
 ) -> None:
+    if first in (SET_XATTR, SET_SYNC_FLAG):
+        probe = tmp_path / "probe"
+        probe.mkdir()
+        done = subprocess.run(["/bin/sh", "-c", first.replace("exit 0", "true")], cwd=probe, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"this file system takes no {why}")
     t1 = make_task("t1", f"{SHOW_FOLDER}; {first}")
     t2 = make_task("t2", SHOW_FOLDER, inputs=[upload_input(storage, tmp_path, "b.txt")])
     results = run(compute, [t1, t2])
@@ -334,6 +353,43 @@ def test_a_folder_not_as_a_new_one_would_be_serves_no_other_task(
     assert task_dir(workspace, "t1").is_dir(), why
     mode = (task_dir(workspace, "t2") / "wd").stat().st_mode & 0o777
     assert mode == task_dir(workspace, "t2").parent.stat().st_mode & 0o777
+
+
+def test_a_spare_folder_serves_its_own_job_only(compute: LocalCompute, workspace: Path) -> None:
+    """t1's folder, emptied, stays a spare of job1: job2's tasks pass job2's folders on, never it."""
+    first = run(compute, [make_task("t1", SHOW_FOLDER)])["t1"]
+    compute.create_job(JobSpec("job2"), POOL, "run-1")
+    compute.add_tasks("job2", [make_task("a", SHOW_FOLDER), make_task("b", SHOW_FOLDER)])
+    deadline = time.monotonic() + SAFETY_NET
+    while compute.task_counts("job2").completed < 2 and time.monotonic() < deadline:
+        compute.wait(1.0)
+    results = {r.id: r for r in compute.task_results("job2")}
+    assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}
+    assert shown(results["b"])[0] == shown(results["a"])[0] != shown(first)[0]
+    assert sorted(p.name for p in task_dir(workspace, "t1").iterdir()) == ["wd"]  # job1's spare, emptied
+
+
+def test_two_slots_of_a_node_pass_folders_between_them_each_fresh(
+    workspace: Path, storage: LocalStorage, run_dir: Path, tmp_path: Path
+) -> None:
+    """One node, two slots, 30 tasks giving and taking folders at once: every task's wd/ holds its
+    own input and nothing else, and folders did serve again."""
+    compute = start(workspace, storage, run_dir, concurrency=2, pool=make_pool(nodes=1, slots=2))
+    mess = "mkdir -p d/e; echo x > d/e/f; echo y > junk"
+    tasks = [
+        make_task(
+            f"t{i:02d}", f"{SHOW_FOLDER}; {mess}", inputs=[upload_input(storage, tmp_path, f"in{i:02d}")]
+        )
+        for i in range(30)
+    ]
+    try:
+        results = run(compute, tasks)
+    finally:
+        compute.stop()
+    assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}
+    for i in range(30):
+        assert shown(results[f"t{i:02d}"])[1:] == ("stderr.txt stdout.txt wd", f".: in{i:02d}")
+    assert len({shown(r)[0] for r in results.values()}) < 30  # some folders served twice
 
 
 def test_a_retried_task_runs_again_in_its_own_folder(compute: LocalCompute, workspace: Path) -> None:

@@ -22,12 +22,13 @@ an attempt runs or is retried, deadlines (a node kills when told to), task state
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -152,13 +153,15 @@ class StartResult:
 class SpareFolders:
     """A node's emptied task folders, each `<task>/wd/` and nothing more, for the next tasks: one is
     renamed into place where a new task would make two folders (and the job's deletion remove them).
-    On this project's ext4 disk a mkdir takes about 280 us and an rmdir 150 us, a rename 30 us
-    (BENCHMARKS.md, issue 12), while a trivial task costs 1.2 ms in all.
+    On this project's ext4 disk a mkdir costs several times a file's creation, 30 us to 1 ms by the
+    hour, an rmdir about half that, a rename a tenth (BENCHMARKS.md, issue 12).
 
     Only a succeeded task's folder is given, once its outputs and logs are stored (a failed task's
-    stays as it is, to be looked at), and only if it is as a new one would be: both folders with the
-    mode mkdir gives (their parent's, which batchflow made), nothing beside wd/ but the logs. A spare
-    is taken only if its wd/ is still empty: a new task's wd/ holds its inputs and nothing else.
+    stays as it is, to be looked at), and only if both folders are as new ones would be: real
+    folders (no symlink), with the mode, owner, group, inode flags (chattr) and extended attributes
+    (none: no ACL) of the node's workitems/ folder as batchflow made it before any task ran
+    (`expect`), nothing beside wd/ but the logs, and wd/ emptied whole. A spare is taken only if its
+    wd/ is still empty: a new task's wd/ holds its inputs and nothing else.
     (A process a task started in a session of its own escapes the kill of the task's group; one that
     kept its working folder and writes there later, rare for a daemon, which moves to /, would write
     into the next task's wd/, as it would into a shared folder on a node.)"""
@@ -166,6 +169,12 @@ class SpareFolders:
     def __init__(self) -> None:
         self._free: dict[Path, list[Path]] = {}  # by job folder: a spare serves its own job only
         self._lock = threading.Lock()
+        self._fresh: _FolderLook | None = None  # what a folder batchflow makes looks like
+
+    def expect(self, made: Path) -> None:
+        """`made`: a folder batchflow made, no task having run: how a fresh folder looks."""
+        with contextlib.suppress(OSError):
+            self._fresh = _look(made)
 
     def give(self, task_dir: Path) -> None:
         """Empty a succeeded task's folder and keep it; anything unusual, and it stays for the job's
@@ -173,29 +182,25 @@ class SpareFolders:
         wd = task_dir / "wd"
         try:
             names = {p.name for p in task_dir.iterdir()}
-            if "wd" not in names or not names <= _TASK_DIR_NAMES:
+            if self._fresh is None or "wd" not in names or not names <= _TASK_DIR_NAMES:
                 return
-            mode = stat.S_IMODE(os.lstat(task_dir.parent).st_mode)  # batchflow made it, as it makes these
-            for folder in (task_dir, wd):
-                st = os.lstat(folder)
-                if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
-                    return
-            for name in names:
-                if name != "wd":
-                    (task_dir / name).unlink()  # the logs: storage keeps its own link or copy
-            with os.scandir(wd) as entries:
+            if _look(task_dir) != self._fresh or _look(wd) != self._fresh:
+                return
+            with os.scandir(wd) as entries:  # wd/ first: a part it cannot remove leaves the logs there
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path)
                     else:
                         Path(entry.path).unlink()
+            for name in names - {"wd"}:
+                (task_dir / name).unlink()  # the logs: storage keeps its own link or copy
         except OSError:
             return
         with self._lock:
             self._free.setdefault(task_dir.parent, []).append(task_dir)
 
     def take(self, task_dir: Path) -> bool:
-        """Rename a spare to `task_dir`, which does not exist. False when there is no spare."""
+        """Rename a spare to `task_dir`, which does not exist. False when there is none."""
         while True:
             with self._lock:
                 free = self._free.get(task_dir.parent)
@@ -209,6 +214,37 @@ class SpareFolders:
             except OSError:  # gone meanwhile, say: the next one, or a new folder
                 continue
             return True
+
+
+@dataclass(frozen=True)
+class _FolderLook:
+    """What a task may change of a folder besides its content."""
+
+    mode: int  # type and permission bits
+    uid: int
+    gid: int
+    flags: int  # inode flags (chattr: sync, casefold...), 0 where the filesystem has none
+    xattrs: tuple[tuple[str, bytes], ...]  # extended attributes: an ACL is one (system.posix_acl_*)
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # Linux's ioctl to read a file's inode flags (lsattr)
+
+
+def _look(folder: Path) -> _FolderLook:
+    """A folder's _FolderLook, read through one descriptor (a symlink fails: O_NOFOLLOW)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        flags = 0
+        with contextlib.suppress(OSError):  # no inode flags here (tmpfs, another system)
+            flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
+        xattrs: tuple[tuple[str, bytes], ...] = ()
+        if hasattr(os, "listxattr"):  # Linux only
+            with contextlib.suppress(OSError):  # a filesystem without extended attributes
+                xattrs = tuple((name, os.getxattr(fd, name)) for name in sorted(os.listxattr(fd)))
+        return _FolderLook(st.st_mode, st.st_uid, st.st_gid, flags, xattrs)
+    finally:
+        os.close(fd)
 
 
 _TASK_DIR_NAMES = frozenset({"wd", "stdout.txt", "stderr.txt"})
@@ -365,6 +401,8 @@ class Node:
     def lay_out(self) -> None:
         for sub in ("shared", "startup/wd", "workitems"):
             (self.root / sub).mkdir(parents=True)
+        if self.spares is not None:
+            self.spares.expect(self.root / "workitems")
 
     def job_folder(self, job_id: str) -> Path:
         return self.root / "workitems" / job_id
