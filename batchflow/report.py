@@ -38,6 +38,19 @@ if TYPE_CHECKING:  # rich is imported where a terminal needs it: a run in a pipe
     from rich.table import Column
 
 
+_RICH_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE")
+# What rich's Console.print strips from text (rich.control.strip_control_codes): bell, backspace,
+# vertical tab, form feed, carriage return.
+_CURSOR_CONTROLS = dict.fromkeys((7, 8, 11, 12, 13))
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, OSError):  # closed
+        return False
+
+
 def _fixed(width: int) -> Column:
     from rich.table import Column
 
@@ -61,11 +74,12 @@ class Reporter:
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
-        self.live = (not quiet) and (self.stream.isatty() if live is None else live)
+        self.live = (not quiet) and (_isatty(self.stream) if live is None else live)
         self.clock = clock
-        # On a terminal (or with FORCE_COLOR, which rich honours), rich: colour and the live bar.
-        # Elsewhere the same lines, plain, without importing rich (25 ms of start-up).
-        self._rich = self.live or self.stream.isatty() or bool(os.environ.get("FORCE_COLOR"))
+        # On a terminal (or with FORCE_COLOR / TTY_COMPATIBLE, which rich honours), rich: colour and
+        # the live bar. Elsewhere the same lines, plain, without importing rich (25 ms of start-up).
+        self._rich = self.live or _isatty(self.stream) or any(map(os.environ.get, _RICH_ENV))
+        self._plain_lock = threading.Lock()  # rich's console serialises writes; backends' threads print
         self._console_made: Console | None = None
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
@@ -82,8 +96,9 @@ class Reporter:
             if self._rich:
                 self._console.print(text, **options)
             else:
-                self.stream.write(text + "\n")
-                self.stream.flush()
+                with self._plain_lock:  # as rich prints: tabs expanded, no controls that move the cursor
+                    self.stream.write(text.translate(_CURSOR_CONTROLS).expandtabs(8) + "\n")
+                    self.stream.flush()
         except OSError:
             self._gone = True
             self.live = False
@@ -93,7 +108,8 @@ class Reporter:
         if self._console_made is None:
             from rich.console import Console
 
-            self._console_made = Console(file=self.stream, highlight=False, soft_wrap=True)
+            # emoji=False: a file named a:thumbs_up:b.mp4 is printed as it is named
+            self._console_made = Console(file=self.stream, highlight=False, soft_wrap=True, emoji=False)
         return self._console_made
 
     def emit(self, event: Event) -> None:

@@ -336,3 +336,25 @@ def test_a_run_in_a_pipe_prints_plain_lines_without_importing_rich(
     assert lines[0].startswith("Run ") and ": 1 tasks, backend local, storage local" in lines[0]
     assert any(line.startswith("Task task-item-01 failed (exit code 3, 1 attempt(s))") for line in lines)
     assert lines[-1].startswith("Run folder: ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "clip a:thumbs_up:b.mp4 done",
+        "tab\tthen\ttabs\t!",
+        "bell\x07 back\x08 cr\r vt\x0b ff\x0c end",
+        "[bold]x[/]",
+    ],
+)
+def test_plain_lines_are_what_rich_prints_off_a_terminal(text: str) -> None:
+    """The reporter's own lines (off a terminal) are rich's, byte for byte, with emoji codes left as
+    they are (a file may be named so) and the controls rich strips stripped."""
+    from rich.console import Console
+
+    plain = io.StringIO()
+    Reporter(plain, live=False).emit(Warn(text))
+    rich_out = io.StringIO()
+    Console(file=rich_out, highlight=False, soft_wrap=True, emoji=False).print(text, markup=False)
+    assert plain.getvalue() == rich_out.getvalue()
+    assert ":thumbs_up:" in plain.getvalue() or ":thumbs_up:" not in text
