@@ -217,7 +217,9 @@ class LocalCompute:
             self._pool = None
 
     def close(self) -> None:
-        """Nothing to release: the worker threads end with stop() (the runner stops a run's tasks)."""
+        """stop(), which the runner has called already unless the run ended before its pool: the
+        worker threads are gone when close() returns (the CLI then closes the task journal)."""
+        self.stop()
 
     def _pool_named(self, pool_id: str) -> _Pool:
         if self._pool is None or self._pool.spec.id != pool_id:
