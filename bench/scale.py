@@ -25,7 +25,9 @@ as compact JSON.
 Start-up: `batchflow validate` of a 5-input workflow, and `batchflow --version`, against
 `python -c pass` (the same interpreter), alternated, median of --startup-repeat.
 batchflow is byte-compiled first, as an installed package is (this sandbox sets
-PYTHONDONTWRITEBYTECODE=1, under which every start would compile it again).
+PYTHONDONTWRITEBYTECODE=1, under which every start would compile it again), and every command,
+the baselines too, runs with a Python that sees the development venv's packages as a regular install
+does, without its editable-install hook (bench/installed.py; --editable keeps it).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from installed import python  # noqa: E402
+
+PYTHON = sys.executable  # main() sets the one every command runs with (bench/installed.py)
 
 WORKFLOW = """\
 version: 1
@@ -289,10 +295,10 @@ class Scale:
                     prepare()
                 out = self.tmp / "out.json" if mode == "plan" else None
                 if side == "baseline":
-                    cmd = [sys.executable, str(self.script), str(base / "in"), mode]
+                    cmd = [PYTHON, str(self.script), str(base / "in"), mode]
                     env = {**os.environ}
                 else:
-                    cmd = [sys.executable, "-m", "batchflow", *argv]
+                    cmd = [PYTHON, "-m", "batchflow", *argv]
                     env = {**os.environ, "PYTHONPATH": str(self.trees[side])}
                 samples[side].append(run(cmd, env, out))
                 if out is not None and check is not None and side != "baseline":
@@ -311,7 +317,7 @@ def startup(args: argparse.Namespace, trees: dict[str, Path], tmp: Path) -> None
     for _ in range(args.startup_repeat):
         for label, (where, argv) in commands.items():  # alternated
             env = {**os.environ, "PYTHONPATH": str(where)} if where is not None else {**os.environ}
-            samples[label].append(run([sys.executable, *argv], env))
+            samples[label].append(run([PYTHON, *argv], env))
     floor = fmt(samples["python -c pass"])[0]
     print(f"\nStart-up, median of {args.startup_repeat} (alternated):")
     print("| command | wall | CPU | peak RSS | minus `python -c pass` |\n|---|---|---|---|---|")
@@ -328,8 +334,16 @@ def main() -> None:
     ap.add_argument("--startup-repeat", type=int, default=21)
     ap.add_argument("--before", metavar="REV", help="also run the batchflow of this commit")
     ap.add_argument("--startup-only", action="store_true")
+    ap.add_argument(
+        "--editable", action="store_true", help="run with this venv's Python, editable-install hook and all"
+    )
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; load {os.getloadavg()[0]:.2f}")
+    global PYTHON
+    PYTHON = python(args.editable)
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]} ({PYTHON}); "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)
         byte_compile(ROOT)
