@@ -364,8 +364,11 @@ def _resume_view(wf: Workflow, plan: Plan, backend_name: str) -> list[Decision] 
     try:
         ledger = load_ledger(workspace, wf, storage)
         if ledger.count:
+            # The inputs' digests (not saved: `plan` writes nothing) are gone before decide() lists
+            # the outputs; the keys share their texts with the ledger's entries (ledger.KeyMaker).
             digests = DigestCache(workspace / "cache" / "digests.json")
-            keys = task_keys(plan, backend.name, digests.md5)  # not saved: `plan` writes nothing
+            keys = task_keys(plan, backend.name, digests.md5, ledger)
+            del digests
         else:  # no earlier run: every task is new, whatever its key, and no input need be read
             keys = dict.fromkeys((t.id for t in plan.tasks), TaskKey("", {}))
         return decide(keys, ledger, storage)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from batchflow.errors import BatchflowError
 
@@ -97,9 +98,10 @@ class DigestCache:
 
     # ---- lookups --------------------------------------------------------------------------
 
-    def known(self, path: Path, stat: os.stat_result) -> str | None:
+    def known(self, path: Path | str, stat: os.stat_result) -> str | None:
         """The trusted MD5 of this version of `path`, or None. No I/O but loading the cache once.
-        (No lock: a dict lookup is atomic, and entries are replaced whole.)"""
+        (No lock: a dict lookup is atomic, and entries are replaced whole.) `path` may be given as
+        its str (what str(path) is), sparing a caller that has one a Path for each of its files."""
         entries = self._entries if self._entries is not None else self._load()
         entry = entries.get(_name(path))
         if (
@@ -182,7 +184,7 @@ class DigestCache:
                     tmp.unlink(missing_ok=True)
 
 
-def _name(path: Path) -> str:
+def _name(path: Path | str) -> str:
     name = str(path)  # a Path keeps its str once made
     return name if name.startswith("/") else str(Path(name).absolute())
 
@@ -191,7 +193,7 @@ def _read(file: Path) -> dict[str, _Entry]:
     """The entries in `file`; {} for a missing, unreadable or damaged file, and without any entry
     that is not well formed."""
     try:
-        data = json.loads(file.read_bytes())
+        data = json.loads(_text_of(file))
     except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
@@ -205,15 +207,31 @@ def _read(file: Path) -> dict[str, _Entry]:
     ):
         log.warning("ignoring the digest cache %s: not a version %d digest cache", file, VERSION)
         return {}
-    entries: dict[str, _Entry] = {}
-    for name, value in data["entries"].items():
-        if (
-            isinstance(value, list)
-            and len(value) == 5
-            and all(type(v) is int for v in value[:3])
-            and isinstance(value[3], str)
-            and _MD5_HEX.fullmatch(value[3]) is not None
-            and type(value[4]) is bool
-        ):
-            entries[name] = (value[0], value[1], value[2], value[3], value[4])
+    # Each entry made a tuple in place (no second dict of 100,000), those not well formed dropped.
+    entries: dict[str, Any] = data["entries"]
+    damaged = []
+    md5_hex = _MD5_HEX.fullmatch
+    for name, value in entries.items():  # (100,000 of them: no generator, no call but one)
+        if type(value) is list and len(value) == 5:  # (json.loads makes no subclass of list or str)
+            size, mtime_ns, inode, md5, trusted = value
+            if (
+                type(size) is int
+                and type(mtime_ns) is int
+                and type(inode) is int
+                and type(md5) is str
+                and type(trusted) is bool
+                and md5_hex(md5) is not None
+            ):
+                entries[name] = (size, mtime_ns, inode, md5, trusted)
+                continue
+        damaged.append(name)
+    for name in damaged:
+        del entries[name]
     return entries
+
+
+def _text_of(file: Path) -> str:
+    """What json.loads(file.read_bytes()) decodes the bytes to, without holding the bytes while
+    it parses: a cache of 100,000 files is 16 MB, as much again as text."""
+    raw = file.read_bytes()
+    return raw.decode(json.detect_encoding(raw), "surrogatepass")

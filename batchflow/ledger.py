@@ -26,13 +26,14 @@ import bisect
 import hashlib
 import json
 import json.encoder
+import json.scanner
 import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from batchflow.globs import compile_glob, glob_literal, has_magic
 from batchflow.model import (
@@ -44,6 +45,7 @@ from batchflow.model import (
     TaskInput,
     UploadItem,
 )
+from batchflow.redact import one_shot
 
 log = logging.getLogger("batchflow")
 
@@ -52,6 +54,7 @@ KEYS_FILE = "keys.json"
 LEDGER_FILE = "ledger.jsonl"
 LEDGER_PREFIX = "batchflow-ledger/"  # in the logs container, then <workflow name>/<run id>.jsonl
 PARTS = ("inputs", "command", "outputs", "pool")
+_PART_NAMES = frozenset(PARTS)
 # What a changed part means, in `batchflow plan` and the run's first lines.
 PART_REASON = {
     "inputs": "input changed",
@@ -63,13 +66,54 @@ PART_REASON = {
 Digest = Callable[[Path, os.stat_result], str]  # a file's MD5 (hex), cached by its stat
 
 
-@dataclass(frozen=True)
+class Parts(Mapping[str, str]):
+    """A key's part digests by part name (PARTS, in that order): a read-only dict, in a third of
+    a dict's memory (a ledger of 100,000 entries holds as many). Equal to any mapping with the
+    same items."""
+
+    __slots__ = ("command", "inputs", "outputs", "pool")
+
+    def __init__(self, inputs: str, command: str, outputs: str, pool: str) -> None:
+        self.inputs = inputs
+        self.command = command
+        self.outputs = outputs
+        self.pool = pool
+
+    def __getitem__(self, name: str) -> str:
+        if name not in _PART_NAMES:
+            raise KeyError(name)
+        value: str = getattr(self, name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PARTS)
+
+    def __len__(self) -> int:
+        return len(PARTS)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Parts):
+            return (self.inputs, self.command, self.outputs, self.pool) == (
+                other.inputs,
+                other.command,
+                other.outputs,
+                other.pool,
+            )
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # (as a dict's)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+@dataclass(frozen=True, slots=True)  # (slots: 100,000 of each are held at once)
 class TaskKey:
     key: str
     parts: Mapping[str, str]  # part name -> digest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredOutput:
     container: str
     blob: str
@@ -77,7 +121,7 @@ class StoredOutput:
     md5: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One finished task of one run."""
 
@@ -106,29 +150,51 @@ class Entry:
     def from_json(cls, data: Any, same: dict[str, str] | None = None) -> Entry:
         """Raises (KeyError, TypeError, ValueError) on anything malformed: the caller skips it.
         `same`: texts met before, to keep one copy of those that repeat from entry to entry (the run,
-        the containers, the pool's digest, the parts' names): a third of a ledger's memory."""
-
-        def one(text: str) -> str:
-            return text if same is None else same.setdefault(text, text)
-
-        outputs = tuple(
-            StoredOutput(one(str(c)), str(b), None if s is None else int(s), None if m is None else str(m))
-            for c, b, s, m in data["outputs"]
-        )
+        the containers, the pool's digest): a third of a ledger's memory."""
+        one = (same if same is not None else {}).setdefault  # one(text, text): its first copy
+        listed = data["outputs"]
+        if type(listed) is list and len(listed) == 1:  # (most tasks: one output; no generator)
+            c, b, s, m = listed[0]
+            outputs: tuple[StoredOutput, ...] = (_stored(c, b, s, m, one),)
+        else:
+            outputs = tuple(_stored(c, b, s, m, one) for c, b, s, m in listed)
         parts = data["parts"]
-        if not isinstance(parts, dict) or set(parts) != set(PARTS):
+        if not isinstance(parts, dict) or parts.keys() != _PART_NAMES:
             raise ValueError("parts")
         reused = data.get("reused_from")
+        # Each checked as it is read, in this order (a damaged entry is logged with the first
+        # error's type): _text(data["key"]), and so on, without a call each.
+        key = data["key"]
+        if not isinstance(key, str):
+            raise TypeError(key)
+        task = data["task"]
+        if not isinstance(task, str):
+            raise TypeError(task)
+        run = data["run"]
+        if not isinstance(run, str):
+            raise TypeError(run)
+        succeeded = bool(data["succeeded"])
+        for v in parts.values():
+            if not isinstance(v, str):
+                raise TypeError(v)
+        pool = parts["pool"]
         return cls(
-            key=_text(data["key"]),
-            task=_text(data["task"]),
-            run=one(_text(data["run"])),
-            succeeded=bool(data["succeeded"]),
-            parts={one(k): one(_text(v)) if k == "pool" else _text(v) for k, v in parts.items()},
-            outputs=outputs,
-            at=float(data["at"]),
-            reused_from=None if reused is None else one(_text(reused)),
+            key,
+            task,
+            one(run, run),
+            succeeded,
+            Parts(parts["inputs"], parts["command"], parts["outputs"], one(pool, pool)),
+            outputs,
+            float(data["at"]),
+            None if reused is None else one(_text(reused), reused),
         )
+
+
+def _stored(c: Any, b: Any, s: Any, m: Any, one: Callable[[str, str], str]) -> StoredOutput:
+    container = str(c)
+    return StoredOutput(
+        one(container, container), str(b), None if s is None else int(s), None if m is None else str(m)
+    )
 
 
 def _text(value: object) -> str:
@@ -142,10 +208,21 @@ def _text(value: object) -> str:
 
 # One encoder for every key: json.dumps builds a new one per call (most of a key's cost at 100k tasks).
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+# And the C encoder inside it made once (redact.one_shot): JSONEncoder.encode makes one per call, more
+# than half of what a key's digests cost.
+_canonical = one_shot(_CANONICAL)
 
 
 def _sha(value: object) -> str:
-    return hashlib.sha256(_CANONICAL.encode(value).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(value).encode("utf-8")).hexdigest()
+
+
+def _sha_of(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# A str as _canonical writes it (ensure_ascii=False).
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 NO_OUTPUTS = _sha([])  # the outputs part of a task with no output spec
@@ -155,25 +232,28 @@ class KeyMaker:
     """Task keys for one plan. Each uploaded file is stat'ed and hashed once (through `digest`,
     which caches by stat), however many tasks read it."""
 
-    def __init__(self, plan: Plan, backend: str, digest: Digest) -> None:
+    def __init__(self, plan: Plan, backend: str, digest: Digest, earlier: Ledger | None = None) -> None:
+        """`earlier`: a ledger whose latest entry of a task, when its key is the task's key, lends
+        its texts (key and parts) to it: the same digests are not kept twice (80 MB at 100,000)."""
         self._digest = digest
-        # (container, blob) -> its UploadItem, replaced by its content once known (_identity).
-        self._files: dict[tuple[str, str], UploadItem | list[object]] = {
-            (u.container, u.blob_name): u for u in plan.uploads
-        }
+        self._earlier = earlier
+        # container -> blob -> its UploadItem, replaced by its content once known (_identity).
+        self._files: dict[str, dict[str, UploadItem | tuple[int, str]]] = {}
+        for u in plan.uploads:
+            self._files.setdefault(u.container, {})[u.blob_name] = u
         self._pool = _sha([KEY_VERSION, backend, self._pool_identity(plan)])
 
-    def _identity(self, item: TaskInput) -> list[object]:
+    def _identity(self, item: TaskInput) -> tuple[object, ...]:
         """An input's content: its size and MD5, or the blob's name where no local file backs it."""
-        where = (item.container, item.blob_name)
-        known = self._files.get(where)
+        files = self._files.get(item.container, {})
+        known = files.get(item.blob_name)
         if known is None:
-            return ["blob", item.container, item.blob_name]
-        if isinstance(known, list):
+            return ("blob", item.container, item.blob_name)
+        if isinstance(known, tuple):
             return known
         st = known.local_path.stat()
-        content: list[object] = [st.st_size, self._digest(known.local_path, st)]
-        self._files[where] = content
+        content = (st.st_size, self._digest(known.local_path, st))
+        files[item.blob_name] = content
         return content
 
     def _pool_identity(self, plan: Plan) -> list[object]:
@@ -194,26 +274,48 @@ class KeyMaker:
         ]
 
     def key(self, task: RenderedTask) -> TaskKey:
+        """The texts hashed are those _canonical makes of each part's value, written out directly
+        for the usual shapes (one input with a local file, no environment, outputs), which is twice
+        as fast (tests/test_ledger.py compares the two)."""
         inputs = task.inputs
         if len(inputs) == 1:  # (sorting one item, fast)
-            files: list[list[object]] = [[inputs[0].file_path, *self._identity(inputs[0])]]
+            content = self._identity(inputs[0])
+            if len(content) == 2 and type(content[0]) is int and type(content[1]) is str:
+                inputs_text = f"[[{_string(inputs[0].file_path)},{content[0]},{_string(content[1])}]]"
+            else:
+                inputs_text = _canonical([[inputs[0].file_path, *content]])
         else:
-            files = sorted([i.file_path, *self._identity(i)] for i in inputs)
+            inputs_text = _canonical(sorted([i.file_path, *self._identity(i)] for i in inputs))
         environment = task.environment
-        parts = {
-            "inputs": _sha(files),
-            "command": _sha([task.command, sorted(environment.items()) if environment else []]),
-            "outputs": _sha(
-                [[o.pattern, o.container, o.destination, o.condition.value] for o in task.outputs]
-            ),
-            "pool": self._pool,
-        }
-        return TaskKey(_sha([KEY_VERSION, [parts[p] for p in PARTS]]), parts)
+        command_text = (
+            _canonical([task.command, sorted(environment.items())])
+            if environment
+            else f"[{_string(task.command)},[]]"
+        )
+        outputs_text = (
+            "["
+            + ",".join(
+                f"[{_string(o.pattern)},{_string(o.container)},{_string(o.destination)},"
+                f"{_string(o.condition.value)}]"
+                for o in task.outputs
+            )
+            + "]"
+        )
+        parts = Parts(_sha_of(inputs_text), _sha_of(command_text), _sha_of(outputs_text), self._pool)
+        # [KEY_VERSION, [the parts' digests in PARTS' order]]: hexadecimal, nothing to escape.
+        key = _sha_of(
+            f'[{KEY_VERSION},["{parts.inputs}","{parts.command}","{parts.outputs}","{parts.pool}"]]'
+        )
+        last = None if self._earlier is None else self._earlier.latest(task.id)
+        if last is not None and last.key == key and last.parts == parts:
+            return TaskKey(last.key, last.parts)
+        return TaskKey(key, parts)
 
 
-def task_keys(plan: Plan, backend: str, digest: Digest) -> dict[str, TaskKey]:
-    """Each task's key, by task id. The plan's tasks, before the per-run output prefix."""
-    maker = KeyMaker(plan, backend, digest)
+def task_keys(plan: Plan, backend: str, digest: Digest, earlier: Ledger | None = None) -> dict[str, TaskKey]:
+    """Each task's key, by task id. The plan's tasks, before the per-run output prefix. `earlier`:
+    see KeyMaker (the keys are the same with it or without)."""
+    maker = KeyMaker(plan, backend, digest, earlier)
     return {t.id: maker.key(t) for t in plan.tasks}
 
 
@@ -228,7 +330,8 @@ def read_keys(folder: Path) -> dict[str, TaskKey]:
     try:
         data = json.loads((folder / KEYS_FILE).read_text(encoding="utf-8"))
         return {
-            str(t): TaskKey(str(v["key"]), {p: str(v["parts"][p]) for p in PARTS}) for t, v in data.items()
+            str(t): TaskKey(str(v["key"]), Parts(*(str(v["parts"][p]) for p in PARTS)))
+            for t, v in data.items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
@@ -308,23 +411,62 @@ def entries_text(entries: Iterable[Entry]) -> str:
 
 def parse_entries(text: str, where: str) -> Iterator[Entry]:
     """Every well-formed entry; a damaged line (a write cut short) is skipped and logged."""
+    return _parse(_lines(text), where)
+
+
+def read_entries(path: Path, where: str) -> Iterator[Entry]:
+    """parse_entries(path.read_text(encoding="utf-8"), where), reading the file a line at a time:
+    the text of a 100,000-entry ledger is 60 MB (and as much again while it is decoded). Raises
+    OSError, or UnicodeDecodeError, as read_text would, but while the entries are iterated."""
+    with path.open(encoding="utf-8") as f:  # (universal newlines, as read_text)
+        yield from _parse(_file_lines(f), where)
+
+
+# What json.loads scans with (typeshed types make_scanner's argument as the scanner class itself).
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _loads(line: str) -> Any:
+    """json.loads(line), with less around the scanner for a line that is one object (every line
+    entries_text writes); json.loads itself for any other, and for its errors."""
+    if line[:1] == "{":
+        try:
+            value, end = _scan_once(line, 0)
+        except (StopIteration, ValueError):
+            return json.loads(line)
+        if end == len(line):
+            return value
+    return json.loads(line)
+
+
+def _parse(lines: Iterable[str], where: str) -> Iterator[Entry]:
     same: dict[str, str] = {}
-    for n, line in enumerate(_lines(text), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield Entry.from_json(json.loads(line), same)
+            yield Entry.from_json(_loads(line), same)
         except (ValueError, KeyError, TypeError) as e:
             log.warning("ledger %s line %d is damaged (%s): skipped", where, n, type(e).__name__)
 
 
+_READ_CHUNK = 1 << 20
 # What str.splitlines splits at, besides "\n" (entries_text writes none of them: JSON escapes them).
 _OTHER_LINE_ENDS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_ASCII_LINE_ENDS = "\r\x0b\x0c\x1c\x1d\x1e"
+
+
+def _has_other_line_end(text: str) -> bool:
+    """_OTHER_LINE_ENDS.search(text) is not None, in a hundredth of the time for ASCII text (what
+    entries_text writes): six substring searches, and the others cannot be in it."""
+    if any(c in text for c in _ASCII_LINE_ENDS):
+        return True
+    return not text.isascii() and _OTHER_LINE_ENDS.search(text) is not None
 
 
 def _lines(text: str) -> Iterator[str]:
     """text.splitlines(), one line at a time: the list of a 100,000-entry ledger's lines is 70 MB."""
-    if _OTHER_LINE_ENDS.search(text):
+    if _has_other_line_end(text):
         yield from text.splitlines()
         return
     start, end = 0, len(text)
@@ -334,6 +476,30 @@ def _lines(text: str) -> Iterator[str]:
             stop = end
         yield text[start:stop]
         start = stop + 1
+
+
+def _file_lines(f: TextIO) -> Iterator[str]:
+    r"""What _lines gives for the file's text, read a megabyte at a time. The file's text has its
+    newlines translated, as read_text's; a line that holds another line end is split where
+    str.splitlines splits the whole text: "a\x1c\n".splitlines() is ["a", ""], as in the text."""
+    search = _has_other_line_end
+    pending: list[str] = []  # the text after the last "\n" read
+    while chunk := f.read(_READ_CHUNK):
+        cut = chunk.rfind("\n")
+        if cut == -1:  # (a line longer than a chunk)
+            pending.append(chunk)
+            continue
+        pending.append(chunk[:cut])
+        text = "".join(pending)
+        pending = [chunk[cut + 1 :]]
+        if not search(text):
+            yield from text.split("\n")
+        else:
+            for line in text.split("\n"):
+                yield from (line + "\n").splitlines() if search(line) else (line,)
+    last = "".join(pending)
+    if last:
+        yield from last.splitlines() if search(last) else (last,)
 
 
 def write_ledger(folder: Path, entries: Iterable[Entry]) -> Path:
@@ -352,7 +518,8 @@ class Ledger:
     """Every entry known, indexed by key (the succeeded ones) and by task id (the latest)."""
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
-        self._by_key: dict[str, list[Entry]] = {}
+        # A key's one entry, or its entries once there are more (a list each is 10 MB at 100,000).
+        self._by_key: dict[str, Entry | list[Entry]] = {}
         self._latest: dict[str, Entry] = {}
         self.count = 0
         for e in entries:
@@ -361,14 +528,25 @@ class Ledger:
     def add(self, e: Entry) -> None:
         self.count += 1
         if e.succeeded:
-            self._by_key.setdefault(e.key, []).append(e)
+            known = self._by_key.get(e.key)
+            if known is None:
+                self._by_key[e.key] = e
+            elif isinstance(known, list):
+                known.append(e)
+            else:
+                self._by_key[e.key] = [known, e]
         last = self._latest.get(e.task)
         if last is None or (e.at, e.run) >= (last.at, last.run):
             self._latest[e.task] = e
 
     def succeeded(self, key: str) -> list[Entry]:
         """The succeeded entries with this key, the latest first."""
-        return sorted(self._by_key.get(key, ()), key=lambda e: (e.at, e.run), reverse=True)
+        known = self._by_key.get(key)
+        if known is None:
+            return []
+        if not isinstance(known, list):
+            return [known]
+        return sorted(known, key=lambda e: (e.at, e.run), reverse=True)
 
     def latest(self, task_id: str) -> Entry | None:
         return self._latest.get(task_id)

@@ -243,7 +243,7 @@ class InputFile:
         return self.relative_path.rsplit("/", 1)[-1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskInput:
     """A file to place in the task working dir before it runs.
 
@@ -265,7 +265,7 @@ class ResolvedFile:
     file_path: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskOutput:
     pattern: str  # rendered, relative to the task working dir; may be a glob
     container: str
@@ -284,7 +284,7 @@ class TaskLogs:
         return f"{self.prefix}{task_id}/{name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RenderedTask:
     id: str
     index: int
@@ -298,7 +298,7 @@ class RenderedTask:
     logs: TaskLogs | None = None  # set by the runner, which knows the run id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UploadItem:
     local_path: Path
     container: str
@@ -364,7 +364,7 @@ class TransferResult:
     files: tuple[str, ...] = ()  # what was transferred (blob names or local paths)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobStat:
     """What a storage tells of one blob's content: its size, and its MD5 (32 lowercase hex digits),
     or None where the storage holds none (a blob someone else stored in Azure without a

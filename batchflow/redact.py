@@ -133,7 +133,7 @@ class JsonRedactor:
         self._secrets = _secrets_now()
         self._encoder = json.JSONEncoder(**dumps)
         self._dumped_secrets = [self._encoder.encode(s)[1:-1] for s in self._secrets]
-        self._quick = _one_shot(self._encoder)
+        self._quick = one_shot(self._encoder)
 
     def dumps(self, obj: object) -> str:
         try:
@@ -173,7 +173,7 @@ class JsonRedactor:
         return walk(obj)
 
 
-def _one_shot(encoder: json.JSONEncoder) -> Callable[[object], str]:
+def one_shot(encoder: json.JSONEncoder) -> Callable[[object], str]:
     """encoder.encode, with json's C encoder built once rather than at every call (as
     JSONEncoder.iterencode builds it: the same options, less the check for circular references,
     which here would only turn a circular object's RecursionError into a ValueError)."""

@@ -28,7 +28,7 @@ from batchflow.ledger import (
     Ledger,
     StoredOutput,
     TaskKey,
-    parse_entries,
+    read_entries,
     read_keys,
 )
 from batchflow.model import BlobStat, Workflow
@@ -41,7 +41,7 @@ UNCHANGED = "unchanged"
 LEFT_OUT = "left out"  # `batchflow retry`: not a failed task of the run retried
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     task: str
     run: bool
@@ -87,7 +87,7 @@ def _run_entries(folder: Path) -> list[Entry]:
     path = folder / LEDGER_FILE
     if path.is_file():
         try:
-            return list(parse_entries(path.read_text(encoding="utf-8"), str(path)))
+            return list(read_entries(path, str(path)))
         except OSError as e:
             log.warning("cannot read %s: %s", path, e)
             return []
@@ -142,7 +142,7 @@ def _remote_entries(storage: Storage, container: str, workflow_name: str, known:
         for name in fresh:
             path = Path(tmp) / name[len(prefix) :]
             if path.is_file():
-                out.extend(parse_entries(path.read_text(encoding="utf-8"), f"{container}/{name}"))
+                out.extend(read_entries(path, f"{container}/{name}"))
     return out
 
 
@@ -198,7 +198,11 @@ def decide(
         if chosen is not None and tid in chosen:
             out.append(Decision(tid, True, "failed before"))
             continue
-        reusable = next((e for e in ledger.succeeded(key.key) if stored.holds(e)), None)
+        reusable = None
+        for e in ledger.succeeded(key.key):
+            if stored.holds(e):
+                reusable = e
+                break
         if reusable is not None:
             out.append(Decision(tid, False, UNCHANGED, reusable))
         elif chosen is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batchflow.ledger import LEDGER_PREFIX, TaskKey
-from batchflow.model import CleanupAction, Plan, RenderedTask, TaskLogs, Workflow
+from batchflow.model import CleanupAction, Plan, RenderedTask, TaskLogs, TaskOutput, Workflow
 
 # `batchflow plan` knows no run id yet: it shows where a run's own files go with this in its place.
 RUN_ID_PLACEHOLDER = "<run id>"
@@ -63,20 +63,33 @@ def plan_run(plan: Plan, run_id: str, keys: Mapping[str, TaskKey] | None = None)
     wf = plan.workflow
     prefix = output_prefix(wf, run_id)
     logs = task_logs(wf, run_id)
-    tasks = tuple(
-        replace(
-            t,
-            outputs=tuple(replace(o, destination=prefix + o.destination) for o in t.outputs)
-            if prefix
-            else t.outputs,
-            logs=logs,
-        )
-        for t in plan.tasks
-    )
+    tasks = tuple(_as_submitted(t, prefix, logs) for t in plan.tasks)
     cleanup = CleanupPlan(
         job=wf.cleanup.job is CleanupAction.DELETE, pool=wf.cleanup.pool, containers=doomed_containers(wf)
     )
     return RunPlan(plan, run_id, tasks, prefix, logs, downloads(wf, run_id), cleanup, dict(keys or {}))
+
+
+def _as_submitted(t: RenderedTask, prefix: str, logs: TaskLogs | None) -> RenderedTask:
+    """replace(t, outputs=<each under `prefix`>, logs=logs), made directly: dataclasses.replace
+    looks at every field of every object it copies (half a second at 100,000 tasks)."""
+    outputs = (
+        tuple(TaskOutput(o.pattern, o.container, prefix + o.destination, o.condition) for o in t.outputs)
+        if prefix
+        else t.outputs
+    )
+    return RenderedTask(
+        t.id,
+        t.index,
+        t.command,
+        t.inputs,
+        outputs,
+        t.environment,
+        t.max_retries,
+        t.max_wall_clock,
+        t.source_blob,
+        logs,
+    )
 
 
 def output_prefix(wf: Workflow, run_id: str) -> str:

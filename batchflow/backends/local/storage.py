@@ -153,16 +153,22 @@ class LocalStorage:
         base = self._existing(container)
         found: dict[str, BlobStat | None] = {}
         unknown: list[tuple[str, Path, os.stat_result]] = []
+        # Each file by its name as a str, what base.joinpath(*name.split("/")) would name (a listed
+        # name has no empty, '.' or '..' part): a Path for each of 100,000 blobs was half the time.
+        head = str(base) + "/"
+        known = self.digests.known
         for name in self.list_blobs(container, prefix):
-            path = base.joinpath(*name.split("/"))
+            path = head + name
             try:
-                stat = path.stat()
+                stat = os.stat(path)  # noqa: PTH116 (a str: see above)
             except FileNotFoundError:
                 continue  # deleted since the listing
-            md5 = self.digests.known(path, stat)
-            found[name] = None if md5 is None else BlobStat(stat.st_size, md5)
+            md5 = known(path, stat)
             if md5 is None:
-                unknown.append((name, path, stat))
+                found[name] = None
+                unknown.append((name, base.joinpath(*name.split("/")), stat))
+            else:
+                found[name] = BlobStat(stat.st_size, md5)
         if unknown:
             try:
                 if len(unknown) == 1:
