@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchflow import __version__
 from batchflow.errors import BatchflowError, InvalidWorkflow, JobExists, Problem, Terminated, first_line
-from batchflow.redact import RedactingFilter, redact, redact_json
+from batchflow.redact import RedactingFilter, redact, redact_json, write_json_rows
 
 if TYPE_CHECKING:  # imported where used, so that `--version` and `validate` start fast
     from batchflow.gc import Survey
@@ -540,7 +540,8 @@ def _run(
             raise
         reporter.emit(RunResult.of(outcome.state, outcome.outputs))
         if args.output == "json":
-            print(redact_json(as_json(outcome.state), indent=2))
+            write_json_rows(sys.stdout, as_json(outcome.state), rows=("tasks",))
+            sys.stdout.flush()
         return outcome.exit_code
 
 
@@ -606,7 +607,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     exit_code = codes.get(status, EXIT_FAILED)
     if args.output == "json":
         data = {**as_json(state), "status": status.value, "exit_code": exit_code}
-        print(redact_json(data, indent=2))
+        write_json_rows(sys.stdout, data, rows=("tasks",))
+        sys.stdout.flush()
         return exit_code
     print(redact("\n".join(status_lines(state, status, time.time()))))
     return exit_code

@@ -14,9 +14,9 @@ import json.encoder
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from batchflow.credentials import is_credential_variable
 
@@ -117,6 +117,24 @@ def redact_json(obj: object, **dumps: Any) -> str:
     form is not its raw text (`ä` dumped as `\\u00e4`, a `"` or `\\` escaped), and a pattern that
     stops at a quote cuts an escape in two (`sig=abc\\"` -> `sig=REDACTED"`): invalid JSON."""
     return JsonRedactor(**dumps).dumps(obj)
+
+
+def write_json_rows(out: TextIO, obj: Mapping[str, Any], rows: Container[str]) -> None:
+    """`obj` redacted, as json.dumps(obj, indent=2) prints it, except that each entry of a mapping
+    named in `rows` stands on one line, compact (`run --output json`'s tasks): json's C encoder
+    does not indent, and its pure-Python one takes 50 us per task record (5 s at 100,000 tasks)."""
+    pretty, line = JsonRedactor(indent=2), JsonRedactor()
+    out.write("{")
+    for n, (key, value) in enumerate(obj.items()):
+        out.write(("," if n else "") + "\n  " + line.dumps(key) + ": ")
+        if key in rows and isinstance(value, Mapping) and value:
+            out.write("{")
+            for m, entry in enumerate(value.items()):
+                out.write(("," if m else "") + "\n    " + line.dumps(dict([entry]))[1:-1])
+            out.write("\n  }")
+        else:
+            out.write(pretty.dumps(value).replace("\n", "\n  "))
+    out.write("\n}\n" if obj else "}\n")
 
 
 class JsonRedactor:

@@ -76,3 +76,40 @@ def test_what_may_hold_a_pattern_folds_is_what_the_regex_engine_matches() -> Non
     ):
         assert _ANY_PATTERN.search(word) and _may_hold_a_pattern(word), word
     assert not _may_hold_a_pattern('{"size": 2, "path": "/a/b", "what": "authorisation"}')
+
+
+def test_json_rows_is_indented_json_with_one_line_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --output json`'s writer: what json.dumps(indent=2) says, each task on one line, redacted."""
+    import io
+
+    from batchflow.redact import write_json_rows
+
+    monkeypatch.setenv("MY_API_TOKEN", "tok-s3cret-value")
+    data = {
+        "run_id": "r1",
+        "counts": {"succeeded": 2, "failed": 0},
+        "tasks": {
+            "a": {"state": "succeeded", "exit_code": 0, "error": None},
+            "b": {"state": "failed", "error": 'saw tok-s3cret-value and sig=abc"def', "é": [1, 2]},
+        },
+        "message": None,
+    }
+    out = io.StringIO()
+    write_json_rows(out, data, rows=("tasks",))
+    text = out.getvalue()
+    assert "tok-s3cret-value" not in text and "abc" not in text
+    assert json.loads(text) == json.loads(redact_json(data))
+    lines = text.splitlines()
+    start = lines.index('  "tasks": {')
+    assert lines[start + 1] == '    "a": {"state": "succeeded", "exit_code": 0, "error": null},'
+    assert lines[start + 2].startswith('    "b": {"state": "failed", "error": "saw REDACTED')
+    assert lines[start + 3] == "  },"
+    # Everything but the rows is json.dumps(indent=2)'s text.
+    plain = {k: v for k, v in data.items() if k != "tasks"}
+    out = io.StringIO()
+    write_json_rows(out, plain, rows=("tasks",))
+    assert out.getvalue() == json.dumps(plain, indent=2) + "\n"
+    for empty in ({}, {"tasks": {}}):
+        out = io.StringIO()
+        write_json_rows(out, empty, rows=("tasks",))
+        assert out.getvalue() == json.dumps(empty, indent=2) + "\n"
