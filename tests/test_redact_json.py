@@ -109,7 +109,8 @@ def test_json_rows_is_indented_json_with_one_line_per_row(monkeypatch: pytest.Mo
     out = io.StringIO()
     write_json_rows(out, plain, rows=("tasks",))
     assert out.getvalue() == json.dumps(plain, indent=2) + "\n"
-    for empty in ({}, {"tasks": {}}):
+    empties: tuple[dict[str, object], ...] = ({}, {"tasks": {}})
+    for empty in empties:
         out = io.StringIO()
         write_json_rows(out, empty, rows=("tasks",))
         assert out.getvalue() == json.dumps(empty, indent=2) + "\n"
