@@ -1052,6 +1052,38 @@ def test_logs_come_from_the_log_container_when_the_node_has_them_no_more(
     assert statuses == [404, 404]
 
 
+def test_a_log_the_node_lost_between_two_fetches_comes_from_the_log_container(
+    bench: Bench, azurite: AzuriteInfo
+) -> None:
+    """The job completes with its last task and takes its auto pool along: the node can go after
+    stdout.txt was fetched and before stderr.txt is (seen in CI as a lost stderr tail)."""
+    logs = f"logs{uuid.uuid4().hex[:16]}"
+    with AzureBlobStorage(blob_auth(azurite.environ()), sas_ttl=600) as storage:
+        storage.ensure_container(logs)
+        compute = bench.compute(storage=storage)
+        compute.create_pool(pool_spec(), None)
+        compute.wait_for_pool(POOL)
+        compute.create_job(JobSpec(id=JOB), POOL, RUN)
+        failing = task(
+            "fails", "echo out; echo err >&2; exit 1", logs=TaskLogs(logs, f"batchflow-logs/{RUN}/")
+        )
+        compute.add_tasks(JOB, [failing])
+        compute.seal_job(JOB)
+        assert wait_for_completed(bench, compute, 1) == TaskCounts(failed=1)
+        bench.emu.faults.fail_next(
+            "GET", "/jobs/{job}/tasks/{task}/files/stderr.txt", status=404, code="NodeNotFound"
+        )
+
+        (result,) = compute.task_results(JOB)
+
+    folder = bench.run_dir / "tasks" / "fails"
+    assert (result.stdout_path, result.stderr_path) == (folder / "stdout.txt", folder / "stderr.txt")
+    assert (folder / "stdout.txt").read_text() == "out\n"
+    assert (folder / "stderr.txt").read_text() == "err\n"
+    statuses = [(r.path.rsplit("/", 1)[-1], r.status) for r in bench.emu.requests if "/files/" in r.path]
+    assert statuses == [("stdout.txt", 200), ("stderr.txt", 404)]
+
+
 # ---- stop, delete_job, delete_pool -------------------------------------------------------------------
 
 

@@ -159,8 +159,9 @@ class TaskResults:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
             paths.append(folder / name)
-        if paths == [None, None]:
-            return self._stored_logs(task_id, folder)
+        if None in paths:  # the node went (the job completed and took its auto pool), maybe mid-way
+            stored = self._stored_logs(task_id, folder)
+            paths = [mine or theirs for mine, theirs in zip(paths, stored, strict=True)]
         return paths[0], paths[1]
 
     def _stored_logs(self, task_id: str, folder: Path) -> tuple[Path | None, Path | None]:
