@@ -228,21 +228,6 @@ class Workflow:
 # ---- Rendering results ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InputFile:
-    """One file the task's foreach matched: a local file that will be (or was) uploaded."""
-
-    local_path: Path  # absolute path of the file on this machine
-    container: str
-    blob_name: str  # name in the container (upload prefix + relative path, '/' separated)
-    relative_path: str  # path relative to the upload source folder, '/' separated
-    size: int
-
-    @property
-    def name(self) -> str:
-        return self.relative_path.rsplit("/", 1)[-1]
-
-
 @dataclass(frozen=True, slots=True)
 class TaskInput:
     """A file to place in the task working dir before it runs.

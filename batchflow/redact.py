@@ -11,14 +11,16 @@ from __future__ import annotations
 import functools
 import json
 import json.encoder
-import logging
 import os
 import re
 from collections.abc import Callable, Container, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from batchflow.credentials import is_credential_variable
+
+if TYPE_CHECKING:
+    import logging
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # SAS signature in a URL or token string: sig=<base64, possibly URL-encoded>
@@ -220,8 +222,10 @@ def one_shot(encoder: json.JSONEncoder) -> Callable[[object], str]:
     return encode
 
 
-class RedactingFilter(logging.Filter):
-    """Redacts every record's final message before any handler formats it."""
+class RedactingFilter:
+    """Redacts every record's final message before any handler formats it. A logging filter is any
+    object with a `filter` method (logging.Filterer, Python 3.2+), so this module, on every
+    command's path, does not import logging."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -289,6 +289,17 @@ def test_output_outside_the_working_dir(tmp_path: Path) -> None:
 # ---- task ids -----------------------------------------------------------------------------
 
 
+def test_task_ids_hash_with_hashlibs_sha256() -> None:
+    """render takes CPython's own SHA-256 module where there is one (hashlib's import loads OpenSSL):
+    the same digests as hashlib's."""
+    import hashlib
+
+    import batchflow.render
+
+    for data in [b"", b"videos/My clip (1).mp4", "日本.mp4".encode(), bytes(range(256)) * 40]:
+        assert batchflow.render._sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
 def test_derived_ids_are_deterministic(tmp_path: Path) -> None:
     assert derive_task_id("videos/My clip (1).mp4") == "videos-My-clip-1-ea799e85"
     assert derive_task_id("--a..b.tar.gz") == "a-b-tar-68982c1c"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,6 @@ from batchflow.model import CleanupAction, DocPath, Workflow
 
 if TYPE_CHECKING:
     from batchflow.state import RunState
-
-log = logging.getLogger("batchflow")
 
 # SAS URLs given to tasks outlive the monitor timeout by this much: tasks added at the end of the
 # task stage still upload their outputs at the very end of the monitor stage.
@@ -141,10 +138,13 @@ class AzureBackend:
         """The pools and jobs whose metadata names the run (account-wide: the run folder may be all
         that is left of it, or less)."""
         _need_sdk("azure.batch")
+        import logging  # (here: `validate` reads this package for its settings schema)
+
         from batchflow.backends.azure.batch import AzureBatchCompute
         from batchflow.backends.azure.batch_client import batch_client
         from batchflow.backends.azure.existing import find_run_resources
 
+        log = logging.getLogger("batchflow")
         client = batch_client()
         compute = AzureBatchCompute(client, None, run.folder, run.run_id, notify=cleanup.say)
         try:

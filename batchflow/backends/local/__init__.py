@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -138,6 +137,8 @@ class LocalBackend:
             pool_id = _pool_of(folder)
             if pool_id is not None:
                 pool_run[pool_id] = folder.name  # folders sort by run id, so the latest wins
+        import shutil  # (imported where used: it loads bz2 and lzma, 2 ms of `validate`)
+
         pools = workspace / "pools"
         for folder in sorted(p for p in pools.iterdir() if p.is_dir()) if pools.is_dir() else []:
             found.append(
@@ -179,6 +180,8 @@ def _remove_tree(folder: Path) -> None:
             raise OSError(error.errno, error.strerror, path) from error
         raise error
 
+    import shutil
+
     if sys.version_info >= (3, 12):
         shutil.rmtree(folder, onexc=whole_path)
     else:
@@ -191,6 +194,8 @@ def local_task_path() -> str:
 
 
 def check_requirements(names: tuple[str, ...], path: str) -> None:
+    import shutil
+
     missing = [n for n in names if shutil.which(n, path=path) is None]
     if missing:
         listed = ", ".join(repr(n) for n in missing)
