@@ -23,7 +23,6 @@ Pure data and files: no storage or compute calls here (resume.py decides, the ru
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import json.encoder
 import json.scanner
@@ -46,6 +45,7 @@ from batchflow.model import (
     UploadItem,
 )
 from batchflow.redact import one_shot
+from batchflow.sha import sha256
 
 log = logging.getLogger("batchflow")
 
@@ -214,11 +214,11 @@ _canonical = one_shot(_CANONICAL)
 
 
 def _sha(value: object) -> str:
-    return hashlib.sha256(_canonical(value).encode("utf-8")).hexdigest()
+    return sha256(_canonical(value).encode("utf-8")).hexdigest()
 
 
 def _sha_of(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return sha256(text.encode("utf-8")).hexdigest()
 
 
 # A str as _canonical writes it (ensure_ascii=False).

@@ -56,6 +56,7 @@ from batchflow.model import (
     Workflow,
 )
 from batchflow.names import BATCH_ID, blob_name_problem, id_problem
+from batchflow.sha import sha256
 from batchflow.templates import (
     GLOB,
     INDEX,
@@ -89,22 +90,12 @@ _SLUG_JUNK = re.compile(r"[^A-Za-z0-9_-]+")
 _DASHES = re.compile(r"-{2,}")
 
 
-try:  # CPython's own SHA-256 (3.12+: _sha2, 3.10-3.11: _sha256): hashlib's import loads OpenSSL,
-    # 2.5 ms of every `batchflow validate`, for the same digests (tests/test_render.py compares them)
-    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found, unused-ignore]
-except ImportError:
-    try:
-        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found, no-redef, unused-ignore]
-    except ImportError:
-        from hashlib import sha256 as _sha256  # type: ignore[assignment, unused-ignore]
-
-
 def derive_task_id(blob_name: str) -> str:
     """A stable task id for a blob: slug of the name without extension + '-' + 8 hex of sha256.
 
     `videos/My clip.mp4` -> `videos-My-clip-<hash>`; at most 64 characters.
     """
-    digest = _sha256(blob_name.encode("utf-8")).digest()[:4].hex()  # (8 hex digits)
+    digest = sha256(blob_name.encode("utf-8")).digest()[:4].hex()  # (8 hex digits)
     folder, _, base = blob_name.rpartition("/")
     stem = stem_and_suffix(base)[0] if base else base
     slug = _SLUG_JUNK.sub("-", f"{folder}/{stem}" if folder else stem)

@@ -291,13 +291,12 @@ def test_output_outside_the_working_dir(tmp_path: Path) -> None:
 
 
 def test_task_ids_hash_with_hashlibs_sha256() -> None:
-    """render takes CPython's own SHA-256 module where there is one (hashlib's import loads OpenSSL):
+    """batchflow.sha is CPython's own SHA-256 module where there is one (hashlib's import loads OpenSSL):
     the same digests as hashlib's."""
     import hashlib
 
-    import batchflow.render
+    from batchflow.sha import sha256
 
-    sha256 = vars(batchflow.render)["_sha256"]
     assert sha256 is not hashlib.sha256 or sys.implementation.name != "cpython"
     for data in [b"", b"videos/My clip (1).mp4", "日本.mp4".encode(), bytes(range(256)) * 40]:
         assert sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
