@@ -298,7 +298,7 @@ def _json_error(output: str, error: dict[str, Any], indent: int | None = 2) -> N
 
 
 def _crash_log(exc: BaseException) -> Path:
-    import traceback  # (as logging, imported only when needed: 5 ms of every start)
+    import traceback  # (as logging, imported only where needed: both are milliseconds of every start)
 
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batchflow"
     root.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from batchflow.records import record
 
 
 def first_line(text: str) -> str:
@@ -19,7 +20,7 @@ class BatchflowError(Exception):
     exit_code = 1
 
 
-@dataclass(frozen=True)
+@record
 class Problem:
     """One problem in a workflow file, reported as `file:line:col: where: message`."""
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from operator import itemgetter
 from pathlib import Path
 from stat import S_ISREG
 
 from batchflow.globs import compile_glob
+from batchflow.records import record
 
 
-@dataclass(frozen=True)
+@record
 class NeverInput:
     """A folder whose files are never inputs, and what it is ("the workspace", ...), for messages."""
 
@@ -33,7 +34,7 @@ class NeverInput:
     what: str
 
 
-@dataclass(frozen=True)
+@record
 class Discovered:
     files: list[tuple[str, Path]]  # (relative '/'-separated path, path under the source folder), sorted
     warnings: list[str]  # one line per matching entry that was skipped, naming it

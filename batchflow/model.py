@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batchflow.records import record
+
 # A location in a YAML document: 1-based line and column.
 Position = tuple[int, int]
 # A path into the YAML document, e.g. ("pool", "vm_size") or ("storage", "uploads", 0, "source").
 DocPath = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
+@record
 class SourceMap:
     """Where each value of the workflow came from, for error messages.
 
@@ -64,7 +66,7 @@ class CleanupAction(str, enum.Enum):
     DELETE_IF_CREATED = "delete-if-created"
 
 
-@dataclass(frozen=True)
+@record
 class ImageReference:
     publisher: str
     offer: str
@@ -72,7 +74,7 @@ class ImageReference:
     version: str = "latest"
 
 
-@dataclass(frozen=True)
+@record
 class ResourceFileSpec:
     """A blob placed on the node before a task (or start task) runs, as Batch's ResourceFile.
 
@@ -86,7 +88,7 @@ class ResourceFileSpec:
     file_path: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class StartTaskSpec:
     command: str
     elevated: bool = False
@@ -96,13 +98,13 @@ class StartTaskSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class AutoScaleSpec:
     formula: str
     evaluation_interval: float = 300.0
 
 
-@dataclass(frozen=True)
+@record
 class PoolSpec:
     id: str
     vm_size: str
@@ -115,14 +117,14 @@ class PoolSpec:
     start_task: StartTaskSpec | None = None
 
 
-@dataclass(frozen=True)
+@record
 class JobSpec:
     id: str
     max_wall_clock: float | None = None  # seconds
     max_task_retries: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class UploadSpec:
     """Local folder -> container. `include`/`exclude` are globs on the path relative to `source`."""
 
@@ -133,7 +135,7 @@ class UploadSpec:
     prefix: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class DownloadSpec:
     """Container (optionally only blobs under `prefix`) -> local folder."""
 
@@ -142,7 +144,7 @@ class DownloadSpec:
     prefix: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class LogSpec:
     """Where task logs go: `<prefix><run id>/<task id>/stdout.txt` (and stderr.txt) in `container`."""
 
@@ -150,7 +152,7 @@ class LogSpec:
     prefix: str = "batchflow-logs/"
 
 
-@dataclass(frozen=True)
+@record
 class ForeachSpec:
     """One task per uploaded file whose blob name in `container` matches `pattern`."""
 
@@ -158,7 +160,7 @@ class ForeachSpec:
     pattern: str
 
 
-@dataclass(frozen=True)
+@record
 class OutputSpec:
     """Files to collect after a task.
 
@@ -173,7 +175,7 @@ class OutputSpec:
     condition: OutputCondition = OutputCondition.SUCCESS
 
 
-@dataclass(frozen=True)
+@record
 class TaskTemplate:
     foreach: ForeachSpec
     command: str
@@ -185,13 +187,13 @@ class TaskTemplate:
     max_wall_clock: float | None = None  # seconds
 
 
-@dataclass(frozen=True)
+@record
 class MonitorSpec:
     timeout: float = 1800.0
     poll_interval: float = 5.0
 
 
-@dataclass(frozen=True)
+@record
 class CleanupSpec:
     job: CleanupAction = CleanupAction.DELETE
     pool: CleanupAction = CleanupAction.DELETE_IF_CREATED
@@ -199,7 +201,7 @@ class CleanupSpec:
     output_containers: CleanupAction = CleanupAction.KEEP
 
 
-@dataclass(frozen=True)
+@record
 class Workflow:
     version: int
     name: str
@@ -258,7 +260,7 @@ class TaskOutput:
     condition: OutputCondition
 
 
-@dataclass(frozen=True)
+@record
 class TaskLogs:
     """Where a task's stdout.txt and stderr.txt are uploaded on completion: `<prefix><task id>/`."""
 
@@ -291,7 +293,7 @@ class UploadItem:
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """Everything a run will do, computed before any side effect."""
 

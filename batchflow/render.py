@@ -36,7 +36,6 @@ import itertools
 import re
 from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +55,7 @@ from batchflow.model import (
     Workflow,
 )
 from batchflow.names import BATCH_ID, blob_name_problem, id_problem
+from batchflow.records import record
 from batchflow.sha import sha256
 from batchflow.templates import (
     GLOB,
@@ -198,7 +198,7 @@ def _input_row(f: UploadItem, rel: str, index: int) -> Row:
 _File = tuple[UploadItem, str]  # a file an upload sends, and its path relative to the upload's folder
 
 
-@dataclass(frozen=True)
+@record
 class _Templates:
     id: CompiledTemplate | None
     command: CompiledTemplate

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from batchflow.globs import glob_escape
+from batchflow.records import record
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -74,7 +75,7 @@ class InputContext:
     size: int
 
 
-@dataclass(frozen=True)
+@record
 class PoolContext:
     label: ClassVar[str] = "pool"
     id: str
@@ -84,7 +85,7 @@ class PoolContext:
     task_slots_per_node: int
 
 
-@dataclass(frozen=True)
+@record
 class _IdContext:
     label: ClassVar[str]
     id: str

@@ -138,7 +138,7 @@ def test_validating_a_valid_workflow_imports_neither_jsonschema_nor_jinja(tmp_pa
     code = (
         "import sys; from batchflow.cli import main; assert main(['validate', sys.argv[1]]) == 0; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('jsonschema', 'jinja2', 'logging', 'traceback', 'shutil', 'hashlib')))"
+        " ('jsonschema', 'jinja2', 'logging', 'traceback', 'shutil', 'hashlib', '_hashlib')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "wf.yaml")], capture_output=True, text=True, check=True

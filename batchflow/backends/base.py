@@ -34,6 +34,7 @@ from batchflow.model import (
     UploadItem,
     Workflow,
 )
+from batchflow.records import record
 
 if TYPE_CHECKING:
     from batchflow.state import RunState
@@ -244,7 +245,7 @@ class Compute(Protocol):
 # ---- a backend: one object in the registry ------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class Context:
     """What a backend may use to build its storage and compute for one run (or one command)."""
 
@@ -307,7 +308,7 @@ class Cleanup:
             self.deleted.append(what)
 
 
-@dataclass(frozen=True)
+@record
 class Leftover:
     """Something a backend's compute holds that batchflow made for a run (`batchflow gc`)."""
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchflow.backends.base import Cleanup, Compute, Context, Leftover, SettingsBlock, Storage
 from batchflow.errors import ConfigurationError, MissingRequirement
 from batchflow.model import CleanupAction, DocPath, Workflow
+from batchflow.records import record
 
 if TYPE_CHECKING:
     from batchflow.state import RunState
@@ -29,7 +29,7 @@ SAS_MARGIN = 3600.0
 PoolLifetime = Literal["job", "run"]
 
 
-@dataclass(frozen=True)
+@record
 class AzureSettings:
     """The workflow's `azure:` block."""
 

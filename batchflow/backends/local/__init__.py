@@ -11,19 +11,19 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchflow.backends.base import Cleanup, Compute, Context, Leftover, SettingsBlock, Storage
 from batchflow.errors import MissingRequirement
 from batchflow.model import CleanupAction, CleanupSpec, DocPath, StartTaskSpec, Workflow
+from batchflow.records import record
 
 if TYPE_CHECKING:
     from batchflow.state import RunState
 
 
-@dataclass(frozen=True)
+@record
 class LocalSettings:
     """The workflow's `local:` block."""
 
@@ -113,6 +113,8 @@ class LocalBackend:
         """Task processes still running for a run (its process ledger says so), and pool folders
         (<workspace>/pools/<pool id>, with the nodes' task folders), each with the latest run that
         used that pool."""
+        import shutil  # (here: it loads bz2 and lzma, 2 ms of `validate`, which imports this package)
+
         from batchflow.backends.local import processes
         from batchflow.diskuse import folder_size
 
@@ -137,8 +139,6 @@ class LocalBackend:
             pool_id = _pool_of(folder)
             if pool_id is not None:
                 pool_run[pool_id] = folder.name  # folders sort by run id, so the latest wins
-        import shutil  # (imported where used: it loads bz2 and lzma, 2 ms of `validate`)
-
         pools = workspace / "pools"
         for folder in sorted(p for p in pools.iterdir() if p.is_dir()) if pools.is_dir() else []:
             found.append(
