@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from batchflow.model import TaskCounts
+from batchflow.records import record
 from batchflow.state import RunState, RunStatus, TaskRecord
 
 
@@ -45,7 +46,7 @@ class TransferKind(str, enum.Enum):
         return "Uploading" if self is TransferKind.UPLOAD else "Downloading"
 
 
-@dataclass(frozen=True)
+@record
 class RunStarted:
     """The run folder exists: the run has an id."""
 
@@ -66,7 +67,7 @@ class RunStarted:
         }
 
 
-@dataclass(frozen=True)
+@record
 class Stage:
     """A stage begins."""
 
@@ -77,7 +78,7 @@ class Stage:
         return {"stage": self.stage.value}
 
 
-@dataclass(frozen=True)
+@record
 class Info:
     """A line saying what happens now ("Creating pool [p]...", a backend's "Waiting for ...")."""
 
@@ -88,7 +89,7 @@ class Info:
         return {"message": self.message}
 
 
-@dataclass(frozen=True)
+@record
 class Warn:
     """Something a person should see even with --quiet (an interrupt, a failed cleanup, a kept pool)."""
 
@@ -140,7 +141,7 @@ class TransferProgress:
         }
 
 
-@dataclass(frozen=True)
+@record
 class RunResult:
     """How the run ended: the summary a person reads, the object `--output json` prints."""
 

@@ -9,6 +9,12 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
+def host_name() -> str:
+    """This machine's name, as socket.gethostname() says it (both are uname's node name on Linux and
+    macOS), without importing socket: 5 ms of every `batchflow run`."""
+    return os.uname().nodename
+
+
 def process_start(pid: int) -> int | None:
     """The start time of process `pid` in clock ticks since boot (Linux /proc), or None (no such
     process, a zombie, or no /proc)."""

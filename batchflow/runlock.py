@@ -17,13 +17,13 @@ import fcntl
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from batchflow.errors import ConfigurationError
+from batchflow.procinfo import host_name
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -64,7 +64,7 @@ def _take(path: Path, name: str, run_id: str) -> IO[str]:
         raise
     f.seek(0)
     f.truncate()
-    f.write(json.dumps({"run": run_id, "pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}))
+    f.write(json.dumps({"run": run_id, "pid": os.getpid(), "host": host_name(), "at": time.time()}))
     f.flush()
     return f
 

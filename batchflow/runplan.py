@@ -9,17 +9,18 @@ Pure: no file system, no network.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
 
 from batchflow.ledger import LEDGER_PREFIX, TaskKey
 from batchflow.model import CleanupAction, Plan, RenderedTask, TaskLogs, TaskOutput, Workflow
+from batchflow.records import record
 
 # `batchflow plan` knows no run id yet: it shows where a run's own files go with this in its place.
 RUN_ID_PLACEHOLDER = "<run id>"
 
 
-@dataclass(frozen=True)
+@record
 class Download:
     """Blobs of `container` under `prefix` (none under a `skip` prefix) -> the local `destination`."""
 
@@ -29,7 +30,7 @@ class Download:
     skip: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class CleanupPlan:
     """What a run deletes when it ends (README "Cleanup")."""
 
@@ -39,7 +40,7 @@ class CleanupPlan:
     containers: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class RunPlan:
     plan: Plan
     run_id: str

@@ -24,8 +24,6 @@ import enum
 import json
 import logging
 import os
-import secrets
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -36,7 +34,7 @@ from batchflow import strict_json as sj
 from batchflow.errors import BatchflowError
 from batchflow.linelog import LineLog
 from batchflow.model import TaskResult, TaskState
-from batchflow.procinfo import is_running, process_start
+from batchflow.procinfo import host_name, is_running, process_start
 from batchflow.redact import redact_json
 
 log = logging.getLogger("batchflow")
@@ -141,7 +139,7 @@ def new_run_id(now: float | None = None) -> str:
     """Sortable to the millisecond (UTC), then unique: 20261122-081501-042-3fa9c2."""
     when = now if now is not None else time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(when))
-    return f"{stamp}-{int(when * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+    return f"{stamp}-{int(when * 1000) % 1000:03d}-{os.urandom(3).hex()}"  # (secrets.token_hex(3))
 
 
 @dataclass
@@ -178,7 +176,7 @@ class RunState:
 
     def still_running(self) -> bool:
         """The run's process is alive on this machine (it has not ended and its pid still exists)."""
-        if self.ended_at is not None or self.pid is None or self.host != socket.gethostname():
+        if self.ended_at is not None or self.pid is None or self.host != host_name():
             return False
         try:
             os.kill(self.pid, 0)
@@ -195,18 +193,14 @@ class RunState:
         self.message = None
         self.pid = os.getpid()
         self.pid_start = process_start(self.pid)
-        self.host = socket.gethostname()
+        self.host = host_name()
         self.save()
 
     @property
     def effective_status(self) -> RunStatus:
         """`status`, except that a run whose batchflow process is gone (SIGKILL, a crash, a lost
         machine) without ending is "dead", not "running" forever. On another host: as recorded."""
-        if (
-            self.status is RunStatus.RUNNING
-            and self.host == socket.gethostname()
-            and not self.still_running()
-        ):
+        if self.status is RunStatus.RUNNING and self.host == host_name() and not self.still_running():
             return RunStatus.DEAD
         return self.status
 
@@ -346,7 +340,7 @@ class RunState:
             storage=storage,
             pid=os.getpid(),
             pid_start=process_start(os.getpid()),
-            host=socket.gethostname(),
+            host=host_name(),
             _journaled={},  # a new folder: no journal yet
         )
         state.save()

@@ -51,6 +51,7 @@ from batchflow.model import (
     TaskOutput,
 )
 from batchflow.names import blob_name_problem
+from batchflow.records import record
 
 log = logging.getLogger("batchflow")
 
@@ -121,7 +122,7 @@ class Collected:
     stored_logs: tuple[Path, Path] | None = None  # stdout.txt, stderr.txt in a folder storage
 
 
-@dataclass(frozen=True)
+@record
 class StartResult:
     """How the start task ended on one node."""
 
