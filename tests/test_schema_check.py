@@ -130,7 +130,8 @@ def test_what_it_does_not_know_goes_to_jsonschema() -> None:
 def test_validating_a_valid_workflow_imports_neither_jsonschema_nor_jinja(tmp_path: Path) -> None:
     """What `batchflow validate` starts with: a valid workflow whose templates are plain
     substitutions needs neither (their imports were half of its start-up), nor logging, traceback
-    (a run's log, a crash's), shutil (loads bz2 and lzma) or hashlib (loads OpenSSL)."""
+    (a run's log, a crash's), shutil (loads bz2 and lzma), hashlib (loads OpenSSL), rich, socket
+    or secrets."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("a")
     text = MINIMAL.replace("storage:\n", "storage:\n  uploads: [{source: in, container: input}]\n")
@@ -138,7 +139,8 @@ def test_validating_a_valid_workflow_imports_neither_jsonschema_nor_jinja(tmp_pa
     code = (
         "import sys; from batchflow.cli import main; assert main(['validate', sys.argv[1]]) == 0; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('jsonschema', 'jinja2', 'logging', 'traceback', 'shutil', 'hashlib', '_hashlib')))"
+        " ('jsonschema', 'jinja2', 'logging', 'traceback', 'shutil', 'hashlib', '_hashlib',"
+        " 'rich', 'socket', 'secrets')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "wf.yaml")], capture_output=True, text=True, check=True
