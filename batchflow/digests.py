@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from batchflow.errors import BatchflowError
 
@@ -49,16 +49,35 @@ Key = tuple[int, int, int]  # (size, mtime_ns, inode)
 _Entry = tuple[int, int, int, str, bool]
 
 
+class FileStat(Protocol):
+    """What this module reads of a stat: an os.stat_result, or a FileVersion."""
+
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+
+
+class FileVersion(NamedTuple):
+    """A version of a file as a stat saw it earlier (input discovery's), without stat'ing it again."""
+
+    st_size: int
+    st_mtime_ns: int
+    st_ino: int
+
+
 class FileChanged(BatchflowError):
     """The file changed before or while it was read: the digest is of no one version of it."""
 
 
-def version_key(stat: os.stat_result) -> Key:
+def version_key(stat: FileStat) -> Key:
     """What tells one version of a file from another (with its path)."""
     return (stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
-def md5_of(path: Path, stat: os.stat_result) -> str:
+def md5_of(path: Path, stat: FileStat) -> str:
     """The MD5 (32 lowercase hex digits) of the version of `path` that `stat` describes.
 
     Raises FileChanged when the file read is not that version (changed since `stat`, or while it
@@ -98,7 +117,7 @@ class DigestCache:
 
     # ---- lookups --------------------------------------------------------------------------
 
-    def known(self, path: Path | str, stat: os.stat_result) -> str | None:
+    def known(self, path: Path | str, stat: FileStat) -> str | None:
         """The trusted MD5 of this version of `path`, or None. No I/O but loading the cache once.
         (No lock: a dict lookup is atomic, and entries are replaced whole.) `path` may be given as
         its str (what str(path) is), sparing a caller that has one a Path for each of its files."""
@@ -114,7 +133,7 @@ class DigestCache:
             return entry[3]
         return None
 
-    def md5(self, path: Path, stat: os.stat_result) -> str:
+    def md5(self, path: Path, stat: FileStat) -> str:
         """The MD5 of the version of `path` that `stat` describes: from the cache, else read and
         recorded. Raises FileChanged (stat again and retry) or OSError, as md5_of."""
         md5 = self.known(path, stat)
@@ -125,7 +144,7 @@ class DigestCache:
         self.record(path, stat, md5, trusted=stat.st_mtime_ns < started - RACY_NS)
         return md5
 
-    def record(self, path: Path, stat: os.stat_result, md5: str, *, trusted: bool) -> None:
+    def record(self, path: Path, stat: FileStat, md5: str, *, trusted: bool) -> None:
         """Record `md5` as the digest of this version of `path` (e.g. a new hard link to a file
         whose digest is known). `trusted`: see the module's note on racy entries."""
         entry: _Entry = (stat.st_size, stat.st_mtime_ns, stat.st_ino, md5, trusted)

@@ -38,7 +38,11 @@ class NeverInput:
 class Discovered:
     files: list[tuple[str, Path]]  # (relative '/'-separated path, path under the source folder), sorted
     warnings: list[str]  # one line per matching entry that was skipped, naming it
-    sizes: list[int] = field(default_factory=list)  # of each file, from the one stat discovery made
+    # Of each file, from the one stat discovery made: its size, st_mtime_ns and st_ino (the version of
+    # it that task keys hash, batchflow.digests; a file rewritten since is read again there).
+    sizes: list[int] = field(default_factory=list)
+    mtimes_ns: list[int] = field(default_factory=list)
+    inodes: list[int] = field(default_factory=list)
 
 
 def inside_never_input(source: Path, never: Sequence[NeverInput]) -> NeverInput | None:
@@ -73,7 +77,7 @@ def discover(
     def never_input(real: Path) -> NeverInput | None:
         return next((n for p, n in pruned.items() if real.is_relative_to(p)), None)
 
-    found: list[tuple[str, Path, int]] = []
+    found: list[tuple[str, Path, int, int, int]] = []
     warnings: list[str] = []
 
     def unreadable(error: OSError) -> None:  # os.walk would skip such a folder in silence
@@ -86,7 +90,7 @@ def discover(
         Its warnings are said in name order, the subfolders' before the files'. A folder that cannot
         be read to the end gives nothing (OSError), as with os.walk."""
         folders: list[tuple[str, Path, str, Path]] = []
-        files: list[tuple[str, Path, int]] = []
+        files: list[tuple[str, Path, int, int, int]] = []
         skipped: list[tuple[bool, str, str]] = []  # (is a file, name, warning)
         child = _children(folder)
         with os.scandir(folder) as listing:
@@ -126,7 +130,7 @@ def discover(
                 except OSError:  # gone since the listing
                     continue
                 if S_ISREG(st.st_mode):  # not a fifo or a socket
-                    files.append((rel, path, st.st_size))
+                    files.append((rel, path, st.st_size, st.st_mtime_ns, st.st_ino))
         found.extend(files)
         skipped.sort(key=lambda item: item[:2])
         warnings.extend(warning for _, _, warning in skipped)
@@ -146,7 +150,13 @@ def discover(
             continue
         pending.extend((path, rel, real) for _, path, rel, real in reversed(folders))
     found.sort(key=itemgetter(0))
-    return Discovered([(rel, path) for rel, path, _ in found], warnings, [size for _, _, size in found])
+    return Discovered(
+        [(f[0], f[1]) for f in found],
+        warnings,
+        sizes=[f[2] for f in found],
+        mtimes_ns=[f[3] for f in found],
+        inodes=[f[4] for f in found],
+    )
 
 
 def _children(folder: Path) -> Callable[[str], Path]:

@@ -27,13 +27,14 @@ import json
 import json.encoder
 import json.scanner
 import logging
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from batchflow.digests import FileChanged, FileStat, FileVersion
+from batchflow.errors import BatchflowError
 from batchflow.globs import compile_glob, glob_literal, has_magic
 from batchflow.model import (
     BlobStat,
@@ -63,7 +64,8 @@ PART_REASON = {
     "pool": "pool or image changed",
 }
 
-Digest = Callable[[Path, os.stat_result], str]  # a file's MD5 (hex), cached by its stat
+Digest = Callable[[Path, FileStat], str]  # a file's MD5 (hex), cached by its stat: raises FileChanged
+_READ_ATTEMPTS = 3  # reads of an input that changes while it is hashed, before giving up
 
 
 class Parts(Mapping[str, str]):
@@ -229,8 +231,9 @@ NO_OUTPUTS = _sha([])  # the outputs part of a task with no output spec
 
 
 class KeyMaker:
-    """Task keys for one plan. Each uploaded file is stat'ed and hashed once (through `digest`,
-    which caches by stat), however many tasks read it."""
+    """Task keys for one plan. Each uploaded file is hashed once (through `digest`, which caches by
+    stat), however many tasks read it: at the version input discovery stat'ed, with no stat of its
+    own unless the file changed since."""
 
     def __init__(self, plan: Plan, backend: str, digest: Digest, earlier: Ledger | None = None) -> None:
         """`earlier`: a ledger whose latest entry of a task, when its key is the task's key, lends
@@ -251,8 +254,22 @@ class KeyMaker:
             return ("blob", item.container, item.blob_name)
         if isinstance(known, tuple):
             return known
-        st = known.local_path.stat()
-        content = (st.st_size, self._digest(known.local_path, st))
+        path = known.local_path
+        # The version discovery saw, else a stat; one that changed since is stat'ed and read again.
+        try:
+            st: FileStat = (
+                FileVersion(known.size, known.mtime_ns, known.inode) if known.inode >= 0 else path.stat()
+            )
+            for _ in range(_READ_ATTEMPTS):
+                try:
+                    content = (st.st_size, self._digest(path, st))
+                    break
+                except FileChanged:
+                    st = path.stat()
+            else:
+                raise FileChanged(f"cannot read input {path}: it keeps changing while it is read")
+        except OSError as e:  # (deleted since discovery, unreadable)
+            raise BatchflowError(f"cannot read input {path}: {e.strerror or e}") from e
         files[item.blob_name] = content
         return content
 

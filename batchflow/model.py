@@ -291,6 +291,10 @@ class UploadItem:
     container: str
     blob_name: str
     size: int
+    # The version of the file that input discovery saw (st_mtime_ns, st_ino; -1: not known): task keys
+    # hash that version without a stat of their own, and read the file again if it changed since.
+    mtime_ns: int = -1
+    inode: int = -1
 
 
 @record

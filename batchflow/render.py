@@ -409,13 +409,15 @@ class _Renderer:
             for message in found.warnings:
                 self.warn(where, message)
             container = up.container
-            for (rel, path), size in zip(found.files, found.sizes, strict=True):
+            for (rel, path), size, mtime_ns, inode in zip(
+                found.files, found.sizes, found.mtimes_ns, found.inodes, strict=True
+            ):
                 if not rel.isascii() and not _is_utf8(rel):
                     self.problem(
                         ("storage", "uploads", i, "source"), f"file name is not valid UTF-8: {rel!r}"
                     )
                     continue
-                f = UploadItem(path, container, prefix + rel, size)
+                f = UploadItem(path, container, prefix + rel, size, mtime_ns, inode)
                 key = (container, f.blob_name)
                 if key in origin:
                     first, j = origin[key]

@@ -394,3 +394,19 @@ def test_a_listed_child_is_the_path_the_slash_makes(tmp_path: Path) -> None:
         assert str(made) == str(tmp_path / name)
         assert type(made) is type(tmp_path / name)
         assert made.parent == tmp_path and made.name == name
+
+
+def test_discovery_keeps_the_version_of_each_file_its_stat_saw(tmp_path: Path) -> None:
+    """Size, st_mtime_ns and st_ino of each file (a link: of its target), in the files' order: what
+    task keys hash without stat'ing the inputs again."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.mp4").write_bytes(b"a")
+    (tmp_path / "sub" / "b.mp4").write_bytes(b"bb")
+    (tmp_path / "link.mp4").symlink_to("sub/b.mp4")
+    found = discover(tmp_path, ["**"])
+    assert [rel for rel, _ in found.files] == ["a.mp4", "link.mp4", "sub/b.mp4"]
+    stats = [path.stat() for _, path in found.files]
+    assert found.sizes == [1, 2, 2]
+    assert found.mtimes_ns == [st.st_mtime_ns for st in stats]
+    assert found.inodes == [st.st_ino for st in stats]
+    assert found.inodes[1] == found.inodes[2] != found.inodes[0]

@@ -4,14 +4,17 @@ chunk at a time, lines scanned without json.loads, Parts as a dict, and plan_run
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 import batchflow.ledger as ledger_module
-from batchflow.digests import DigestCache
+from batchflow.digests import DigestCache, FileChanged, FileStat, FileVersion
+from batchflow.errors import BatchflowError
 from batchflow.ledger import (
     KEY_VERSION,
     PARTS,
@@ -254,3 +257,67 @@ def test_a_digest_cache_drops_its_damaged_entries_and_keeps_the_order_of_the_res
     cache = DigestCache(file)
     assert len(cache) == 2
     assert list(cache._load()) == ["/a", "/d"]
+
+
+def _seen(path: Path) -> UploadItem:
+    """An input as discovery lists it: with the version its stat saw."""
+    st = path.stat()
+    return UploadItem(path, "in", path.name, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_a_key_hashes_the_version_discovery_saw_without_a_stat_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"a")
+    task = _task("t", (TaskInput("in", "a.mp4", "a.mp4"),), {}, ())
+    given: list[object] = []
+
+    def digest(p: Path, st: FileStat) -> str:
+        given.append(st)
+        return DigestCache(tmp_path / "d.json").md5(p, st)
+
+    seen = task_keys(_plan(tmp_path, [task], [_seen(path)]), "local", digest)["t"]
+    st = path.stat()
+    assert given == [FileVersion(st.st_size, st.st_mtime_ns, st.st_ino)]
+    unseen = task_keys(_plan(tmp_path, [task], [UploadItem(path, "in", "a.mp4", 1)]), "local", digest)["t"]
+    assert isinstance(given[1], os.stat_result)
+    assert seen == unseen
+
+
+def test_an_input_rewritten_after_discovery_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "a.mp4"
+    path.write_bytes(b"old")
+    item = _seen(path)
+    task = _task("t", (TaskInput("in", "a.mp4", "a.mp4"),), {}, ())
+    path.write_bytes(b"new, and longer")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (a write within the clock's tick)
+    digests = DigestCache(tmp_path / "d.json")
+    after = task_keys(_plan(tmp_path, [task], [item]), "local", digests.md5)["t"]
+    fresh = task_keys(_plan(tmp_path, [task], [_seen(path)]), "local", DigestCache(tmp_path / "e.json").md5)
+    assert after == fresh["t"]
+    assert after.parts["inputs"] == _sha(
+        [
+            [
+                "a.mp4",
+                len(b"new, and longer"),
+                hashlib.md5(b"new, and longer", usedforsecurity=False).hexdigest(),
+            ]
+        ]
+    )
+
+
+def test_an_input_gone_or_never_still_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "a b.mp4"
+    path.write_bytes(b"a")
+    item = _seen(path)
+    task = _task("t", (TaskInput("in", "a b.mp4", "a.mp4"),), {}, ())
+    path.unlink()
+    with pytest.raises(BatchflowError, match=r"cannot read input .*a b\.mp4: No such file or directory"):
+        task_keys(_plan(tmp_path, [task], [item]), "local", DigestCache(tmp_path / "d.json").md5)
+    path.write_bytes(b"a")
+
+    def changing(p: Path, st: FileStat) -> str:
+        raise FileChanged(f"{p} changed while it was read")
+
+    with pytest.raises(BatchflowError, match=r"cannot read input .*a b\.mp4: it keeps changing"):
+        task_keys(_plan(tmp_path, [task], [_seen(path)]), "local", changing)

@@ -127,9 +127,10 @@ def test_plan_tasks(tmp_path: Path) -> None:
     )
     plan = build_plan(wf)
     root = tmp_path / "in"
+    stats = {rel: (root / rel).stat() for rel in ["a.mp4", "b c.mp4", "sub/d.mp4"]}
     assert plan.uploads == tuple(
-        UploadItem(root / rel, "input", f"videos/{rel}", (root / rel).stat().st_size)
-        for rel in ["a.mp4", "b c.mp4", "sub/d.mp4"]
+        UploadItem(root / rel, "input", f"videos/{rel}", st.st_size, st.st_mtime_ns, st.st_ino)
+        for rel, st in stats.items()
     )
     assert [t.id for t in plan.tasks] == ["mp3-a", "mp3-b_c"]
     a, bc = plan.tasks
