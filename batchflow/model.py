@@ -285,6 +285,10 @@ class RenderedTask:
     logs: TaskLogs | None = None  # set by the runner, which knows the run id
 
 
+# Why an upload refuses a file (UploadItem.changed_since_seen).
+CHANGED_SINCE_PLAN = "it changed after batchflow read it to plan this run: run again"
+
+
 @dataclass(frozen=True, slots=True)
 class UploadItem:
     local_path: Path
@@ -295,6 +299,11 @@ class UploadItem:
     # hash that version without a stat of their own, and read the file again if it changed since.
     mtime_ns: int = -1
     inode: int = -1
+
+    def changed_since_seen(self, size: int, mtime_ns: int, inode: int) -> bool:
+        """Whether a stat of the file now (its st_size, st_mtime_ns, st_ino) shows another version
+        than discovery saw: the task keys describe that version, so an upload must not send another."""
+        return self.inode >= 0 and (size, mtime_ns, inode) != (self.size, self.mtime_ns, self.inode)
 
 
 @record

@@ -147,6 +147,34 @@ def test_upload_then_skip_unchanged_then_upload_changed(
     assert s.list_blobs(container) == ["a.txt", "sub/b.txt"]
 
 
+def test_a_file_changed_since_discovery_is_not_uploaded(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    """The task keys describe the version discovery saw: another one is never sent under them."""
+    s = subject.storage
+    s.ensure_container(container)
+    a = _write(tmp_path / "src" / "a b.txt", b"seen")
+    st = a.stat()
+    seen = UploadItem(a, container, "a b.txt", st.st_size, st.st_mtime_ns, st.st_ino)
+    a.write_bytes(b"SEEN")  # same size, new content
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(
+        BatchflowError, match=r"a b\.txt.*it changed after batchflow read it to plan this run"
+    ):
+        s.upload([seen])
+    assert s.list_blobs(container) == []
+    a.write_bytes(b"seen")  # the same content, but not the version seen (mtime): still refused
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    with pytest.raises(BatchflowError, match="it changed after batchflow read it"):
+        s.upload([seen])
+    st = a.stat()
+    assert (
+        s.upload([UploadItem(a, container, "a b.txt", st.st_size, st.st_mtime_ns, st.st_ino)]).transferred
+        == 1
+    )
+    assert subject.get(container, "a b.txt") == b"seen"
+
+
 def test_upload_into_a_missing_container_fails(subject: Subject, container: str, tmp_path: Path) -> None:
     a = _write(tmp_path / "a.txt", b"a")
     with pytest.raises(BatchflowError) as e:

@@ -133,7 +133,9 @@ class Storage(Protocol):
         ...
 
     def upload(self, items: Sequence[UploadItem]) -> TransferResult:
-        """Copy files into containers, skipping those whose content is already there."""
+        """Copy files into containers, skipping those whose content is already there. A file whose
+        stat shows another version than input discovery saw (UploadItem.changed_since_seen: the
+        task keys describe that version) is not sent: the upload fails, naming it."""
         ...
 
     def download(

@@ -63,7 +63,7 @@ from batchflow.backends.blob_urls import (
     temp_beside,
 )
 from batchflow.errors import BatchflowError
-from batchflow.model import BlobStat, TransferResult, UploadItem
+from batchflow.model import CHANGED_SINCE_PLAN, BlobStat, TransferResult, UploadItem
 from batchflow.names import check_blob_name, check_copies, download_name
 from batchflow.redact import redact
 
@@ -317,6 +317,8 @@ class AzureBlobStorage:
         there = remote.get(item.blob_name)
         try:
             stat = path.stat()
+            if item.changed_since_seen(stat.st_size, stat.st_mtime_ns, stat.st_ino):
+                return _Outcome(item.blob_name, error=f"{where}: {path}: {CHANGED_SINCE_PLAN}")
             if _quick_check(there, stat):
                 return _Outcome(item.blob_name, skipped=True)
             data = path.read_bytes() if stat.st_size <= _READ_WHOLE else None

@@ -30,7 +30,7 @@ from batchflow.backends.files import (
 )
 from batchflow.digests import DigestCache, FileChanged
 from batchflow.errors import BatchflowError
-from batchflow.model import BlobStat, TransferResult, UploadItem
+from batchflow.model import CHANGED_SINCE_PLAN, BlobStat, TransferResult, UploadItem
 from batchflow.names import blob_name_problem, check_blob_name, check_copies, download_name
 
 DIGEST_CACHE = ".batchflow-digests.json"
@@ -270,6 +270,8 @@ class LocalStorage:
                 src_stat = item.local_path.stat()
             except FileNotFoundError:
                 raise BatchflowError(f"cannot upload {item.local_path}: file not found") from None
+            if item.changed_since_seen(src_stat.st_size, src_stat.st_mtime_ns, src_stat.st_ino):
+                raise BatchflowError(f"cannot upload {item.local_path}: {CHANGED_SINCE_PLAN}")
             if _unchanged(src_stat, dst):
                 skipped += 1
                 continue
