@@ -37,6 +37,7 @@ from batchflow.digests import FileChanged, FileStat, FileVersion
 from batchflow.errors import BatchflowError
 from batchflow.globs import compile_glob, glob_literal, has_magic
 from batchflow.model import (
+    CHANGED_SINCE_PLAN,
     BlobStat,
     OutputCondition,
     Plan,
@@ -233,7 +234,7 @@ NO_OUTPUTS = _sha([])  # the outputs part of a task with no output spec
 class KeyMaker:
     """Task keys for one plan. Each uploaded file is hashed once (through `digest`, which caches by
     stat), however many tasks read it: at the version input discovery stat'ed, with no stat of its
-    own unless the file changed since."""
+    own. A file changed since is refused (as the upload would refuse it)."""
 
     def __init__(self, plan: Plan, backend: str, digest: Digest, earlier: Ledger | None = None) -> None:
         """`earlier`: a ledger whose latest entry of a task, when its key is the task's key, lends
@@ -255,23 +256,33 @@ class KeyMaker:
         if isinstance(known, tuple):
             return known
         path = known.local_path
-        # The version discovery saw, else a stat; one that changed since is stat'ed and read again.
         try:
-            st: FileStat = (
-                FileVersion(known.size, known.mtime_ns, known.inode) if known.inode >= 0 else path.stat()
-            )
-            for _ in range(_READ_ATTEMPTS):
+            if known.inode >= 0:
+                # The version discovery saw: the one the upload sends (it refuses any other), so a
+                # file changed since is refused here too, not hashed at a version never sent.
+                seen = FileVersion(known.size, known.mtime_ns, known.inode)
                 try:
-                    content = (st.st_size, self._digest(path, st))
-                    break
+                    content = (known.size, self._digest(path, seen))
                 except FileChanged:
-                    st = path.stat()
+                    raise BatchflowError(f"cannot read input {path}: {CHANGED_SINCE_PLAN}") from None
             else:
-                raise FileChanged(f"cannot read input {path}: it keeps changing while it is read")
+                content = self._content(path)
         except OSError as e:  # (deleted since discovery, unreadable)
             raise BatchflowError(f"cannot read input {path}: {e.strerror or e}") from e
         files[item.blob_name] = content
         return content
+
+    def _content(self, path: Path) -> tuple[int, str]:
+        """Size and MD5 of a file no discovery stat'ed: stat'ed here, and again if it changes while
+        it is read."""
+        for attempt in range(_READ_ATTEMPTS):
+            st = path.stat()
+            try:
+                return (st.st_size, self._digest(path, st))
+            except FileChanged:
+                if attempt == _READ_ATTEMPTS - 1:
+                    break
+        raise BatchflowError(f"cannot read input {path}: it keeps changing while it is read")
 
     def _pool_identity(self, plan: Plan) -> list[object]:
         pool = plan.workflow.pool

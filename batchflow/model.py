@@ -285,8 +285,8 @@ class RenderedTask:
     logs: TaskLogs | None = None  # set by the runner, which knows the run id
 
 
-# Why an upload refuses a file (UploadItem.changed_since_seen).
-CHANGED_SINCE_PLAN = "it changed after batchflow read it to plan this run: run again"
+# Why task keys and uploads refuse a file (UploadItem.changed_since_seen).
+CHANGED_SINCE_PLAN = "it changed after this run listed it: run again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +296,7 @@ class UploadItem:
     blob_name: str
     size: int
     # The version of the file that input discovery saw (st_mtime_ns, st_ino; -1: not known): task keys
-    # hash that version without a stat of their own, and read the file again if it changed since.
+    # hash that version without a stat of their own, and they and the upload refuse any other.
     mtime_ns: int = -1
     inode: int = -1
 

@@ -158,14 +158,12 @@ def test_a_file_changed_since_discovery_is_not_uploaded(
     seen = UploadItem(a, container, "a b.txt", st.st_size, st.st_mtime_ns, st.st_ino)
     a.write_bytes(b"SEEN")  # same size, new content
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    with pytest.raises(
-        BatchflowError, match=r"a b\.txt.*it changed after batchflow read it to plan this run"
-    ):
+    with pytest.raises(BatchflowError, match=r"a b\.txt.*it changed after this run listed it"):
         s.upload([seen])
     assert s.list_blobs(container) == []
     a.write_bytes(b"seen")  # the same content, but not the version seen (mtime): still refused
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
-    with pytest.raises(BatchflowError, match="it changed after batchflow read it"):
+    with pytest.raises(BatchflowError, match="it changed after this run listed it"):
         s.upload([seen])
     st = a.stat()
     assert (

@@ -135,7 +135,8 @@ class Storage(Protocol):
     def upload(self, items: Sequence[UploadItem]) -> TransferResult:
         """Copy files into containers, skipping those whose content is already there. A file whose
         stat shows another version than input discovery saw (UploadItem.changed_since_seen: the
-        task keys describe that version) is not sent: the upload fails, naming it."""
+        task keys describe that version) is not sent: the upload raises BatchflowError naming it
+        (at once, or after the other files: either is fine)."""
         ...
 
     def download(
