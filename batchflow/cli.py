@@ -394,7 +394,7 @@ def _resume_view(wf: Workflow, plan: Plan, backend_name: str) -> list[Decision] 
             # The inputs' digests (not saved: `plan` writes nothing) are gone before decide() lists
             # the outputs; the keys share their texts with the ledger's entries (ledger.KeyMaker).
             digests = DigestCache(workspace / "cache" / "digests.json")
-            keys = task_keys(plan, backend.name, digests.md5, ledger)
+            keys = task_keys(plan, backend.name, digests.md5, ledger, known=digests.known)
             del digests
         else:  # no earlier run: every task is new, whatever its key, and no input need be read
             keys = dict.fromkeys((t.id for t in plan.tasks), TaskKey("", {}))
@@ -543,7 +543,7 @@ def _run(
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
         reporter.emit(RunStarted(state.run_id, len(plan.tasks), args.backend, storage_name, state.folder))
         digests = DigestCache(workspace / "cache" / "digests.json")
-        keys = task_keys(plan, backend.name, digests.md5)
+        keys = task_keys(plan, backend.name, digests.md5, known=digests.known)
         digests.save()
         run_plan = plan_run(plan, state.run_id, keys)
         runner = Runner(

@@ -27,8 +27,9 @@ import json
 import json.encoder
 import json.scanner
 import logging
+import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,6 +67,8 @@ PART_REASON = {
 }
 
 Digest = Callable[[Path, FileStat], str]  # a file's MD5 (hex), cached by its stat: raises FileChanged
+Known = Callable[[Path, FileStat], "str | None"]  # a file's MD5 if known without reading it, else None
+_HASHERS = min(8, os.cpu_count() or 1)  # threads hashing inputs whose digests are not known
 _READ_ATTEMPTS = 3  # reads of an input that changes while it is hashed, before giving up
 
 
@@ -272,6 +275,33 @@ class KeyMaker:
         files[item.blob_name] = content
         return content
 
+    def hash_unknown(self, tasks: Sequence[RenderedTask], known: Known) -> None:
+        """Hash the inputs of `tasks` whose digest `known` lacks, on up to _HASHERS threads (hashlib
+        releases the GIL): a first run over large files reads them on every core, not on one. The
+        others take their known digest now. Errors are _identity's, raised here."""
+        pending: dict[int, TaskInput] = {}  # by id() of its UploadItem: each file once
+        for task in tasks:
+            for i in task.inputs:
+                files = self._files.get(i.container)
+                if files is None:
+                    continue
+                item = files.get(i.blob_name)
+                if not isinstance(item, UploadItem) or id(item) in pending:
+                    continue  # no local file, or its content known already
+                if item.inode >= 0:
+                    md5 = known(item.local_path, FileVersion(item.size, item.mtime_ns, item.inode))
+                    if md5 is not None:
+                        files[i.blob_name] = (item.size, md5)
+                        continue
+                pending[id(item)] = i
+        if len(pending) < 2 or _HASHERS < 2:
+            return  # (the keys hash it as they go)
+        from concurrent.futures import ThreadPoolExecutor  # (only a run with files to hash needs it)
+
+        with ThreadPoolExecutor(min(_HASHERS, len(pending)), thread_name_prefix="batchflow-md5") as pool:
+            for _ in pool.map(self._identity, pending.values()):
+                pass
+
     def _content(self, path: Path) -> tuple[int, str]:
         """Size and MD5 of a file no discovery stat'ed: stat'ed here, and again if it changes while
         it is read."""
@@ -340,10 +370,20 @@ class KeyMaker:
         return TaskKey(key, parts)
 
 
-def task_keys(plan: Plan, backend: str, digest: Digest, earlier: Ledger | None = None) -> dict[str, TaskKey]:
+def task_keys(
+    plan: Plan,
+    backend: str,
+    digest: Digest,
+    earlier: Ledger | None = None,
+    *,
+    known: Known | None = None,
+) -> dict[str, TaskKey]:
     """Each task's key, by task id. The plan's tasks, before the per-run output prefix. `earlier`:
-    see KeyMaker (the keys are the same with it or without)."""
+    see KeyMaker (the keys are the same with it or without). `known`: the digests known without
+    reading (DigestCache.known); the inputs it does not know are hashed first, in parallel."""
     maker = KeyMaker(plan, backend, digest, earlier)
+    if known is not None:
+        maker.hash_unknown(plan.tasks, known)
     return {t.id: maker.key(t) for t in plan.tasks}
 
 

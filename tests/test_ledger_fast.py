@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,50 @@ def test_an_input_gone_or_changing_is_named(tmp_path: Path) -> None:
     with pytest.raises(BatchflowError, match=r"cannot read input .*a b\.mp4: it keeps changing"):
         task_keys(_plan(tmp_path, [task], [unseen]), "local", changing)
     assert len(calls) == 3
+
+
+def test_unknown_inputs_are_hashed_first_on_threads_and_the_keys_are_the_same(tmp_path: Path) -> None:
+    """A first run: the inputs no digest is known for are read in parallel, each once however many
+    tasks read it; those the cache knows are not read; the keys are those made one at a time."""
+    paths = [tmp_path / f"clip {n}.mp4" for n in range(4)]
+    for n, path in enumerate(paths):
+        path.write_bytes(bytes([n]) * 100_000)
+    tasks = [_task(f"t{n}", (TaskInput("in", p.name, "a.mp4"),), {}, ()) for n, p in enumerate(paths)]
+    tasks.append(
+        _task("both", (TaskInput("in", paths[0].name, "a"), TaskInput("in", paths[1].name, "b")), {}, ())
+    )
+    plan = _plan(tmp_path, tasks, [_seen(p) for p in paths])
+    cache = DigestCache(tmp_path / "d.json")
+    one_at_a_time = task_keys(plan, "local", cache.md5)
+    cache.forget(tmp_path)
+    st = paths[3].stat()
+    cache.record(paths[3], st, cache_md5 := one_at_a_time["t3"].parts["inputs"][:32], trusted=True)
+    read: list[tuple[str, str]] = []
+
+    def digest(p: Path, st: FileStat) -> str:
+        read.append((p.name, threading.current_thread().name))
+        return DigestCache(tmp_path / "other.json").md5(p, st)
+
+    keys = task_keys(plan, "local", digest, known=cache.known)
+    assert sorted(name for name, _ in read) == ["clip 0.mp4", "clip 1.mp4", "clip 2.mp4"]
+    if ledger_module._HASHERS > 1:
+        assert all(thread.startswith("batchflow-md5") for _, thread in read)
+    assert {t: k for t, k in keys.items() if t != "t3"} == {
+        t: k for t, k in one_at_a_time.items() if t != "t3"
+    }
+    # t3 took the (made-up) digest the cache gave, without reading the file.
+    assert keys["t3"].parts["inputs"] == _sha([["a.mp4", st.st_size, cache_md5]])
+
+
+def test_an_input_refused_on_a_hashing_thread_is_named(tmp_path: Path) -> None:
+    paths = [tmp_path / f"{n}.mp4" for n in range(3)]
+    for path in paths:
+        path.write_bytes(b"x")
+    items = [_seen(p) for p in paths]
+    paths[1].write_bytes(b"changed")
+    tasks = [_task(f"t{n}", (TaskInput("in", p.name, "a.mp4"),), {}, ()) for n, p in enumerate(paths)]
+    cache = DigestCache(tmp_path / "d.json")
+    with pytest.raises(
+        BatchflowError, match=r"cannot read input .*1\.mp4: it changed after this run listed it"
+    ):
+        task_keys(_plan(tmp_path, tasks, items), "local", cache.md5, known=cache.known)
