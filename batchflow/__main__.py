@@ -1,5 +1,3 @@
-import sys
+from batchflow.cli import entry
 
-from batchflow.cli import main
-
-sys.exit(main())
+entry()
