@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from batchflow.backends.files import TMP_PREFIX, clone_new, replace_with_copy, replace_with_link
+from batchflow.backends.files import (
+    TMP_PREFIX,
+    SourceChanged,
+    clone_new,
+    replace_with_copy,
+    replace_with_link,
+)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -68,3 +74,22 @@ def test_replace_with_link_links_a_new_name_and_replaces_an_old_one(tmp_path: Pa
     replace_with_link(src, tmp_path / "old")
     assert (tmp_path / "old").samefile(src)
     assert leftovers(tmp_path) == []
+
+
+def test_replace_with_copy_refuses_a_file_other_than_the_version_expected(tmp_path: Path) -> None:
+    """`expect` names the version a caller checked (size, mtime_ns, inode); a file since renamed over
+    that name (a new inode) is refused and the destination left as it was."""
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"checked")
+    st = src.stat()
+    (tmp_path / "new.txt").write_bytes(b"another")
+    (tmp_path / "new.txt").replace(src)
+    dst = tmp_path / "dst.txt"
+    dst.write_bytes(b"before")
+    with pytest.raises(SourceChanged, match="changed before it could be copied"):
+        replace_with_copy(src, dst, expect=(st.st_size, st.st_mtime_ns, st.st_ino))
+    assert dst.read_bytes() == b"before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.txt", "src.txt"]  # no temporary left
+    now = src.stat()
+    replace_with_copy(src, dst, expect=(now.st_size, now.st_mtime_ns, now.st_ino))
+    assert dst.read_bytes() == b"another"

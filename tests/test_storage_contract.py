@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -189,6 +192,50 @@ def test_list_blobs_is_sorted_and_filtered_by_prefix(subject: Subject, container
     assert s.list_blobs(container, "b") == ["b/1.txt", "b/2.txt", "ba.txt"]
     assert s.list_blobs(container, "b/") == ["b/1.txt", "b/2.txt"]
     assert s.list_blobs(container, "zzz/") == []
+
+
+# Appends to the file given, a few bytes at a time, until killed.
+APPENDER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+while True:
+    os.write(fd, b"more")
+"""
+
+
+def test_a_file_written_while_it_is_uploaded_is_refused(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    """Another process appends to the file while it is uploaded: an upload that saw the file change
+    (its size, here) while it read it is refused and stores nothing; one that did not stored the
+    file whole as it was when it was opened (a version of it). The writer overlapped at least one
+    of the uploads."""
+    s = subject.storage
+    s.ensure_container(container)
+    src = _write(tmp_path / "src" / "big.bin", os.urandom(4 * 1024 * 1024))
+    start = src.stat().st_size
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(src)])
+    try:
+        while src.stat().st_size == start:  # the writer is at work
+            time.sleep(0.001)
+        refused = 0
+        for attempt in range(20):
+            blob = f"big-{attempt}.bin"
+            try:
+                s.upload([_item(src, container, blob)])
+            except BatchflowError as e:
+                assert "it changed after this run listed it" in str(e)
+                assert blob not in s.list_blobs(container)
+                refused += 1
+                continue
+            stored = subject.get(container, blob)
+            assert src.read_bytes()[: len(stored)] == stored  # the file as it was, whole
+            md5 = hashlib.md5(stored, usedforsecurity=False).hexdigest()
+            assert s.stat_blobs(container, blob)[blob] == BlobStat(len(stored), md5)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert refused > 0, "the writer never overlapped an upload"
 
 
 def test_download_then_skip_unchanged(subject: Subject, container: str, tmp_path: Path) -> None:

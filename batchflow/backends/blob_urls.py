@@ -16,7 +16,7 @@ import mimetypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from batchflow.backends.files import TMP_PREFIX, clone_new, replace_with_clone, replace_with_link
@@ -140,10 +140,15 @@ def azure_error_code(error: Exception) -> str | None:
 
 def md5_file(path: Path) -> bytes:
     """The MD5 digest of a file, read in 1 MiB chunks (Blob Storage's Content-MD5, not a security hash)."""
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+        return md5_stream(f)
+
+
+def md5_stream(f: BinaryIO) -> bytes:
+    """The MD5 digest of what is left to read in `f`, read in 1 MiB chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
     return digest.digest()
 
 

@@ -31,13 +31,21 @@ def same_file_stat(a: os.stat_result, b: os.stat_result) -> bool:
     return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
 
 
-def replace_with_copy(src: Path, dst: Path) -> None:
+class SourceChanged(OSError):
+    """The file being copied was not the version expected, or changed while it was copied: the copy
+    would be of no one version of it (nothing was put in place)."""
+
+
+def replace_with_copy(src: Path, dst: Path, *, expect: tuple[int, int, int] | None = None) -> None:
     """Copy `src` (content, mode and times: what rsync's quick check compares) to `dst` atomically:
     temp file beside `dst`, then os.replace. A reflink where the filesystem has them, as
-    replace_with_clone. (Extended attributes are not copied: a blob has none.)"""
+    replace_with_clone. (Extended attributes are not copied: a blob has none.)
+
+    Raises SourceChanged, leaving `dst` as it was, if `src` changes while it is copied, or if the
+    file opened is not the version `expect` names (its st_size, st_mtime_ns, st_ino)."""
     tmp = dst.with_name(f"{TMP_PREFIX}{os.getpid()}-{next(_tmp_counter)}")
     try:
-        st = _clone(src, tmp)
+        st = _clone(src, tmp, expect)
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         tmp.replace(dst)
     except BaseException:
@@ -69,11 +77,14 @@ def clone_new(src: Path, dst: Path) -> int:
     return _clone(src, dst).st_size
 
 
-def _clone(src: Path, dst: Path) -> os.stat_result:
-    """clone_new; returns `src`'s stat (as it was opened)."""
+def _clone(src: Path, dst: Path, expect: tuple[int, int, int] | None = None) -> os.stat_result:
+    """clone_new; returns `src`'s stat (as it was opened, and still after the copy: else
+    SourceChanged, as for a version other than `expect`)."""
     fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd_in)
+        if expect is not None and _version(st) != expect:
+            raise SourceChanged(errno.ESTALE, "it changed before it could be copied", str(src))
         mode = stat.S_IMODE(st.st_mode)
         fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o777)
         try:
@@ -89,9 +100,16 @@ def _clone(src: Path, dst: Path) -> os.stat_result:
                 os.fchmod(fd_out, mode)
         finally:
             os.close(fd_out)
+        # Only a write into this very file changes what fstat says (a rename over its name does not).
+        if _version(os.fstat(fd_in)) != _version(st):
+            raise SourceChanged(errno.ESTALE, "it changed while it was copied", str(src))
     finally:
         os.close(fd_in)
     return st
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _ficlone(fd_out: int, fd_in: int, devices: tuple[int, int]) -> bool:

@@ -60,6 +60,7 @@ from batchflow.backends.blob_urls import (
     content_settings,
     describe_azure_error,
     md5_file,
+    md5_stream,
     temp_beside,
 )
 from batchflow.errors import BatchflowError
@@ -311,41 +312,62 @@ class AzureBlobStorage:
 
     def _upload_one(self, item: UploadItem, remote: Mapping[str, RemoteBlob]) -> _Outcome:
         """Upload one file unless the blob holds its content already: same size and the same
-        modification time as recorded at upload (rsync's quick check), or else the same MD5."""
+        modification time as recorded at upload (rsync's quick check), or else the same MD5.
+
+        The file is opened once: its MD5 and the bytes sent are of the version checked (the one
+        input discovery saw). A write into it during the upload is seen (fstat after): the blob,
+        torn, is deleted and the upload fails."""
         where = f"{item.container}/{item.blob_name}"
         path = item.local_path
         there = remote.get(item.blob_name)
+        changed = _Outcome(item.blob_name, error=f"{where}: {path}: {CHANGED_SINCE_PLAN}")
         try:
             stat = path.stat()
             if item.changed_since_seen(stat.st_size, stat.st_mtime_ns, stat.st_ino):
-                return _Outcome(item.blob_name, error=f"{where}: {path}: {CHANGED_SINCE_PLAN}")
+                return changed
             if _quick_check(there, stat):
                 return _Outcome(item.blob_name, skipped=True)
-            data = path.read_bytes() if stat.st_size <= _READ_WHOLE else None
-            md5 = _md5(data) if data is not None else md5_file(path)
+            f = path.open("rb")
         except FileNotFoundError:
             return _Outcome(item.blob_name, error=f"{where}: {path}: file not found")
         except OSError as e:
             return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
-        if there is not None and there.md5 == md5 and there.size == stat.st_size:
-            return _Outcome(item.blob_name, skipped=True)
-        blob = self._service.get_blob_client(item.container, item.blob_name)
-        options: dict[str, Any] = {
-            "overwrite": True,
-            "content_settings": content_settings(item.blob_name, md5),
-            "metadata": {MTIME_KEY: str(stat.st_mtime_ns)},
-        }
-        try:
-            if data is not None:
-                blob.upload_blob(data, **options)
-            else:
-                with path.open("rb") as f:
+        with f:
+            try:
+                if _version(os.fstat(f.fileno())) != _version(stat):  # replaced since the stat
+                    return changed
+                data = f.read() if stat.st_size <= _READ_WHOLE else None
+                md5 = _md5(data) if data is not None else md5_stream(f)
+                if _version(os.fstat(f.fileno())) != _version(stat):  # written while it was read
+                    return changed
+            except OSError as e:
+                return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
+            if there is not None and there.md5 == md5 and there.size == stat.st_size:
+                return _Outcome(item.blob_name, skipped=True)
+            blob = self._service.get_blob_client(item.container, item.blob_name)
+            options: dict[str, Any] = {
+                "overwrite": True,
+                "content_settings": content_settings(item.blob_name, md5),
+                "metadata": {MTIME_KEY: str(stat.st_mtime_ns)},
+            }
+            try:
+                if data is not None:
+                    blob.upload_blob(data, **options)
+                else:
+                    f.seek(0)
                     blob.upload_blob(f, length=stat.st_size, **options)
-        except AzureError as e:
-            error = f"{where}: {describe_azure_error(e, self.retry)}"
-            return _Outcome(item.blob_name, error=error, service_failed=True)
-        except OSError as e:
-            return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
+                torn = data is None and _version(os.fstat(f.fileno())) != _version(stat)
+            except AzureError as e:
+                error = f"{where}: {describe_azure_error(e, self.retry)}"
+                return _Outcome(item.blob_name, error=error, service_failed=True)
+            except OSError as e:
+                return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
+        if torn:  # its bytes are of no one version, and its Content-MD5 of another: take it back
+            try:
+                blob.delete_blob()
+            except AzureError as e:
+                log.warning("could not delete %s, uploaded while %s changed: %s", where, path, e)
+            return changed
         log.debug("uploaded %s (%d bytes)", where, stat.st_size)
         return _Outcome(item.blob_name, size=stat.st_size)
 
@@ -680,6 +702,10 @@ def _quick_check(there: RemoteBlob | None, stat: os.stat_result) -> bool:
 
 def _md5(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _same_file(target: Path, blob: RemoteBlob) -> bool:

@@ -24,11 +24,12 @@ from stat import S_ISREG
 
 from batchflow.backends.files import (
     TMP_PREFIX,
+    SourceChanged,
     replace_with_copy,
     replace_with_link,
     same_file_stat,
 )
-from batchflow.digests import DigestCache, FileChanged
+from batchflow.digests import DigestCache, FileChanged, version_key
 from batchflow.errors import BatchflowError
 from batchflow.model import CHANGED_SINCE_PLAN, BlobStat, TransferResult, UploadItem
 from batchflow.names import blob_name_problem, check_blob_name, check_copies, download_name
@@ -279,7 +280,10 @@ class LocalStorage:
                 if dst.parent not in folders:
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     folders.add(dst.parent)
-                replace_with_copy(item.local_path, dst)
+                # The version just checked, copied whole: not one that a write during the copy tore.
+                replace_with_copy(item.local_path, dst, expect=version_key(src_stat))
+            except SourceChanged:
+                raise BatchflowError(f"cannot upload {item.local_path}: {CHANGED_SINCE_PLAN}") from None
             except OSError as e:
                 raise BatchflowError(
                     f"cannot upload {item.local_path} to {item.container}/{item.blob_name}: {e.strerror or e}"
