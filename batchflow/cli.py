@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import os
 import signal
 import stat
@@ -513,7 +514,7 @@ def _run(
     from batchflow.backends.base import Context
     from batchflow.digests import DigestCache
     from batchflow.events import EventSink, RunResult, RunStarted, Warn, info_lines
-    from batchflow.ledger import task_keys
+    from batchflow.ledger import read_keys, task_keys
     from batchflow.render import build_plan
     from batchflow.report import FanOut, JsonLinesReporter, Reporter, as_json
     from batchflow.runner import Runner, check_destinations
@@ -571,9 +572,17 @@ def _run(
             state.save()
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
         reporter.emit(RunStarted(state.run_id, len(plan.tasks), args.backend, storage_name, state.folder))
-        digests = DigestCache(workspace / "cache" / "digests.json")
-        keys = task_keys(plan, backend.name, digests.md5, known=digests.known)
-        digests.save()
+        taken = read_keys(state.folder) if attach_to is not None else {}
+        if taken:
+            # `batchflow attach`: the dead run's tasks, keyed as it keyed them (the inputs it
+            # uploaded, which its job's tasks read), whatever changed since; new inputs wait for
+            # the next run, which also redoes the tasks whose inputs changed.
+            plan = dataclasses.replace(plan, tasks=tuple(t for t in plan.tasks if t.id in taken))
+            keys = {t.id: taken[t.id] for t in plan.tasks}
+        else:
+            digests = DigestCache(workspace / "cache" / "digests.json")
+            keys = task_keys(plan, backend.name, digests.md5, known=digests.known)
+            digests.save()
         run_plan = plan_run(plan, state.run_id, keys)
         runner = Runner(
             run_plan,

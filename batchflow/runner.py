@@ -116,8 +116,12 @@ class Runner:
         self.state.job_id = wf.job.id
         if self.run_plan.keys:
             write_keys(self.state.folder, self.run_plan.keys)
+        # `batchflow attach`: a run whose job exists uploaded its inputs before it made it. Sending
+        # them again would put an input changed since under the blob its queued tasks read.
+        uploaded = self.attach and self.state.stage not in ("plan", StageName.UPLOAD)
         try:
-            self._upload()
+            if not uploaded:
+                self._upload()
             self._reuse()
             if self.run_plan.tasks:  # nothing to run: no pool, no job, nothing billed
                 self._pool()

@@ -118,3 +118,48 @@ def test_attach_refuses_a_local_run_and_a_run_that_ended(
     capsys.readouterr()
     assert main(["attach", "--workflow", str(wf)]) == 1
     assert "whose tasks do not outlive batchflow" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_attach_finishes_the_dead_run_as_it_was_planned_and_the_next_run_picks_up_what_changed(
+    write_workflow: WriteWorkflow,
+    azure_env: AzureEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An input rewritten and another added while the dead run's job ran on: attach neither uploads
+    the rewritten one over the blob its queued task reads nor keys that task by the new content,
+    and adds no task for the new one. The next run redoes just those two."""
+    n = 3
+    wf, shared = _workflow(write_workflow, tmp_path, n)
+    _kill_while_running(wf, shared, azure_env, 2)  # two running, item-03 still queued
+    (folder,) = sorted((wf.parent / ".batchflow" / "runs").iterdir())
+    keys = (folder / "keys.json").read_bytes()
+    inputs = tmp_path / "inputs"
+    (inputs / "item-03.txt").write_text("changed 3\n", encoding="utf-8")
+    (inputs / "item-04.txt").write_text("item 4\n", encoding="utf-8")
+
+    (shared / "gate").touch()
+    assert main(["attach", "--workflow", str(wf)]) == 0
+    capsys.readouterr()
+    out = wf.parent / "out"
+    assert {p.name: p.read_text() for p in out.glob("*.out")} == {
+        f"item-{i:02d}.out": f"ITEM {i}\n"
+        for i in range(1, n + 1)  # item-03 as uploaded before
+    }
+    assert (folder / "keys.json").read_bytes() == keys
+    assert sorted((shared / "started").read_text().split()) == ["item-01", "item-02", "item-03"]
+
+    assert main(["run", str(wf), "--backend", "azure"]) == 0
+    err = capsys.readouterr().err
+    assert "2 to run" in err, err
+    assert sorted((shared / "started").read_text().split()) == [
+        "item-01",
+        "item-02",
+        "item-03",
+        "item-03",
+        "item-04",
+    ]
+    assert (out / "item-03.out").read_text() == "CHANGED 3\n"
+    assert (out / "item-04.out").read_text() == "ITEM 4\n"
+    assert leftovers(azure_env) == ([], [])
