@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from batchflow import __version__
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -121,3 +123,18 @@ def test_the_interpreter_teardown_is_skipped(tmp_path: Path) -> None:
         [sys.executable, "-c", witness], capture_output=True, text=True, timeout=60, check=True
     )
     assert plain.stderr == "torn down"
+
+
+def test_a_stdout_closed_from_the_start_is_no_error(tmp_path: Path) -> None:
+    """`batchflow --version >&-`: Python starts with sys.stdout None (argparse prints the version
+    on stderr then); the exit adds nothing to it."""
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -m batchflow --version >&-', sys.executable],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, f"batchflow {__version__}\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from batchflow.backends import files
 from batchflow.backends.files import (
     TMP_PREFIX,
     SourceChanged,
@@ -93,3 +94,28 @@ def test_replace_with_copy_refuses_a_file_other_than_the_version_expected(tmp_pa
     now = src.stat()
     replace_with_copy(src, dst, expect=(now.st_size, now.st_mtime_ns, now.st_ino))
     assert dst.read_bytes() == b"another"
+
+
+def test_replace_with_copy_refuses_a_file_written_while_it_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write into the source during the copy (made here from inside the copy, so that it always
+    lands between the two looks at the file) is seen: SourceChanged, the destination as it was."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 100_000)
+    dst = tmp_path / "dst.bin"
+    dst.write_bytes(b"before")
+    copy = files._copy_fd
+
+    def copy_while_written(fd_in: int, fd_out: int, size: int) -> None:
+        copy(fd_in, fd_out, size // 2)
+        with src.open("ab") as f:  # another writer, mid-copy
+            f.write(b"more")
+        copy(fd_in, fd_out, size)
+
+    monkeypatch.setattr(files, "_ficlone", lambda *_: False)  # a copy, even where reflinks exist
+    monkeypatch.setattr(files, "_copy_fd", copy_while_written)
+    with pytest.raises(SourceChanged, match="changed while it was copied"):
+        replace_with_copy(src, dst)
+    assert dst.read_bytes() == b"before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]

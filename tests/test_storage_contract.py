@@ -21,6 +21,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from azurite import AzuriteInfo, put_blob_raw
 
+from batchflow.backends.azure import storage as azure_storage
 from batchflow.backends.azure.auth import blob_auth
 from batchflow.backends.azure.storage import AzureBlobStorage
 from batchflow.backends.base import Storage
@@ -204,23 +205,27 @@ while True:
 
 
 def test_a_file_written_while_it_is_uploaded_is_refused(
-    subject: Subject, container: str, tmp_path: Path
+    subject: Subject, container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process appends to the file while it is uploaded: an upload that saw the file change
     (its size, here) while it read it is refused and stores nothing; one that did not stored the
     file whole as it was when it was opened (a version of it). The writer overlapped at least one
-    of the uploads."""
+    of the uploads. (Azure: every other upload streams the file, as it does those over 64 MiB.)"""
     s = subject.storage
     s.ensure_container(container)
     src = _write(tmp_path / "src" / "big.bin", os.urandom(4 * 1024 * 1024))
     start = src.stat().st_size
     writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(src)])
     try:
+        deadline = time.monotonic() + 30
         while src.stat().st_size == start:  # the writer is at work
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer did not start"
             time.sleep(0.001)
         refused = 0
         for attempt in range(20):
             blob = f"big-{attempt}.bin"
+            whole = azure_storage._READ_WHOLE if attempt % 2 == 0 else 1024 * 1024
+            monkeypatch.setattr(azure_storage, "_READ_WHOLE", whole)
             try:
                 s.upload([_item(src, container, blob)])
             except BatchflowError as e:

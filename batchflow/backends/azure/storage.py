@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import (
     AzureError,
@@ -352,10 +353,10 @@ class AzureBlobStorage:
             }
             try:
                 if data is not None:
-                    blob.upload_blob(data, **options)
+                    sent = blob.upload_blob(data, **options)
                 else:
                     f.seek(0)
-                    blob.upload_blob(f, length=stat.st_size, **options)
+                    sent = blob.upload_blob(f, length=stat.st_size, **options)
                 torn = data is None and _version(os.fstat(f.fileno())) != _version(stat)
             except AzureError as e:
                 error = f"{where}: {describe_azure_error(e, self.retry)}"
@@ -363,8 +364,8 @@ class AzureBlobStorage:
             except OSError as e:
                 return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
         if torn:  # its bytes are of no one version, and its Content-MD5 of another: take it back
-            try:
-                blob.delete_blob()
+            try:  # unless someone else (another machine on the account) wrote it since
+                blob.delete_blob(etag=sent["etag"], match_condition=MatchConditions.IfNotModified)
             except AzureError as e:
                 log.warning("could not delete %s, uploaded while %s changed: %s", where, path, e)
             return changed

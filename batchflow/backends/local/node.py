@@ -298,6 +298,8 @@ class NodeTask:
                 fetch_url(item.http_url, dest, in_place=True)  # wd/ is new: nobody reads it yet
             except BatchflowError as e:
                 return f"input {item.file_path!r}: {e}"
+            except OSError as e:  # no space, or a stored file written while it was copied
+                return f"input {item.file_path!r}: {e.strerror or e}"
         return None
 
     def run(self, handle: ProcessHandle) -> int:
