@@ -243,6 +243,44 @@ def test_a_file_written_while_it_is_uploaded_is_refused(
     assert refused > 0, "the writer never overlapped an upload"
 
 
+def test_an_output_written_while_it_is_stored_through_the_container_url_is_refused(
+    subject: Subject, container: str, tmp_path: Path
+) -> None:
+    """A task's output still being appended to (a leftover process of the task) while the node
+    stores it: refused, or stored whole as one version with that version's MD5. (Locally the blob
+    is a hard link to the file itself: nothing to tear.)"""
+    s = subject.storage
+    s.ensure_container(container)
+    src = _write(tmp_path / "out" / "big.bin", os.urandom(4 * 1024 * 1024))
+    start = src.stat().st_size
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(src)])
+    refused = 0
+    try:
+        deadline = time.monotonic() + 30
+        while src.stat().st_size == start:  # the writer is at work
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer did not start"
+            time.sleep(0.001)
+        for attempt in range(10):
+            blob = f"out-{attempt}.bin"
+            try:
+                put_to_container_url(s.container_url(container), blob, src)
+            except BatchflowError as e:
+                assert "changed while it was uploaded" in str(e)
+                assert blob not in s.list_blobs(container)
+                refused += 1
+                continue
+            if subject.kind == "local":
+                continue
+            stored = subject.get(container, blob)
+            assert src.read_bytes()[: len(stored)] == stored
+            md5 = hashlib.md5(stored, usedforsecurity=False).hexdigest()
+            assert s.stat_blobs(container, blob)[blob] == BlobStat(len(stored), md5)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert refused > 0 if subject.kind == "azure" else refused == 0
+
+
 def test_download_then_skip_unchanged(subject: Subject, container: str, tmp_path: Path) -> None:
     s = subject.storage
     s.ensure_container(container)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from batchflow.backends.files import TMP_PREFIX, clone_new, replace_with_clone, replace_with_link
+from batchflow.digests import version_key
 from batchflow.errors import BatchflowError, first_line
 from batchflow.names import check_blob_name
 from batchflow.redact import redact
@@ -265,21 +266,34 @@ def _put_http(container_url: str, blob: str, src: Path, retry: RetrySettings) ->
     from azure.storage.blob import ContainerClient
 
     try:
-        md5 = md5_file(src)
-        size = src.stat().st_size
+        f = src.open("rb")
     except FileNotFoundError:
         raise BatchflowError(f"cannot store {src}: file not found") from None
-    try:
-        with ContainerClient.from_container_url(
-            container_url, **retry.client_options(container_url)
-        ) as client:
-            with src.open("rb") as f:
-                client.upload_blob(
-                    blob, f, length=size, overwrite=True, content_settings=content_settings(blob, md5)
-                )
-            return f"{client.container_name}/{blob}"
-    except AzureError as e:
-        raise BatchflowError(
-            f"cannot upload {src} to {without_query(container_url)} as {blob!r}: "
-            f"{describe_azure_error(e, retry)}"
-        ) from None
+    # One open for the MD5 and the bytes sent, and a look at the file before and after: what is
+    # stored is one version of it, with that version's Content-MD5 (a leftover process of the task
+    # still writing it is refused).
+    with f:
+        seen = os.fstat(f.fileno())
+        md5 = md5_stream(f)
+        try:
+            with ContainerClient.from_container_url(
+                container_url, **retry.client_options(container_url)
+            ) as client:
+                if version_key(os.fstat(f.fileno())) == version_key(seen):
+                    f.seek(0)
+                    client.upload_blob(
+                        blob,
+                        f,
+                        length=seen.st_size,
+                        overwrite=True,
+                        content_settings=content_settings(blob, md5),
+                    )
+                    if version_key(os.fstat(f.fileno())) == version_key(seen):
+                        return f"{client.container_name}/{blob}"
+                    client.delete_blob(blob)
+                raise BatchflowError(f"cannot store {src}: it changed while it was uploaded")
+        except AzureError as e:
+            raise BatchflowError(
+                f"cannot upload {src} to {without_query(container_url)} as {blob!r}: "
+                f"{describe_azure_error(e, retry)}"
+            ) from None

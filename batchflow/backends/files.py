@@ -16,6 +16,8 @@ import stat
 import sys
 from pathlib import Path
 
+from batchflow.digests import version_key
+
 # In-progress copies are hidden under this prefix; list_blobs never shows them.
 TMP_PREFIX = ".batchflow-tmp-"
 _tmp_counter = itertools.count()
@@ -83,7 +85,7 @@ def _clone(src: Path, dst: Path, expect: tuple[int, int, int] | None = None) -> 
     fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd_in)
-        if expect is not None and _version(st) != expect:
+        if expect is not None and version_key(st) != expect:
             raise SourceChanged(errno.ESTALE, "it changed before it could be copied", str(src))
         mode = stat.S_IMODE(st.st_mode)
         fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode & 0o777)
@@ -101,15 +103,11 @@ def _clone(src: Path, dst: Path, expect: tuple[int, int, int] | None = None) -> 
         finally:
             os.close(fd_out)
         # Only a write into this very file changes what fstat says (a rename over its name does not).
-        if _version(os.fstat(fd_in)) != _version(st):
+        if version_key(os.fstat(fd_in)) != version_key(st):
             raise SourceChanged(errno.ESTALE, "it changed while it was copied", str(src))
     finally:
         os.close(fd_in)
     return st
-
-
-def _version(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _ficlone(fd_out: int, fd_in: int, devices: tuple[int, int]) -> bool:

@@ -64,6 +64,7 @@ from batchflow.backends.blob_urls import (
     md5_stream,
     temp_beside,
 )
+from batchflow.digests import version_key
 from batchflow.errors import BatchflowError
 from batchflow.model import CHANGED_SINCE_PLAN, BlobStat, TransferResult, UploadItem
 from batchflow.names import check_blob_name, check_copies, download_name
@@ -335,11 +336,11 @@ class AzureBlobStorage:
             return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
         with f:
             try:
-                if _version(os.fstat(f.fileno())) != _version(stat):  # replaced since the stat
+                if version_key(os.fstat(f.fileno())) != version_key(stat):  # replaced since the stat
                     return changed
                 data = f.read() if stat.st_size <= _READ_WHOLE else None
                 md5 = _md5(data) if data is not None else md5_stream(f)
-                if _version(os.fstat(f.fileno())) != _version(stat):  # written while it was read
+                if version_key(os.fstat(f.fileno())) != version_key(stat):  # written while it was read
                     return changed
             except OSError as e:
                 return _Outcome(item.blob_name, error=f"{where}: {path}: {e.strerror or e}")
@@ -357,7 +358,7 @@ class AzureBlobStorage:
                 else:
                     f.seek(0)
                     sent = blob.upload_blob(f, length=stat.st_size, **options)
-                torn = data is None and _version(os.fstat(f.fileno())) != _version(stat)
+                torn = data is None and version_key(os.fstat(f.fileno())) != version_key(stat)
             except AzureError as e:
                 error = f"{where}: {describe_azure_error(e, self.retry)}"
                 return _Outcome(item.blob_name, error=error, service_failed=True)
@@ -703,10 +704,6 @@ def _quick_check(there: RemoteBlob | None, stat: os.stat_result) -> bool:
 
 def _md5(data: bytes) -> bytes:
     return hashlib.md5(data, usedforsecurity=False).digest()
-
-
-def _version(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _same_file(target: Path, blob: RemoteBlob) -> bool:
