@@ -575,13 +575,17 @@ def _run(
             state.save()
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
         reporter.emit(RunStarted(state.run_id, len(plan.tasks), args.backend, storage_name, state.folder))
-        taken = read_keys(state.folder) if attach_to is not None else {}
+        taken = read_keys(state.folder) if attach_to is not None and state.inputs_uploaded else {}
         if taken:
             # `batchflow attach`: the dead run's tasks, keyed as it keyed them (the inputs it
             # uploaded, which its job's tasks read), whatever changed since; new inputs wait for
-            # the next run, which also redoes the tasks whose inputs changed.
-            plan = dataclasses.replace(plan, tasks=tuple(t for t in plan.tasks if t.id in taken))
-            keys = {t.id: taken[t.id] for t in plan.tasks}
+            # the next run, which also redoes the tasks whose inputs changed. Those it took from
+            # earlier runs are done: they are not in its job.
+            keys = {t.id: taken[t.id] for t in plan.tasks if t.id in taken}
+            reused = {tid for tid, r in state.tasks.items() if r.reused_from is not None}
+            plan = dataclasses.replace(
+                plan, tasks=tuple(t for t in plan.tasks if t.id in keys and t.id not in reused)
+            )
         else:
             digests = DigestCache(workspace / "cache" / "digests.json")
             keys = task_keys(plan, backend.name, digests.md5, known=digests.known)

@@ -116,9 +116,9 @@ class Runner:
         self.state.job_id = wf.job.id
         if self.run_plan.keys:
             write_keys(self.state.folder, self.run_plan.keys)
-        # `batchflow attach`: a run whose job exists uploaded its inputs before it made it. Sending
-        # them again would put an input changed since under the blob its queued tasks read.
-        uploaded = self.attach and self.state.stage not in ("plan", StageName.UPLOAD)
+        # `batchflow attach`: the run's inputs are in storage, as its queued tasks read them. Sending
+        # them again would put an input changed since under the blob those tasks read.
+        uploaded = self.attach and self.state.inputs_uploaded
         try:
             if not uploaded:
                 self._upload()

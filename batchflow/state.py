@@ -142,6 +142,9 @@ def new_run_id(now: float | None = None) -> str:
     return f"{stamp}-{int(when * 1000) % 1000:03d}-{os.urandom(3).hex()}"  # (secrets.token_hex(3))
 
 
+_AFTER_UPLOAD = frozenset({"reuse", "pool", "job", "tasks", "monitor"})  # RunState.stage values
+
+
 @dataclass
 class RunState:
     """What a run did so far. Serialised to state.json after every change of stage."""
@@ -173,6 +176,12 @@ class RunState:
     # The records the journal holds, as far as this state knows (None: not read): what a save
     # appends is what differs from them.
     _journaled: dict[str, TaskRecord] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def inputs_uploaded(self) -> bool:
+        """The run got past its upload stage and not yet to its download or cleanup (which may
+        delete the containers): its inputs are in storage, as its tasks read them."""
+        return self.stage in _AFTER_UPLOAD
 
     def still_running(self) -> bool:
         """The run's process is alive on this machine (it has not ended and its pid still exists)."""

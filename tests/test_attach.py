@@ -163,3 +163,30 @@ def test_attach_finishes_the_dead_run_as_it_was_planned_and_the_next_run_picks_u
     assert (out / "item-03.out").read_text() == "CHANGED 3\n"
     assert (out / "item-04.out").read_text() == "ITEM 4\n"
     assert leftovers(azure_env) == ([], [])
+
+
+@pytest.mark.e2e
+def test_attach_to_a_run_that_took_tasks_from_an_earlier_run_waits_only_for_its_own(
+    write_workflow: WriteWorkflow,
+    azure_env: AzureEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The dead run reused two tasks (never in its job) and ran two: attach monitors those two and
+    ends, instead of waiting for the reused ones until the monitor's timeout."""
+    wf, shared = _workflow(write_workflow, tmp_path, 2)
+    (shared / "gate").touch()
+    assert main(["run", str(wf), "--backend", "azure", "--quiet"]) == 0
+    (shared / "gate").unlink()
+    for i in (3, 4):
+        (tmp_path / "inputs" / f"item-{i:02d}.txt").write_text(f"item {i}\n", encoding="utf-8")
+    _kill_while_running(wf, shared, azure_env, 4)  # the first run's two, then this run's two
+    (shared / "gate").touch()
+    assert main(["attach", "--workflow", str(wf)]) == 0
+    capsys.readouterr()
+    assert sorted((shared / "started").read_text().split()) == [f"item-{i:02d}" for i in range(1, 5)]
+    out = wf.parent / "out"
+    assert {p.name: p.read_text() for p in out.glob("*.out")} == {
+        f"item-{i:02d}.out": f"ITEM {i}\n" for i in range(1, 5)
+    }
+    assert leftovers(azure_env) == ([], [])

@@ -247,8 +247,9 @@ def test_an_output_written_while_it_is_stored_through_the_container_url_is_refus
     subject: Subject, container: str, tmp_path: Path
 ) -> None:
     """A task's output still being appended to (a leftover process of the task) while the node
-    stores it: refused, or stored whole as one version with that version's MD5. (Locally the blob
-    is a hard link to the file itself: nothing to tear.)"""
+    stores it: refused (the task fails; a blob may be left, which the run does not count), or stored
+    whole as one version with that version's MD5. A log (growing=True) is stored as it was when
+    opened. (Locally the blob is a hard link to the file itself: nothing to tear.)"""
     s = subject.storage
     s.ensure_container(container)
     src = _write(tmp_path / "out" / "big.bin", os.urandom(4 * 1024 * 1024))
@@ -262,19 +263,21 @@ def test_an_output_written_while_it_is_stored_through_the_container_url_is_refus
             time.sleep(0.001)
         for attempt in range(10):
             blob = f"out-{attempt}.bin"
+            log = f"log-{attempt}.txt"
+            put_to_container_url(s.container_url(container), log, src, growing=True)
             try:
                 put_to_container_url(s.container_url(container), blob, src)
             except BatchflowError as e:
                 assert "changed while it was uploaded" in str(e)
-                assert blob not in s.list_blobs(container)
                 refused += 1
-                continue
+                blob = ""
             if subject.kind == "local":
                 continue
-            stored = subject.get(container, blob)
-            assert src.read_bytes()[: len(stored)] == stored
-            md5 = hashlib.md5(stored, usedforsecurity=False).hexdigest()
-            assert s.stat_blobs(container, blob)[blob] == BlobStat(len(stored), md5)
+            for name in (log, blob) if blob else (log,):
+                stored = subject.get(container, name)
+                assert src.read_bytes()[: len(stored)] == stored
+                md5 = hashlib.md5(stored, usedforsecurity=False).hexdigest()
+                assert s.stat_blobs(container, name)[name] == BlobStat(len(stored), md5)
     finally:
         writer.kill()
         writer.wait()

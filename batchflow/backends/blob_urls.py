@@ -145,11 +145,13 @@ def md5_file(path: Path) -> bytes:
         return md5_stream(f)
 
 
-def md5_stream(f: BinaryIO) -> bytes:
-    """The MD5 digest of what is left to read in `f`, read in 1 MiB chunks."""
+def md5_stream(f: BinaryIO, size: int | None = None) -> bytes:
+    """The MD5 digest of what is left to read in `f` (at most `size` bytes), read in 1 MiB chunks."""
     digest = hashlib.md5(usedforsecurity=False)
-    while chunk := f.read(_CHUNK):
+    left = -1 if size is None else size
+    while left and (chunk := f.read(_CHUNK if left < 0 else min(_CHUNK, left))):
         digest.update(chunk)
+        left -= len(chunk) if left > 0 else 0
     return digest.digest()
 
 
@@ -205,13 +207,16 @@ def fetch_url(url: str, dest: Path, *, retry: RetrySettings | None = None, in_pl
 
 
 def put_to_container_url(
-    container_url: str, blob: str, src: Path, *, retry: RetrySettings | None = None
+    container_url: str, blob: str, src: Path, *, retry: RetrySettings | None = None, growing: bool = False
 ) -> str:
     """Store `src` as `blob` under a container URL; return "container/blob".
 
     file:// -> a hard link in the container folder, which must exist (a copy across filesystems);
     http(s):// -> an upload through a container SAS URL (create/write permission is enough), with
-    the file's Content-MD5 so later downloads can skip it when unchanged.
+    the file's Content-MD5 so later downloads can skip it when unchanged. The bytes sent and their
+    MD5 are the file's first st_size bytes as it was opened; a file that changed meanwhile is
+    refused (BatchflowError), unless `growing` (a log something may still append to: what it held
+    when opened is sent).
     """
     check_blob_name(blob)
     scheme = urlsplit(container_url).scheme.lower()
@@ -227,7 +232,7 @@ def put_to_container_url(
             raise BatchflowError(f"cannot store {src}: file not found") from None
         return f"{folder.name}/{blob}"
     if scheme in ("http", "https"):
-        return _put_http(container_url, blob, src, retry or RetrySettings())
+        return _put_http(container_url, blob, src, retry or RetrySettings(), growing)
     raise BatchflowError(
         f"cannot store {blob!r} under {without_query(container_url)}: "
         "only file://, http:// and https:// URLs are supported"
@@ -261,7 +266,7 @@ def _fetch_http(url: str, dest: Path, retry: RetrySettings) -> int:
     return size
 
 
-def _put_http(container_url: str, blob: str, src: Path, retry: RetrySettings) -> str:
+def _put_http(container_url: str, blob: str, src: Path, retry: RetrySettings, growing: bool) -> str:
     from azure.core.exceptions import AzureError
     from azure.storage.blob import ContainerClient
 
@@ -269,29 +274,29 @@ def _put_http(container_url: str, blob: str, src: Path, retry: RetrySettings) ->
         f = src.open("rb")
     except FileNotFoundError:
         raise BatchflowError(f"cannot store {src}: file not found") from None
-    # One open for the MD5 and the bytes sent, and a look at the file before and after: what is
-    # stored is one version of it, with that version's Content-MD5 (a leftover process of the task
-    # still writing it is refused).
+    # One open for the MD5 and the bytes sent, and a look at the file before and after. The node's
+    # SAS cannot delete: a file that changed during the upload leaves a blob the run does not
+    # count (its task fails), and a later run overwrites.
+    changed = BatchflowError(f"cannot store {src}: it changed while it was uploaded")
     with f:
-        seen = os.fstat(f.fileno())
-        md5 = md5_stream(f)
+        try:
+            seen = os.fstat(f.fileno())
+            md5 = md5_stream(f, seen.st_size)
+            if not growing and version_key(os.fstat(f.fileno())) != version_key(seen):
+                raise changed
+            f.seek(0)
+        except OSError as e:
+            raise BatchflowError(f"cannot store {src}: {e.strerror or e}") from None
         try:
             with ContainerClient.from_container_url(
                 container_url, **retry.client_options(container_url)
             ) as client:
-                if version_key(os.fstat(f.fileno())) == version_key(seen):
-                    f.seek(0)
-                    client.upload_blob(
-                        blob,
-                        f,
-                        length=seen.st_size,
-                        overwrite=True,
-                        content_settings=content_settings(blob, md5),
-                    )
-                    if version_key(os.fstat(f.fileno())) == version_key(seen):
-                        return f"{client.container_name}/{blob}"
-                    client.delete_blob(blob)
-                raise BatchflowError(f"cannot store {src}: it changed while it was uploaded")
+                client.upload_blob(
+                    blob, f, length=seen.st_size, overwrite=True, content_settings=content_settings(blob, md5)
+                )
+                if not growing and version_key(os.fstat(f.fileno())) != version_key(seen):
+                    raise changed
+                return f"{client.container_name}/{blob}"
         except AzureError as e:
             raise BatchflowError(
                 f"cannot upload {src} to {without_query(container_url)} as {blob!r}: "

@@ -372,7 +372,7 @@ class NodeTask:
         failure: str | None = None
         for name in ("stdout.txt", "stderr.txt"):
             try:
-                put_to_container_url(url, self.logs.blob(self.name, name), self.dir / name)
+                put_to_container_url(url, self.logs.blob(self.name, name), self.dir / name, growing=True)
             except BatchflowError as e:
                 log.warning("task %s: could not upload %s: %s", self.name, name, e)
                 failure = failure or f"could not upload {name}: {e}"
