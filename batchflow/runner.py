@@ -114,8 +114,6 @@ class Runner:
         self.state.task_count = len(self.plan.tasks)
         self.state.pool_id = wf.pool.id
         self.state.job_id = wf.job.id
-        if self.run_plan.keys:
-            write_keys(self.state.folder, self.run_plan.keys)
         # `batchflow attach`: the run's inputs are in storage, as its queued tasks read them. Sending
         # them again would put an input changed since under the blob those tasks read.
         uploaded = self.attach and self.state.inputs_uploaded
@@ -123,6 +121,7 @@ class Runner:
             if not uploaded:
                 self._upload()
             self._reuse()
+            self._write_keys()
             if self.run_plan.tasks:  # nothing to run: no pool, no job, nothing billed
                 self._pool()
                 self._job_and_tasks()
@@ -222,6 +221,17 @@ class Runner:
                 self.reporter.emit(
                     Info(f"  {done - skipped} uploaded ({human_bytes(sent)}), {skipped} unchanged")
                 )
+
+    def _write_keys(self) -> None:
+        """keys.json, before any task starts: the keys of the tasks this run executes and of those it
+        took from earlier runs, what a resume of it or `batchflow attach` reads (not those a retry
+        left out: they are in no job)."""
+        keys = self.run_plan.keys
+        if not keys:
+            return
+        ids = {t.id for t in self.run_plan.tasks}
+        ids.update(tid for tid, r in self.state.tasks.items() if r.reused_from is not None)
+        write_keys(self.state.folder, {tid: k for tid, k in keys.items() if tid in ids})
 
     def _reuse(self) -> None:
         """Tasks whose key matches a succeeded task whose outputs are still stored are not run: their

@@ -31,11 +31,13 @@ COMMAND = (
 )
 
 
-def _workflow(write_workflow: WriteWorkflow, tmp_path: Path, n: int) -> tuple[Path, Path]:
+def _workflow(
+    write_workflow: WriteWorkflow, tmp_path: Path, n: int, command: str = COMMAND
+) -> tuple[Path, Path]:
     shared = tmp_path / "shared"
     shared.mkdir()
     wf = write_workflow(
-        COMMAND,
+        command,
         inputs=n,
         tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}]},
         extra={
@@ -48,10 +50,14 @@ def _workflow(write_workflow: WriteWorkflow, tmp_path: Path, n: int) -> tuple[Pa
     return wf, shared
 
 
-def _kill_while_running(wf: Path, shared: Path, azure_env: AzureEnv, running: int) -> None:
-    """SIGKILL the run once `running` tasks started (the pool's two nodes run two at a time)."""
+def _kill_while_running(
+    wf: Path, shared: Path, azure_env: AzureEnv, running: int, command: tuple[str, ...] = ()
+) -> None:
+    """SIGKILL the run (or `command`) once `running` tasks started (the pool's two nodes run two at
+    a time)."""
+    argv = command or ("run", str(wf), "--backend", "azure", "--quiet")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "batchflow", "run", str(wf), "--backend", "azure", "--quiet"],
+        [sys.executable, "-m", "batchflow", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -189,4 +195,33 @@ def test_attach_to_a_run_that_took_tasks_from_an_earlier_run_waits_only_for_its_
     assert {p.name: p.read_text() for p in out.glob("*.out")} == {
         f"item-{i:02d}.out": f"ITEM {i}\n" for i in range(1, 5)
     }
+    assert leftovers(azure_env) == ([], [])
+
+
+@pytest.mark.e2e
+def test_attach_to_a_dead_retry_runs_only_what_the_retry_submitted(
+    write_workflow: WriteWorkflow,
+    azure_env: AzureEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A retry reruns the failed item-02, takes item-01 from the first run and leaves out item-03,
+    whose input changed (a new key, no failure to retry). Killed while item-02 runs, it is attached
+    to: attach waits for item-02 alone, not for item-03, which is in no job."""
+    failing = "if [ -e {{ vars.dir }}/fail-{{ input.stem }} ]; then exit 3; fi; " + COMMAND
+    wf, shared = _workflow(write_workflow, tmp_path, 3, failing)
+    (shared / "fail-item-02").touch()
+    (shared / "gate").touch()
+    assert main(["run", str(wf), "--backend", "azure", "--quiet"]) == 1
+    (shared / "fail-item-02").unlink()
+    (shared / "gate").unlink()
+    (tmp_path / "inputs" / "item-03.txt").write_text("changed 3\n", encoding="utf-8")
+    # The first run noted item-01 and item-03 (item-02 failed first); the retry's item-02 is the third.
+    _kill_while_running(wf, shared, azure_env, 3, ("retry", "--workflow", str(wf), "--quiet"))
+    (shared / "gate").touch()
+    capsys.readouterr()
+    assert main(["attach", "--workflow", str(wf)]) == 0
+    assert "Attaching to run" in capsys.readouterr().err
+    assert sorted((shared / "started").read_text().split()) == ["item-01", "item-02", "item-03"]
+    assert (wf.parent / "out" / "item-02.out").read_text() == "ITEM 2\n"
     assert leftovers(azure_env) == ([], [])
