@@ -574,7 +574,8 @@ def _run(
             state.overrides = overrides  # `batchflow download` loads the workflow as this run did
             state.save()
         stack.callback(_detach_run_log, _attach_run_log(state.log_file))
-        reporter.emit(RunStarted(state.run_id, len(plan.tasks), args.backend, storage_name, state.folder))
+        total = state.task_count if attach_to is not None else len(plan.tasks)
+        reporter.emit(RunStarted(state.run_id, total, args.backend, storage_name, state.folder))
         taken = read_keys(state.folder) if attach_to is not None and state.inputs_uploaded else {}
         if taken:
             # `batchflow attach`: the dead run's tasks, keyed as it keyed them (the inputs it

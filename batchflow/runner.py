@@ -111,7 +111,8 @@ class Runner:
 
     def run(self) -> RunOutcome:
         wf = self.plan.workflow
-        self.state.task_count = len(self.plan.tasks)
+        if not self.attach:  # (attached: the dead run's count, those it reused included)
+            self.state.task_count = len(self.plan.tasks)
         self.state.pool_id = wf.pool.id
         self.state.job_id = wf.job.id
         # `batchflow attach`: the run's inputs are in storage, as its queued tasks read them. Sending
