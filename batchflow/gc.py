@@ -34,6 +34,9 @@ log = logging.getLogger("batchflow")
 
 @dataclass(frozen=True)
 class Item:
+    """One thing `batchflow gc` found (a run folder, stored files, a leftover job or pool), with why it
+    is removed or kept."""
+
     kind: str
     name: str
     run_id: str | None
@@ -53,6 +56,8 @@ class Item:
 
 @dataclass
 class Survey:
+    """What `batchflow gc` found: the items to remove, those it keeps, and notes for the user."""
+
     remove: list[Item] = field(default_factory=list)
     keep: list[Item] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

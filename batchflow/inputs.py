@@ -36,6 +36,9 @@ class NeverInput:
 
 @record
 class Discovered:
+    """The files an upload's include and exclude patterns select in its source folder, with what the
+    one stat of each found."""
+
     files: list[tuple[str, Path]]  # (relative '/'-separated path, path under the source folder), sorted
     warnings: list[str]  # one line per matching entry that was skipped, naming it
     # Of each file, from the one stat discovery made: its size, st_mtime_ns and st_ino (the version of

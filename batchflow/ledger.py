@@ -115,12 +115,17 @@ class Parts(Mapping[str, str]):
 
 @dataclass(frozen=True, slots=True)  # (slots: 100,000 of each are held at once)
 class TaskKey:
+    """A task's key (SHA-256 of its parts) and each part's digest: the same task run again has the same."""
+
     key: str
     parts: Mapping[str, str]  # part name -> digest
 
 
 @dataclass(frozen=True, slots=True)
 class StoredOutput:
+    """One output of a ledger entry: where it is stored, and its size and MD5 when the task ended
+    (None: not found)."""
+
     container: str
     blob: str
     size: int | None = None

@@ -68,6 +68,8 @@ class CleanupAction(str, enum.Enum):
 
 @record
 class ImageReference:
+    """A Marketplace image (Batch's ImageReference)."""
+
     publisher: str
     offer: str
     sku: str
@@ -90,6 +92,8 @@ class ResourceFileSpec:
 
 @record
 class StartTaskSpec:
+    """What a pool runs on each node as it joins, before any task (Batch's StartTask)."""
+
     command: str
     elevated: bool = False
     wait_for_success: bool = True
@@ -100,12 +104,16 @@ class StartTaskSpec:
 
 @record
 class AutoScaleSpec:
+    """A pool's autoscale formula and how often Batch evaluates it (seconds)."""
+
     formula: str
     evaluation_interval: float = 300.0
 
 
 @record
 class PoolSpec:
+    """The pool the job runs on: node size, image, node counts, slots and start task."""
+
     id: str
     vm_size: str
     image: ImageReference
@@ -119,6 +127,8 @@ class PoolSpec:
 
 @record
 class JobSpec:
+    """The job that holds a run's tasks: its id, wall-clock limit (seconds) and default retries."""
+
     id: str
     max_wall_clock: float | None = None  # seconds
     max_task_retries: int = 0
@@ -177,6 +187,8 @@ class OutputSpec:
 
 @record
 class TaskTemplate:
+    """The `tasks:` block: one task per input `foreach` matches, each rendered from these templates."""
+
     foreach: ForeachSpec
     command: str
     id: str | None = None  # template; None -> derived from the input blob name
@@ -189,12 +201,16 @@ class TaskTemplate:
 
 @record
 class MonitorSpec:
+    """How long a run waits for its tasks, and how often it polls the service (seconds)."""
+
     timeout: float = 1800.0
     poll_interval: float = 5.0
 
 
 @record
 class CleanupSpec:
+    """What a run deletes or keeps when it ends: its job, its pool, its input and output containers."""
+
     job: CleanupAction = CleanupAction.DELETE
     pool: CleanupAction = CleanupAction.DELETE_IF_CREATED
     input_containers: CleanupAction = CleanupAction.KEEP
@@ -203,6 +219,8 @@ class CleanupSpec:
 
 @record
 class Workflow:
+    """A validated workflow file: every block typed, defaults applied, paths absolute."""
+
     version: int
     name: str
     path: Path  # the workflow file, absolute
@@ -254,6 +272,8 @@ class ResolvedFile:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutput:
+    """A rendered output of one task: the files `pattern` names, stored under `destination` in `container`."""
+
     pattern: str  # rendered, relative to the task working dir; may be a glob
     container: str
     destination: str  # rendered blob name (single file) or prefix ending in '/' (glob)
@@ -273,6 +293,8 @@ class TaskLogs:
 
 @dataclass(frozen=True, slots=True)
 class RenderedTask:
+    """One task as submitted: its command, inputs, outputs and environment, rendered for one input."""
+
     id: str
     index: int
     command: str  # run with /bin/sh -c in the task working dir, as Batch does on Linux
@@ -291,6 +313,8 @@ CHANGED_SINCE_PLAN = "it changed after this run listed it: run again"
 
 @dataclass(frozen=True, slots=True)
 class UploadItem:
+    """One local file to upload, and the version of it that input discovery saw."""
+
     local_path: Path
     container: str
     blob_name: str
@@ -325,6 +349,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class TaskCounts:
+    """How many of a job's tasks are in each state."""
+
     active: int = 0
     running: int = 0
     succeeded: int = 0
@@ -341,6 +367,8 @@ class TaskCounts:
 
 @dataclass(frozen=True)
 class TaskResult:
+    """What a backend reports of one completed (or still running) task."""
+
     id: str
     state: TaskState
     exit_code: int | None
@@ -358,6 +386,8 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class TransferResult:
+    """What an upload or a download did: files transferred and skipped, bytes sent."""
+
     transferred: int = 0
     skipped: int = 0  # unchanged, not copied again
     bytes: int = 0

@@ -200,6 +200,8 @@ _File = tuple[UploadItem, str]  # a file an upload sends, and its path relative 
 
 @record
 class _Templates:
+    """The compiled templates of a workflow's `tasks:` block, compiled once and used for every task."""
+
     id: CompiledTemplate | None
     command: CompiledTemplate
     environment: Mapping[str, CompiledTemplate]

@@ -43,6 +43,8 @@ LEFT_OUT = "left out"  # `batchflow retry`: not a failed task of the run retried
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """Whether a task runs, and why: a task that does not run takes the outputs of `reuse`."""
+
     task: str
     run: bool
     reason: str
@@ -51,6 +53,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Copy:
+    """An output of an earlier run, to copy (in the same container) to where this run's own output goes."""
+
     container: str
     source: str
     destination: str

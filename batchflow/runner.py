@@ -63,6 +63,8 @@ class MonitorTimeout(BatchflowError):
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How a run ended: its state, the outputs it stored, and the exit code that follows."""
+
     state: RunState
     outputs: list[str]
 

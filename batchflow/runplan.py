@@ -42,6 +42,8 @@ class CleanupPlan:
 
 @record
 class RunPlan:
+    """A plan bound to one run: its id, the tasks as submitted, where outputs and logs go, and the keys."""
+
     plan: Plan
     run_id: str
     tasks: tuple[RenderedTask, ...]  # as submitted

@@ -64,6 +64,8 @@ _FINALIZE: dict[str, Callable[[object], str] | None] = {SHELL: shell_quote, GLOB
 
 @dataclass(frozen=True)
 class InputContext:
+    """`input` in a task's templates: the foreach input it is rendered for."""
+
     label: ClassVar[str] = "input"
     name: str
     stem: str
@@ -77,6 +79,8 @@ class InputContext:
 
 @record
 class PoolContext:
+    """`pool` in a task's templates."""
+
     label: ClassVar[str] = "pool"
     id: str
     vm_size: str
@@ -87,6 +91,8 @@ class PoolContext:
 
 @record
 class _IdContext:
+    """`job` or `task` in a task's templates (the subclass's label): its id."""
+
     label: ClassVar[str]
     id: str
 

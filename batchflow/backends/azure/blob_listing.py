@@ -35,6 +35,9 @@ MTIME_KEY = "batchflow_mtime_ns"
 
 @dataclass(frozen=True)
 class RemoteBlob:
+    """One blob of a listing: its name, size, Content-MD5 and, if batchflow uploaded it, the file's
+    modification time."""
+
     name: str
     size: int
     md5: bytes | None  # Content-MD5; None when whoever stored the blob did not set it

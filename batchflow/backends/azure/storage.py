@@ -106,6 +106,8 @@ class TransferFailed(BatchflowError):
 
 @dataclass(frozen=True)
 class _Outcome:
+    """What became of one transfer of a batch (an upload or a download)."""
+
     name: str  # what TransferResult.files reports: a blob name (upload) or a local path (download)
     size: int = 0
     skipped: bool = False

@@ -73,6 +73,8 @@ class _Task(NamedTuple):
 
 @dataclass(frozen=True)
 class SubmitReport:
+    """What submitting a job's tasks took: tasks added, requests sent, chunks split and resends."""
+
     submitted: int  # added by this call
     already_existed: int  # TaskExists: added earlier (a resend after a lost answer, or a rerun)
     requests: int  # Add Task Collection requests sent, including failed ones
@@ -82,6 +84,8 @@ class SubmitReport:
 
 @dataclass(frozen=True)
 class _Chunk:
+    """Tasks sent in one Add Task Collection request."""
+
     tasks: tuple[_Task, ...]
     attempt: int = 0  # > 0: a resend, sent after a back-off
     reason: str | None = None  # why it is resent
@@ -89,6 +93,8 @@ class _Chunk:
 
 @dataclass
 class _Outcome:
+    """What one Add Task Collection request came to, for the submitter to act on."""
+
     submitted: int = 0
     existed: int = 0
     requests: int = 0

@@ -67,6 +67,8 @@ GATHER = 0.05  # seconds of task state changes wait() gathers into one return
 
 @dataclass(eq=False)
 class _Job:
+    """A job of the local compute: its tasks, their counts by state, and why it ended (if it did)."""
+
     spec: JobSpec
     pool_id: str
     run_id: str
@@ -77,6 +79,8 @@ class _Job:
 
 @dataclass(eq=False)
 class _Task:
+    """A task of a local job, as the scheduler tracks it from queued to completed."""
+
     spec: RenderedTask
     job: _Job
     inputs: tuple[ResolvedFile, ...] = ()
@@ -96,6 +100,8 @@ class _Task:
 
 @dataclass(eq=False)
 class _Pool:
+    """A pool of the local compute: its spec, its nodes, how many tasks run at once, and its start task."""
+
     spec: PoolSpec
     root: Path
     nodes: list[Node]
