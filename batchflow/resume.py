@@ -11,7 +11,6 @@ pool or image changed, failed before, outputs missing (or forced with --force, o
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +135,8 @@ def _remote_entries(storage: Storage, container: str, workflow_name: str, known:
     fresh = [n for n in names if n[len(prefix) : -len(".jsonl")] not in known]
     if not fresh:
         return []
+    import tempfile  # (here: with random, 2 ms of every run's imports; only a ledger from elsewhere needs it)
+
     out: list[Entry] = []
     with tempfile.TemporaryDirectory(prefix="batchflow-ledger-") as tmp:
         try:

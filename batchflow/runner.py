@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -535,6 +534,8 @@ def writable_problem(folder: Path) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"download destination {folder} cannot be made: {existing} is not a folder"
+    import tempfile  # (here: with random, 2 ms of every run's imports)
+
     try:
         fd, probe = tempfile.mkstemp(prefix=".batchflow-probe-", dir=existing)
     except OSError as e:
