@@ -584,6 +584,16 @@ def _run(
             # earlier runs are done: they are not in its job.
             keys = {t.id: taken[t.id] for t in plan.tasks if t.id in taken}
             reused = {tid for tid, r in state.tasks.items() if r.reused_from is not None}
+            gone = sorted(set(taken) - set(keys) - reused)
+            if gone:
+                reporter.emit(
+                    Warn(
+                        f"warning: the input of {len(gone)} task(s) is no longer in the workflow's folders"
+                        f" ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): they read the copy"
+                        " uploaded before, so they are waited for and their outputs downloaded; a later"
+                        " run does not reuse them"
+                    )
+                )
             plan = dataclasses.replace(
                 plan, tasks=tuple(t for t in plan.tasks if t.id in keys and t.id not in reused)
             )

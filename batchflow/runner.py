@@ -375,6 +375,11 @@ class Runner:
             last: TaskCounts | None = None
             while True:
                 counts = self.compute.task_counts(wf.job.id)
+                if self.attach:
+                    # The dead run's job may hold tasks this plan has not (their input deleted
+                    # since): they read the blobs the dead run uploaded, and the job is deleted
+                    # only once they are done, their outputs downloaded with the others.
+                    total = max(total, counts.total)
                 self.reporter.emit(TaskProgress(counts, total))
                 if counts.completed >= total and self._all_listed_complete(total):
                     break

@@ -172,6 +172,39 @@ def test_attach_finishes_the_dead_run_as_it_was_planned_and_the_next_run_picks_u
 
 
 @pytest.mark.e2e
+def test_attach_waits_for_a_task_whose_input_was_deleted_since_and_keeps_its_output(
+    write_workflow: WriteWorkflow,
+    azure_env: AzureEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """item-03's input file is deleted while the dead run's job runs on (its blob is in storage, and
+    the task reads that): attach waits for it too and downloads its output, instead of ending with
+    the other two and deleting the job under it. The warning names it; the next run, with no input
+    for it, has nothing to do."""
+    n = 3
+    wf, shared = _workflow(write_workflow, tmp_path, n)
+    _kill_while_running(wf, shared, azure_env, 2)  # two running, item-03 still queued
+    (tmp_path / "inputs" / "item-03.txt").unlink()
+    (shared / "gate").touch()
+    capsys.readouterr()
+    assert main(["attach", "--workflow", str(wf)]) == 0
+    err = capsys.readouterr().err
+    assert "3 succeeded, 0 failed of 3 tasks" in err, err
+    assert "item-03" in err and "no longer" in err, err
+    out = wf.parent / "out"
+    assert {p.name: p.read_text() for p in out.glob("*.out")} == {
+        f"item-{i:02d}.out": f"ITEM {i}\n" for i in range(1, n + 1)
+    }
+    assert sorted((shared / "started").read_text().split()) == ["item-01", "item-02", "item-03"]
+    assert leftovers(azure_env) == ([], [])
+
+    assert main(["run", str(wf), "--backend", "azure"]) == 0
+    assert "0 to run" in capsys.readouterr().err
+    assert sorted((shared / "started").read_text().split()) == ["item-01", "item-02", "item-03"]
+
+
+@pytest.mark.e2e
 def test_attach_to_a_run_that_took_tasks_from_an_earlier_run_waits_only_for_its_own(
     write_workflow: WriteWorkflow,
     azure_env: AzureEnv,
