@@ -535,6 +535,14 @@ def _run(
         reporter = FanOut(reporter, JsonLinesReporter(sys.stdout))
     for warning in plan.warnings:  # what input discovery skipped: stderr, and the stream's "warning"
         reporter.emit(Warn(f"warning: {warning}"))
+    if only is not None and (lost := sorted(set(only) - {t.id for t in plan.tasks})):
+        reporter.emit(
+            Warn(
+                f"warning: {len(lost)} of the {len(only)} failed task(s) are no longer in the plan"
+                f" ({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}; an input deleted, renamed"
+                " or no longer matched): not retried"
+            )
+        )
 
     # Backends are built (and requirements checked) before the run folder exists: a run that
     # cannot start creates nothing. Backend constructors never touch the disk or the network.
@@ -588,10 +596,11 @@ def _run(
             if gone:
                 reporter.emit(
                     Warn(
-                        f"warning: the input of {len(gone)} task(s) is no longer in the workflow's folders"
-                        f" ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): they read the copy"
-                        " uploaded before, so they are waited for and their outputs downloaded; a later"
-                        " run does not reuse them"
+                        f"warning: {len(gone)} task(s) of the run are no longer in the plan"
+                        f" ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}; an input deleted,"
+                        " renamed or no longer matched): those in the run's job already are waited for"
+                        " and their outputs downloaded (they read the copy uploaded before), none is"
+                        " added to it, and a later run does not reuse them"
                     )
                 )
             plan = dataclasses.replace(

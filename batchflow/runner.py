@@ -123,8 +123,11 @@ class Runner:
             if not uploaded:
                 self._upload()
             self._reuse()
-            self._write_keys()
-            if self.run_plan.tasks:  # nothing to run: no pool, no job, nothing billed
+            if not uploaded:  # (else batchflow.cli took the dead run's keys.json: it stays whole)
+                self._write_keys()
+            # Nothing to run: no pool, no job, nothing billed. Attached to a dead run whose job is
+            # there: it may hold tasks this plan has not (their input deleted since), waited for.
+            if self.run_plan.tasks or (self.attach and self.state.job_created):
                 self._pool()
                 self._job_and_tasks()
                 self._monitor()

@@ -185,13 +185,18 @@ def test_attach_waits_for_a_task_whose_input_was_deleted_since_and_keeps_its_out
     n = 3
     wf, shared = _workflow(write_workflow, tmp_path, n)
     _kill_while_running(wf, shared, azure_env, 2)  # two running, item-03 still queued
+    (folder,) = sorted((wf.parent / ".batchflow" / "runs").iterdir())
+    keys = (folder / "keys.json").read_bytes()
     (tmp_path / "inputs" / "item-03.txt").unlink()
     (shared / "gate").touch()
     capsys.readouterr()
     assert main(["attach", "--workflow", str(wf)]) == 0
     err = capsys.readouterr().err
     assert "3 succeeded, 0 failed of 3 tasks" in err, err
-    assert "item-03" in err and "no longer" in err, err
+    assert "1 task(s) of the run are no longer in the plan (task-item-03;" in err, err
+    assert (folder / "keys.json").read_bytes() == keys  # a second attach would see item-03 too
+    ledger = [json.loads(line) for line in (folder / "ledger.jsonl").read_text().splitlines()]
+    assert sorted(e["task"] for e in ledger) == ["task-item-01", "task-item-02"]  # no key: not reusable
     out = wf.parent / "out"
     assert {p.name: p.read_text() for p in out.glob("*.out")} == {
         f"item-{i:02d}.out": f"ITEM {i}\n" for i in range(1, n + 1)
@@ -202,6 +207,33 @@ def test_attach_waits_for_a_task_whose_input_was_deleted_since_and_keeps_its_out
     assert main(["run", str(wf), "--backend", "azure"]) == 0
     assert "0 to run" in capsys.readouterr().err
     assert sorted((shared / "started").read_text().split()) == ["item-01", "item-02", "item-03"]
+
+
+@pytest.mark.e2e
+def test_attach_waits_for_the_job_when_every_task_left_in_the_plan_was_reused(
+    write_workflow: WriteWorkflow,
+    azure_env: AzureEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The dead run reused item-01 and item-02 and ran item-03, whose input is then deleted: the
+    plan attach rebuilds has no task to run, and the job it finds still has item-03 running."""
+    wf, shared = _workflow(write_workflow, tmp_path, 2)
+    (shared / "gate").touch()
+    assert main(["run", str(wf), "--backend", "azure", "--quiet"]) == 0
+    (shared / "gate").unlink()
+    item = tmp_path / "inputs" / "item-03.txt"
+    item.write_text("item 3\n", encoding="utf-8")
+    _kill_while_running(wf, shared, azure_env, 3)  # the first run's two, then item-03
+    item.unlink()
+    (shared / "gate").touch()
+    capsys.readouterr()
+    assert main(["attach", "--workflow", str(wf)]) == 0
+    err = capsys.readouterr().err
+    assert "3 succeeded, 0 failed of 3 tasks" in err, err
+    assert "no longer in the plan (task-item-03;" in err, err
+    assert (wf.parent / "out" / "item-03.out").read_text() == "ITEM 3\n"
+    assert leftovers(azure_env) == ([], [])
 
 
 @pytest.mark.e2e
@@ -223,7 +255,9 @@ def test_attach_to_a_run_that_took_tasks_from_an_earlier_run_waits_only_for_its_
     (shared / "gate").touch()
     capsys.readouterr()
     assert main(["attach", "--workflow", str(wf)]) == 0
-    assert "4 succeeded, 0 failed of 4 tasks" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "4 succeeded, 0 failed of 4 tasks" in err
+    assert "no longer in the plan" not in err
     assert sorted((shared / "started").read_text().split()) == [f"item-{i:02d}" for i in range(1, 5)]
     out = wf.parent / "out"
     assert {p.name: p.read_text() for p in out.glob("*.out")} == {
@@ -255,7 +289,9 @@ def test_attach_to_a_dead_retry_runs_only_what_the_retry_submitted(
     (shared / "gate").touch()
     capsys.readouterr()
     assert main(["attach", "--workflow", str(wf)]) == 0
-    assert "Attaching to run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Attaching to run" in err
+    assert "no longer in the plan" not in err  # item-03, left out by the retry, is in no job
     assert sorted((shared / "started").read_text().split()) == ["item-01", "item-02", "item-03"]
     assert (wf.parent / "out" / "item-02.out").read_text() == "ITEM 2\n"
     assert leftovers(azure_env) == ([], [])

@@ -198,3 +198,25 @@ def test_retry_reruns_only_the_failed_tasks(tmp_path: Path, write_workflow: Writ
     assert runs.downloaded() == {f"item-0{i}.out": f"ITEM {i}\n" for i in range(1, 5)}
     again = batchflow(tmp_path, "retry", "--workflow", str(runs.wf))
     assert again.returncode == 0 and "nothing to retry" in again.stderr
+
+
+@pytest.mark.e2e
+def test_retry_names_the_failed_tasks_no_longer_in_the_plan(
+    tmp_path: Path, write_workflow: WriteWorkflow
+) -> None:
+    runs = Runs(tmp_path, write_workflow, n=3)
+    flaky = runs.dir / "fail"
+    flaky.write_text("item-02\nitem-03\n", encoding="utf-8")
+    text = runs.wf.read_text(encoding="utf-8").replace(
+        "tr a-z A-Z", "! grep -qx '{{ input.stem }}' {{ vars.dir }}/fail && tr a-z A-Z", 1
+    )
+    runs.wf.write_text(text, encoding="utf-8")
+    runs.run(expect=1)
+    assert runs.ran() == ["item-01"]
+
+    flaky.unlink()
+    (tmp_path / "inputs" / "item-03.txt").unlink()
+    retry = batchflow(tmp_path, "retry", "--workflow", str(runs.wf))
+    assert retry.returncode == 0, retry.stderr
+    assert runs.ran() == ["item-02"]
+    assert "1 of the 2 failed task(s) are no longer in the plan (task-item-03;" in retry.stderr, retry.stderr
