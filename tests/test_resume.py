@@ -88,6 +88,17 @@ class Runs:
         return {p.name: p.read_text(encoding="utf-8") for p in sorted(out.glob("*.out"))}
 
 
+def _failing(runs: Runs, *names: str) -> Path:
+    """Make the tasks of `names` fail (exit 1) until the returned file is deleted."""
+    flaky = runs.dir / "fail"
+    flaky.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    text = runs.wf.read_text(encoding="utf-8").replace(
+        "tr a-z A-Z", "! grep -qx '{{ input.stem }}' {{ vars.dir }}/fail && tr a-z A-Z", 1
+    )
+    runs.wf.write_text(text, encoding="utf-8")
+    return flaky
+
+
 ALL = [f"item-{i:02d}" for i in range(1, 7)]
 
 
@@ -181,12 +192,7 @@ def test_a_changed_command_or_var_reruns_and_plan_says_why(
 @pytest.mark.e2e
 def test_retry_reruns_only_the_failed_tasks(tmp_path: Path, write_workflow: WriteWorkflow) -> None:
     runs = Runs(tmp_path, write_workflow, n=4)
-    flaky = runs.dir / "fail"
-    flaky.write_text("item-02\n", encoding="utf-8")
-    text = runs.wf.read_text(encoding="utf-8").replace(
-        "tr a-z A-Z", "! grep -qx '{{ input.stem }}' {{ vars.dir }}/fail && tr a-z A-Z", 1
-    )
-    runs.wf.write_text(text, encoding="utf-8")
+    flaky = _failing(runs, "item-02")
     runs.run(expect=1)
     assert runs.ran() == ["item-01", "item-03", "item-04"]
 
@@ -205,12 +211,7 @@ def test_retry_names_the_failed_tasks_no_longer_in_the_plan(
     tmp_path: Path, write_workflow: WriteWorkflow
 ) -> None:
     runs = Runs(tmp_path, write_workflow, n=3)
-    flaky = runs.dir / "fail"
-    flaky.write_text("item-02\nitem-03\n", encoding="utf-8")
-    text = runs.wf.read_text(encoding="utf-8").replace(
-        "tr a-z A-Z", "! grep -qx '{{ input.stem }}' {{ vars.dir }}/fail && tr a-z A-Z", 1
-    )
-    runs.wf.write_text(text, encoding="utf-8")
+    flaky = _failing(runs, "item-02", "item-03")
     runs.run(expect=1)
     assert runs.ran() == ["item-01"]
 
