@@ -199,3 +199,20 @@ def test_cleanup_refuses_a_run_that_is_still_running(
 def test_cleanup_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cleanup", "--workspace", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"error: no runs in {tmp_path / 'runs'}\n"
+
+
+@pytest.mark.e2e
+def test_the_next_run_stops_the_tasks_a_killed_run_left_running(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL of batchflow, then a plain `batchflow run` of the workflow: the dead run's task went
+    on running, and writing into the task folders the new run laid out again, unseen. Now the new
+    run stops it first, and says so."""
+    wf, _pool, task_pid = _killed_run(write_workflow)
+    wf.write_text(wf.read_text(encoding="utf-8").replace("sleep 60", "true"), encoding="utf-8")
+    assert main(["run", str(wf)]) == 0
+    err = capsys.readouterr().err
+    assert "Stopping 1 task process(es) that run " in err and "(its batchflow process is gone)" in err, err
+    assert not _alive(task_pid)
+    assert main(["run", str(wf)]) == 0  # nothing left to stop: no second message
+    assert "Stopping" not in capsys.readouterr().err

@@ -80,6 +80,7 @@ class LocalBackend:
             pass_env=settings.pass_env,
             observer=ctx.observer,
             keep_task_folders=ctx.workflow.cleanup.job is CleanupAction.KEEP,
+            notify=ctx.notify,
         )
 
     def clean_up(self, run: RunState, workflow: Workflow | None, cleanup: Cleanup) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchflow.backends.base import Storage, TaskObserver
+from batchflow.backends.local import processes
 from batchflow.backends.local.deadlines import Deadlines
 from batchflow.backends.local.node import (
     Node,
@@ -55,6 +57,7 @@ from batchflow.model import (
     TaskState,
 )
 from batchflow.names import BATCH_ID
+from batchflow.procinfo import host_name
 
 log = logging.getLogger("batchflow")
 
@@ -126,6 +129,7 @@ class LocalCompute:
         pass_env: Iterable[str] = (),
         observer: TaskObserver | None = None,
         keep_task_folders: bool = False,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         if concurrency is not None and concurrency < 1:
             raise BatchflowError(f"local concurrency must be at least 1, not {concurrency}")
@@ -137,6 +141,7 @@ class LocalCompute:
         self._account = account_name
         self._env = node_environment(os.environ, pass_env)
         self._observer = _Guarded(observer)
+        self._notify = notify or (lambda line: None)
         # A succeeded task's folder serves the next task (node.SpareFolders), unless the job is kept
         # (cleanup.job: keep), whose task folders stay to be looked at, as on Batch.
         self._recycle = not keep_task_folders
@@ -176,6 +181,7 @@ class LocalCompute:
             max(1, pool.dedicated_nodes + pool.spot_nodes) * slots, os.cpu_count() or 1
         )
         root = self._workspace / "pools" / pool.id
+        self._stop_leftovers(pool.id)
         if root.exists():
             shutil.rmtree(root)
         nodes = [
@@ -201,6 +207,33 @@ class LocalCompute:
             ]
             runner.shutdown(wait=False)
         return True
+
+    def _stop_leftovers(self, pool_id: str) -> None:
+        """Stop the task processes that earlier runs of this pool left running when their batchflow
+        process was killed (SIGKILL), as `batchflow cleanup` would: they would go on writing into the
+        task folders laid out again for this run. The pool's run lock (batchflow.runlock) says that
+        no live run uses the pool. A run folder costs a read of its small state.json; only a run
+        that never ended, on this machine, with this pool, is looked at further."""
+        try:
+            folders = sorted(p for p in (self._workspace / "runs").iterdir() if p != self._run_dir)
+        except OSError:
+            return
+        for folder in folders:
+            try:
+                state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(state, dict) or state.get("ended_at") is not None:
+                continue
+            if state.get("pool_id") != pool_id or state.get("host") != host_name():
+                continue
+            groups = processes.leftovers(folder)
+            if groups:
+                self._notify(
+                    f"Stopping {len(groups)} task process(es) that run {folder.name} left running "
+                    "(its batchflow process is gone)..."
+                )
+                processes.stop(groups)
 
     def wait_for_pool(self, pool_id: str) -> None:
         pool = self._pool_named(pool_id)
