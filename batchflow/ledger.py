@@ -23,6 +23,7 @@ Pure data and files: no storage or compute calls here (resume.py decides, the ru
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import json.encoder
 import json.scanner
@@ -394,9 +395,7 @@ def task_keys(
 
 def write_keys(folder: Path, keys: Mapping[str, TaskKey]) -> None:
     data = {tid: {"key": k.key, "parts": dict(k.parts)} for tid, k in keys.items()}
-    tmp = folder / (KEYS_FILE + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    tmp.replace(folder / KEYS_FILE)
+    _replace_text(folder / KEYS_FILE, json.dumps(data, separators=(",", ":")))
 
 
 def read_keys(folder: Path) -> dict[str, TaskKey]:
@@ -577,10 +576,21 @@ def _file_lines(f: TextIO) -> Iterator[str]:
 
 def write_ledger(folder: Path, entries: Iterable[Entry]) -> Path:
     path = folder / LEDGER_FILE
-    tmp = folder / (LEDGER_FILE + ".tmp")
-    tmp.write_text(entries_text(entries), encoding="utf-8")
-    tmp.replace(path)
+    _replace_text(path, entries_text(entries))
     return path
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """`text` written beside `path` and renamed over it: a reader sees the old file or the new.
+    What fails (a full disk) leaves no half-written temporary file in the run folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def ledger_blob(workflow_name: str, run_id: str) -> str:

@@ -394,6 +394,20 @@ def test_a_full_workspace_disk_fails_the_tasks_not_batchflow(
     assert not (workspace / "pools" / "TestPool" / "nodes").exists()  # the task folders are gone
 
 
+def test_a_full_disk_leaves_no_half_written_keys_or_ledger_in_the_run_folder(
+    tmpfs: Callable[..., Path],
+) -> None:
+    """Before: keys.json.tmp or ledger.jsonl.tmp stayed in the run folder, and no re-run or gc
+    removed it."""
+    from batchflow.ledger import Parts, TaskKey, write_keys
+
+    folder = tmpfs("run", "64k")
+    keys = {f"task-{i:05d}": TaskKey("k" * 64, Parts(*("p" * 64,) * 4)) for i in range(2000)}
+    with pytest.raises(OSError, match="No space left"):
+        write_keys(folder, keys)
+    assert list(folder.iterdir()) == []
+
+
 @pytest.mark.e2e
 def test_an_unwritable_download_destination_is_found_before_anything_is_created(
     write_workflow: WriteWorkflow, tmpfs: Callable[..., Path], capsys: pytest.CaptureFixture[str]
