@@ -354,7 +354,10 @@ RUNNING_SHOWN = 5  # `batchflow status` of a running run: the tasks running long
 def status_lines(state: RunState, status: RunStatus, now: float) -> list[str]:
     """`batchflow status`: where the run is, what runs now (the longest first), why tasks failed."""
     counts = state.counts()
-    not_started = f", {counts['not_started']} not started" if counts["not_started"] else ""
+    # A dead run's running tasks (their processes may live on): no "Running:" lines below say them.
+    shown = counts["running"] and status is not RunStatus.RUNNING
+    not_started = f", {counts['running']} running" if shown else ""
+    not_started += f", {counts['not_started']} not started" if counts["not_started"] else ""
     not_started += f", {counts['active']} queued" if counts["active"] else ""
     lines: list[str] = [
         f"Run {state.run_id} ({state.backend}): {status.value}, stage {state.stage}",

@@ -72,6 +72,7 @@ def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_
     assert main(["status", "--workflow", str(wf)]) == 1
     out = capsys.readouterr().out
     assert ": dead, stage monitor" in out
+    assert "Tasks: 1 total, 0 succeeded, 0 failed, 1 running" in out  # (before: not said anywhere)
     assert "batchflow cleanup" in out
 
     assert main(["cleanup", "--workflow", str(wf), "--output", "json"]) == 0
