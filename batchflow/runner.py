@@ -142,7 +142,10 @@ class Runner:
             self.state.message = f"interrupted ({how})"
             self.reporter.close_progress()
             self.reporter.emit(Warn("Interrupted: stopping running tasks..."))
-            self._stop_and_collect()
+            try:
+                self._stop_and_collect()
+            except KeyboardInterrupt:
+                self._interrupted_again("stopping the tasks")
             self.state.mark_not_started(t.id for t in self.plan.tasks)
             done = self.state.counts()["succeeded"]
             if done and self.plan.workflow.downloads:
@@ -171,9 +174,17 @@ class Runner:
             raise
         finally:
             try:
-                self._record_ledger()
-                self._cleanup()
-                self._download_after_failure()  # after the cleanup: no pool bills while it downloads
+                # Each step even after a Ctrl-C (or SIGTERM) in the one before: a second Ctrl-C
+                # while the ledger was written skipped the cleanup, and left the pool.
+                for step, what in (
+                    (self._record_ledger, "recording the ledger"),
+                    (self._cleanup, "cleaning up"),
+                    (self._download_after_failure, "downloading"),  # no pool bills while it downloads
+                ):
+                    try:
+                        step()
+                    except KeyboardInterrupt:
+                        self._interrupted_again(what)
             finally:
                 self.state.ended_at = time.time()
                 self.state.save()
@@ -444,6 +455,21 @@ class Runner:
                     f"`batchflow download {self.state.run_id}` fetches them"
                 )
             )
+
+    def _interrupted_again(self, what: str) -> None:
+        """Ctrl-C (or SIGTERM, SIGHUP) while the run stops or cleans up: the step it cut short is
+        given up, the steps after it still run (SIGKILL is the way to skip them)."""
+        if self.state.status is not RunStatus.INTERRUPTED:
+            self.state.status = RunStatus.INTERRUPTED
+            self.state.message = "interrupted (Ctrl-C)"
+        self.state.cleanup_failures.append(f"{what}: interrupted")
+        log.warning("interrupted while %s", what)
+        self.reporter.emit(
+            Warn(
+                f"  interrupted while {what}; the steps after it still run. "
+                f"Check with: batchflow cleanup {self.state.run_id}"
+            )
+        )
 
     def _stop_and_collect(self) -> None:
         """After an error or Ctrl-C: stop what runs, record what finished."""

@@ -413,3 +413,37 @@ def test_the_run_does_exactly_what_its_plan_says(tmp_path: Path) -> None:
     assert [o.destination for t in shown.tasks for o in t.outputs] == [
         o.destination.replace("run1", RUN_ID_PLACEHOLDER) for t in expected.tasks for o in t.outputs
     ]
+
+
+def test_a_second_ctrl_c_while_the_tasks_stop_does_not_skip_the_cleanup(tmp_path: Path) -> None:
+    """Before: the second KeyboardInterrupt left the runner from its except clause, the state said
+    nothing of it, and `batchflow` printed only "Interrupted." with no result."""
+
+    class Impatient(ScriptedCompute):
+        def stop(self) -> None:
+            super().stop()
+            raise KeyboardInterrupt  # Ctrl-C again while the tasks stop
+
+    clock = Clock()
+    compute = Impatient(clock, [TaskCounts(running=2)])
+    compute.interrupt_on_wait = 3
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    outcome = runner.run()
+    assert outcome.exit_code == 130
+    assert compute.calls[-3:] == ["stop", "delete_job", "delete_pool"]
+    assert outcome.state.cleanup_failures == ["stopping the tasks: interrupted"]
+    assert outcome.state.counts()["not_started"] == 2
+
+
+def test_ctrl_c_while_the_job_is_deleted_still_deletes_the_pool(tmp_path: Path) -> None:
+    class Impatient(ScriptedCompute):
+        def delete_job(self, job_id: str) -> None:
+            super().delete_job(job_id)
+            raise KeyboardInterrupt
+
+    clock = Clock()
+    compute = Impatient(clock, [TaskCounts(running=2), TaskCounts(succeeded=2)])
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    outcome = runner.run()
+    assert compute.calls[-2:] == ["delete_job", "delete_pool"]
+    assert outcome.state.cleanup_failures == ["Deleting job [job1]: interrupted"]
