@@ -537,6 +537,53 @@ def test_closing_the_terminal_stops_the_tasks_and_cleans_up(write_workflow: Writ
     wait_for(lambda: not any(_alive(pid) for pid in tasks), "the tasks gone", timeout=10)
 
 
+@pytest.mark.e2e
+def test_a_second_ctrl_c_while_the_run_stops_still_cleans_up_and_reports_the_run(
+    write_workflow: WriteWorkflow, finish: Callable[[subprocess.Popen[str]], tuple[str, str]]
+) -> None:
+    """Ctrl-C, and Ctrl-C again as soon as batchflow says it is stopping (an impatient user). Two
+    tasks finished with 40 MB outputs, which the ledger hashes on the way out, so the second signal
+    lands while the run stops, records or cleans up. Before: it left the runner from its except
+    clause and the command printed only "Interrupted." ({"error": "interrupted"}), with no result;
+    a pool could be left behind."""
+    command = (
+        "if [ {{ input.stem }} = item-01 ] || [ {{ input.stem }} = item-02 ]; then "
+        "head -c 40000000 /dev/zero > {{ input.stem }}.out; "
+        "else echo $$ > ../pid; sleep 60; fi"
+    )
+    wf = write_workflow(
+        command,
+        inputs=4,
+        tasks={"outputs": [{"pattern": "{{ input.stem }}.out", "container": "outputs"}]},
+        extra={"storage": in_out_storage(), "monitor": {"poll_interval": "100ms"}},
+    )
+    workspace = wf.parent / ".batchflow"
+    pool = workspace / "pools" / "TestPool"
+    proc = start(wf, "--concurrency", "2", "--output", "json")
+
+    def sleepers() -> list[int]:
+        found = pool.glob("nodes/*/workitems/*/job-1/*/pid")
+        return [int(text) for p in found if (text := p.read_text()).endswith("\n")]
+
+    wait_for(lambda: len(sleepers()) == 2, "the two sleeping tasks running")
+    tasks = sleepers()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stderr is not None
+    while "Interrupted: stopping running tasks" not in (line := proc.stderr.readline()):
+        assert line, "batchflow ended without saying it stops the tasks"
+    os.killpg(proc.pid, signal.SIGINT)  # again, at once
+    out, err = finish(proc)
+
+    assert proc.returncode == 130, err
+    result = json.loads(out)
+    assert result["status"] == "interrupted", out
+    [run] = runs(workspace)
+    state = state_of(run)
+    assert state["status"] == "interrupted"
+    assert not (pool / "nodes").exists()  # cleaned up
+    wait_for(lambda: not any(_alive(pid) for pid in tasks), "the tasks gone", timeout=10)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
