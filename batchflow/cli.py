@@ -572,8 +572,8 @@ def _run(
             if attach_to is None and dead is not None and backend.attachable:
                 raise _AttachInstead(dead) from None
             raise
+        check_destinations(wf)  # (before the lock, whose folder is in the workspace: nothing made)
         stack.enter_context(runlock.exclusive(workspace, [f"job {wf.job.id}", f"pool {wf.pool.id}"], run_id))
-        check_destinations(wf)
         if attach_to is not None:
             state = attach_to
             state.reopen()

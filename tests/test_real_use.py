@@ -423,8 +423,7 @@ def test_an_unwritable_download_destination_is_found_before_anything_is_created(
         f"error: download destination {read_only / 'mp3'} cannot be written "
         f"(Read-only file system: {read_only}); nothing was created"
     ]
-    assert runs(wf.parent / ".batchflow") == []
-    assert not (wf.parent / ".batchflow" / "storage").exists()
+    assert not (wf.parent / ".batchflow").exists()  # (before: its locks/ folder)
 
 
 # ---- 5 and 6, as the command line shows them ------------------------------------------------------
