@@ -6,6 +6,7 @@ what they are asked. Time is a parameter (`clock`), so tests drive the loop with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -140,23 +141,9 @@ class Runner:
             self.state.status = RunStatus.INTERRUPTED
             how = e.signal_name if isinstance(e, Terminated) else "Ctrl-C"
             self.state.message = f"interrupted ({how})"
-            self.reporter.close_progress()
-            self.reporter.emit(Warn("Interrupted: stopping running tasks..."))
-            try:
-                self._stop_and_collect()
-            except KeyboardInterrupt:
-                self._interrupted_again("stopping the tasks")
-            self.state.mark_not_started(t.id for t in self.plan.tasks)
-            done = self.state.counts()["succeeded"]
-            if done and self.plan.workflow.downloads:
-                self.reporter.emit(
-                    Warn(
-                        f"  the outputs of the {done} task(s) that finished stay in storage: "
-                        f"`batchflow download {self.state.run_id}` fetches them"
-                    )
-                )
+            self._despite_interrupts("stopping the tasks", self._stop_after_interrupt)
         except BatchflowError as e:
-            self._fail(str(e))
+            self._despite_interrupts("stopping the tasks", functools.partial(self._fail, str(e)))
             raise
         except OSError as e:  # the world said no (disk full, permission denied): not a bug
             message = describe_os_error(e)
@@ -165,7 +152,7 @@ class Runner:
                     f"; the outputs are safe in storage: `batchflow download {self.state.run_id}` "
                     "fetches them once the destination can take them"
                 )
-            self._fail(message)
+            self._despite_interrupts("stopping the tasks", functools.partial(self._fail, message))
             raise BatchflowError(message) from None
         except BaseException as e:
             self.state.status = RunStatus.ERROR
@@ -176,18 +163,13 @@ class Runner:
             try:
                 # Each step even after a Ctrl-C (or SIGTERM) in the one before: a second Ctrl-C
                 # while the ledger was written skipped the cleanup, and left the pool.
-                for step, what in (
-                    (self._record_ledger, "recording the ledger"),
-                    (self._cleanup, "cleaning up"),
-                    (self._download_after_failure, "downloading"),  # no pool bills while it downloads
-                ):
-                    try:
-                        step()
-                    except KeyboardInterrupt:
-                        self._interrupted_again(what)
+                self._despite_interrupts("recording the ledger", self._record_ledger)
+                self._despite_interrupts("cleaning up", self._cleanup)
+                # After the cleanup: no pool bills while it downloads.
+                self._despite_interrupts("downloading", self._download_after_failure)
             finally:
                 self.state.ended_at = time.time()
-                self.state.save()
+                self._despite_interrupts("saving the run state", self.state.save)
         return RunOutcome(self.state, self._outputs)
 
     @property
@@ -456,20 +438,41 @@ class Runner:
                 )
             )
 
-    def _interrupted_again(self, what: str) -> None:
-        """Ctrl-C (or SIGTERM, SIGHUP) while the run stops or cleans up: the step it cut short is
-        given up, the steps after it still run (SIGKILL is the way to skip them)."""
-        if self.state.status is not RunStatus.INTERRUPTED:
-            self.state.status = RunStatus.INTERRUPTED
-            self.state.message = "interrupted (Ctrl-C)"
-        self.state.cleanup_failures.append(f"{what}: interrupted")
-        log.warning("interrupted while %s", what)
-        self.reporter.emit(
-            Warn(
-                f"  interrupted while {what}; the steps after it still run. "
-                f"Check with: batchflow cleanup {self.state.run_id}"
+    def _despite_interrupts(self, what: str, step: Callable[[], object]) -> None:
+        """`step`, on the way out of a run. Ctrl-C (or SIGTERM, SIGHUP) while it runs gives it up,
+        not the steps after it (SIGKILL is the way to skip them): a second Ctrl-C while the tasks
+        stopped skipped the cleanup and left the pool. The run's outcome, decided already, stays."""
+        try:
+            step()
+        except KeyboardInterrupt:
+            self.state.cleanup_failures.append(f"{what}: interrupted")
+            log.warning("interrupted while %s", what)
+            with contextlib.suppress(KeyboardInterrupt):
+                self.reporter.emit(
+                    Warn(
+                        f"  interrupted while {what}; the steps after it still run. "
+                        f"Check with: batchflow cleanup {self.state.run_id}"
+                    )
+                )
+
+    def _stop_after_interrupt(self) -> None:
+        self.reporter.close_progress()
+        self.reporter.emit(Warn("Interrupted: stopping running tasks..."))
+        try:
+            self._stop_and_collect()
+        finally:
+            # What finished, from the journal, even if the stop was cut short (its collect was):
+            # else those tasks would be marked not started below, and never reused.
+            self.state.record_tasks([])
+            self.state.mark_not_started(t.id for t in self.plan.tasks)
+        done = self.state.counts()["succeeded"]
+        if done and self.plan.workflow.downloads:
+            self.reporter.emit(
+                Warn(
+                    f"  the outputs of the {done} task(s) that finished stay in storage: "
+                    f"`batchflow download {self.state.run_id}` fetches them"
+                )
             )
-        )
 
     def _stop_and_collect(self) -> None:
         """After an error or Ctrl-C: stop what runs, record what finished."""
@@ -509,8 +512,8 @@ class Runner:
 
     def _try(self, message: str, action: Callable[[], object]) -> None:
         """One cleanup action. A failure, or Ctrl-C while it waits, never skips the actions after it."""
-        self.reporter.emit(Info(message))
         try:
+            self.reporter.emit(Info(message))
             action()
         except BatchflowError as e:
             self.state.cleanup_failures.append(f"{message.rstrip('.')}: {e}")

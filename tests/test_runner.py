@@ -41,7 +41,7 @@ from batchflow.model import (
     Workflow,
 )
 from batchflow.report import Reporter
-from batchflow.runner import MonitorTimeout, Runner
+from batchflow.runner import MonitorTimeout, Runner, RunOutcome
 from batchflow.runplan import RUN_ID_PLACEHOLDER, plan_run
 from batchflow.state import RunState
 
@@ -428,11 +428,51 @@ def test_a_second_ctrl_c_while_the_tasks_stop_does_not_skip_the_cleanup(tmp_path
     compute = Impatient(clock, [TaskCounts(running=2)])
     compute.interrupt_on_wait = 3
     runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
-    outcome = runner.run()
+    outcome = _run_through(runner)
     assert outcome.exit_code == 130
     assert compute.calls[-3:] == ["stop", "delete_job", "delete_pool"]
     assert outcome.state.cleanup_failures == ["stopping the tasks: interrupted"]
     assert outcome.state.counts()["not_started"] == 2
+
+
+def _run_through(runner: Runner) -> RunOutcome:
+    try:
+        return runner.run()
+    except KeyboardInterrupt:
+        pytest.fail("a second KeyboardInterrupt left Runner.run")
+
+
+def test_ctrl_c_while_a_succeeded_run_records_its_ledger_keeps_its_outcome_and_cleans_up(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(running=2), TaskCounts(succeeded=2)])
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    runner._record_ledger = interrupted  # type: ignore[method-assign]
+    outcome = _run_through(runner)
+    assert (outcome.exit_code, outcome.state.status) == (0, "succeeded")  # the tasks did succeed
+    assert compute.calls[-2:] == ["delete_job", "delete_pool"]
+    assert outcome.state.cleanup_failures == ["recording the ledger: interrupted"]
+
+
+def test_ctrl_c_as_a_cleanup_step_is_announced_does_not_skip_the_next(tmp_path: Path) -> None:
+    class Reporting(Reporter):
+        def emit(self, event: object) -> None:
+            if "Deleting job" in str(getattr(event, "message", "")):
+                raise KeyboardInterrupt
+            super().emit(event)  # type: ignore[arg-type]
+
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(running=2), TaskCounts(succeeded=2)])
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    runner.reporter = Reporting(io.StringIO(), live=False)
+    outcome = _run_through(runner)
+    assert compute.calls[-1] == "delete_pool"
+    assert outcome.state.cleanup_failures == ["Deleting job [job1]: interrupted"]
 
 
 def test_ctrl_c_while_the_job_is_deleted_still_deletes_the_pool(tmp_path: Path) -> None:
@@ -444,6 +484,6 @@ def test_ctrl_c_while_the_job_is_deleted_still_deletes_the_pool(tmp_path: Path) 
     clock = Clock()
     compute = Impatient(clock, [TaskCounts(running=2), TaskCounts(succeeded=2)])
     runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
-    outcome = runner.run()
+    outcome = _run_through(runner)
     assert compute.calls[-2:] == ["delete_job", "delete_pool"]
     assert outcome.state.cleanup_failures == ["Deleting job [job1]: interrupted"]
