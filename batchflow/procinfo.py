@@ -35,6 +35,18 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+def boot_time() -> float | None:
+    """When this machine booted (epoch seconds, /proc/stat's btime), or None (no /proc)."""
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def is_running(pid: int, start: int | None) -> bool:
     """Process `pid`, known to exist, is the one that started at `start` and has not exited. Where
     the kernel says nothing (no /proc), the pid is trusted."""

@@ -217,3 +217,43 @@ def test_the_next_run_stops_the_tasks_a_killed_run_left_running(
     assert not _alive(task_pid)
     assert main(["run", str(wf)]) == 0  # nothing left to stop: no second message
     assert "Stopping" not in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("before_boot", [False, True], ids=["since-boot", "before-boot"])
+def test_a_run_stops_a_dead_runs_leftovers_once_and_never_those_of_a_run_from_before_the_boot(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str], before_boot: bool
+) -> None:
+    """A dead run's record of a live process group: stopped by the next run of the pool, and marked
+    ended so that no later run looks at it again; left alone if the dead run began before this
+    machine booted (its processes died then: the group now is someone else's)."""
+    from batchflow.procinfo import boot_time, host_name, process_start
+
+    wf = write_workflow("true", inputs=1)
+    dead = wf.parent / ".batchflow" / "runs" / "20000101-000000-000-dead00"
+    dead.mkdir(parents=True)
+    booted = boot_time()
+    assert booted is not None
+    started = booted - 60 if before_boot else time.time() - 60
+    (dead / "state.json").write_text(
+        json.dumps({"ended_at": None, "pool_id": "TestPool", "host": host_name(), "started_at": started}),
+        encoding="utf-8",
+    )
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        record = {"pgid": stranger.pid, "task": "task-x", "start": process_start(stranger.pid)}
+        (dead / "processes.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+        assert main(["run", str(wf)]) == 0
+        err = capsys.readouterr().err
+        if before_boot:
+            assert "Stopping" not in err
+            assert stranger.poll() is None  # left alone
+        else:
+            assert f"Stopping 1 task process(es) that run {dead.name} left running" in err
+            assert stranger.wait(timeout=10) is not None
+            ended = [json.loads(line) for line in (dead / "processes.jsonl").read_text().splitlines()]
+            assert ended[-1] == {"pgid": stranger.pid, "ended": True}
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -57,7 +57,7 @@ from batchflow.model import (
     TaskState,
 )
 from batchflow.names import BATCH_ID
-from batchflow.procinfo import host_name
+from batchflow.procinfo import boot_time, host_name
 
 log = logging.getLogger("batchflow")
 
@@ -213,11 +213,14 @@ class LocalCompute:
         process was killed (SIGKILL), as `batchflow cleanup` would: they would go on writing into the
         task folders laid out again for this run. The pool's run lock (batchflow.runlock) says that
         no live run uses the pool. A run folder costs a read of its small state.json; only a run
-        that never ended, on this machine, with this pool, is looked at further."""
+        that never ended, on this machine since it booted, with this pool, is looked at further.
+        The groups stopped are recorded as ended in that run's processes.jsonl: no later run looks
+        at them again (a pid the system reuses later is never taken for one of them)."""
         try:
             folders = sorted(p for p in (self._workspace / "runs").iterdir() if p != self._run_dir)
         except OSError:
             return
+        booted = boot_time()
         for folder in folders:
             try:
                 state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -227,6 +230,9 @@ class LocalCompute:
                 continue
             if state.get("pool_id") != pool_id or state.get("host") != host_name():
                 continue
+            started = state.get("started_at")
+            if booted is not None and isinstance(started, (int, float)) and started < booted:
+                continue  # its processes ended with the machine's last boot
             groups = processes.leftovers(folder)
             if groups:
                 self._notify(
@@ -234,6 +240,12 @@ class LocalCompute:
                     "(its batchflow process is gone)..."
                 )
                 processes.stop(groups)
+                ended = ProcessLedger(folder)
+                try:
+                    for pgid in groups:
+                        ended.ended(pgid)
+                finally:
+                    ended.close()
 
     def wait_for_pool(self, pool_id: str) -> None:
         pool = self._pool_named(pool_id)
