@@ -419,10 +419,13 @@ class Runner:
         self.state.status = RunStatus.FAILED
         self.state.message = message
         self.reporter.close_progress()
-        self._stop_and_collect()
-        # Tasks finished, the run failed after (a monitor timeout, a node lost): their outputs are
-        # fetched once the cleanup is done. A failed download stage is not tried again.
-        self._fetch_after_failure = self.state.counts()["succeeded"] > 0 and self.state.stage == "monitor"
+        try:
+            self._stop_and_collect()
+        finally:  # (a stop cut short by Ctrl-C collected nothing: what finished, from the journal)
+            self.state.record_tasks([])
+            # Tasks finished, the run failed after (a monitor timeout, a node lost): their outputs
+            # are fetched once the cleanup is done. A failed download stage is not tried again.
+            self._fetch_after_failure = self.state.counts()["succeeded"] > 0 and self.state.stage == "monitor"
 
     def _download_after_failure(self) -> None:
         if not self._fetch_after_failure:
@@ -462,8 +465,10 @@ class Runner:
             self._stop_and_collect()
         finally:
             # What finished, from the journal, even if the stop was cut short (its collect was):
-            # else those tasks would be marked not started below, and never reused.
+            # else those tasks would be marked not started below, and never reused. Those it still
+            # says run were killed by the stop.
             self.state.record_tasks([])
+            self.state.mark_stopped("stopped: the run was interrupted")
             self.state.mark_not_started(t.id for t in self.plan.tasks)
         done = self.state.counts()["succeeded"]
         if done and self.plan.workflow.downloads:

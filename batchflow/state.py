@@ -244,6 +244,17 @@ class RunState:
                 changed[task_id] = replace(record, state=RecordState.NOT_STARTED, failure=None, attempts=0)
         self.record(changed)
 
+    def mark_stopped(self, reason: str) -> None:
+        """After a stop that was cut short (a second Ctrl-C): each task still recorded running or
+        queued was stopped with the run (the compute killed it first), so it failed, for `reason`."""
+        self.record(
+            {
+                task_id: replace(record, state=RecordState.FAILED, failure=record.failure or reason)
+                for task_id, record in self.tasks.items()
+                if record.state in (RecordState.RUNNING, RecordState.ACTIVE)
+            }
+        )
+
     def counts(self) -> dict[str, int]:
         """Tasks per state, every state named (keys: RecordState values). While the run goes on,
         the tasks it has no record of yet (the journal names a task once it starts) are queued,

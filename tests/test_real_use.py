@@ -576,7 +576,9 @@ def test_a_second_ctrl_c_while_the_run_stops_still_cleans_up_and_reports_the_run
     assert proc.returncode == 130, err
     result = json.loads(out)
     assert result["status"] == "interrupted", out
-    assert result["counts"]["succeeded"] == 2, out  # (a stop cut short collected nothing: the journal's)
+    counts = result["counts"]
+    assert counts["succeeded"] == 2, out  # (a stop cut short collected nothing: the journal's)
+    assert counts["running"] == counts["active"] == 0, out  # the stop killed them: none still "running"
     [run] = runs(workspace)
     state = state_of(run)
     assert state["status"] == "interrupted"

@@ -487,3 +487,21 @@ def test_ctrl_c_while_the_job_is_deleted_still_deletes_the_pool(tmp_path: Path) 
     outcome = _run_through(runner)
     assert compute.calls[-2:] == ["delete_job", "delete_pool"]
     assert outcome.state.cleanup_failures == ["Deleting job [job1]: interrupted"]
+
+
+def test_ctrl_c_while_a_failed_run_stops_its_tasks_still_reports_the_failure_and_cleans_up(
+    tmp_path: Path,
+) -> None:
+    class Impatient(ScriptedCompute):
+        def stop(self) -> None:
+            super().stop()
+            raise KeyboardInterrupt
+
+    clock = Clock()
+    compute = Impatient(clock, [TaskCounts(running=2)])  # never done: the monitor times out
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    with pytest.raises(MonitorTimeout):
+        runner.run()
+    assert compute.calls[-3:] == ["stop", "delete_job", "delete_pool"]
+    assert runner.state.status == "failed"
+    assert runner.state.cleanup_failures == ["stopping the tasks: interrupted"]

@@ -244,6 +244,8 @@ class LocalCompute:
                 try:
                     for pgid in groups:
                         ended.ended(pgid)
+                except OSError as e:  # (its folder full, or another user's): the next run checks again
+                    log.warning("cannot record the stopped groups in %s: %s", folder, e)
                 finally:
                     ended.close()
 
