@@ -10,6 +10,8 @@ import contextlib
 import functools
 import logging
 import os
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -422,7 +424,8 @@ class Runner:
         try:
             self._stop_and_collect()
         finally:  # (a stop cut short by Ctrl-C collected nothing: what finished, from the journal)
-            self.state.record_tasks([])
+            with _interrupts_held():
+                self.state.record_tasks([])
             # Tasks finished, the run failed after (a monitor timeout, a node lost): their outputs
             # are fetched once the cleanup is done. A failed download stage is not tried again.
             self._fetch_after_failure = self.state.counts()["succeeded"] > 0 and self.state.stage == "monitor"
@@ -459,17 +462,21 @@ class Runner:
                 )
 
     def _stop_after_interrupt(self) -> None:
-        self.reporter.close_progress()
-        self.reporter.emit(Warn("Interrupted: stopping running tasks..."))
+        try:  # (Ctrl-C again as this is said, which an impatient user does: the stop still comes)
+            self.reporter.close_progress()
+            self.reporter.emit(Warn("Interrupted: stopping running tasks..."))
+        except KeyboardInterrupt:
+            self.state.cleanup_failures.append("saying the run stops: interrupted")
         try:
             self._stop_and_collect()
         finally:
-            # What finished, from the journal, even if the stop was cut short (its collect was):
-            # else those tasks would be marked not started below, and never reused. Those it still
-            # says run were killed by the stop.
-            self.state.record_tasks([])
-            self.state.mark_stopped("stopped: the run was interrupted")
-            self.state.mark_not_started(t.id for t in self.plan.tasks)
+            with _interrupts_held():
+                # What finished, from the journal, even if the stop was cut short (its collect was):
+                # else those tasks would be marked not started below, and never reused. Those it still
+                # says run were killed by the stop.
+                self.state.record_tasks([])
+                self.state.mark_stopped("stopped: the run was interrupted")
+                self.state.mark_not_started(t.id for t in self.plan.tasks)
         done = self.state.counts()["succeeded"]
         if done and self.plan.workflow.downloads:
             self.reporter.emit(
@@ -536,6 +543,27 @@ class Runner:
                 )
             )
             log.warning("cleanup interrupted: %s", message)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP held back while the block records what the tasks did (a few ms),
+    then delivered: a second Ctrl-C in the middle of it lost the record of the tasks that had
+    finished. (In the main thread only, where Python runs signal handlers.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(held):
+            if previous[signal.Signals(signum)] is not signal.SIG_IGN:
+                signal.raise_signal(signum)  # to its own handler now: KeyboardInterrupt, Terminated
 
 
 def download_outputs(
