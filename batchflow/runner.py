@@ -159,7 +159,7 @@ class Runner:
         except BaseException as e:
             self.state.status = RunStatus.ERROR
             self.state.message = f"{type(e).__name__}: {e}"
-            self._stop_and_collect()
+            self._despite_interrupts("stopping the tasks", self._stop_and_collect)  # (the bug's report stays)
             raise
         finally:
             try:
@@ -171,7 +171,7 @@ class Runner:
                 self._despite_interrupts("downloading", self._download_after_failure)
             finally:
                 self.state.ended_at = time.time()
-                self._despite_interrupts("saving the run state", self.state.save)
+                self._despite_interrupts("saving the run state", self._save_at_end)
         return RunOutcome(self.state, self._outputs)
 
     @property
@@ -460,6 +460,14 @@ class Runner:
                         f"Check with: batchflow cleanup {self.state.run_id}"
                     )
                 )
+
+    def _save_at_end(self) -> None:
+        """The run's last save, tried again once if Ctrl-C cuts it short: else state.json would go on
+        saying the run runs (and `status` call it dead)."""
+        try:
+            self.state.save()
+        except KeyboardInterrupt:
+            self.state.save()
 
     def _stop_after_interrupt(self) -> None:
         try:  # (Ctrl-C again as this is said, which an impatient user does: the stop still comes)

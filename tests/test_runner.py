@@ -505,3 +505,23 @@ def test_ctrl_c_while_a_failed_run_stops_its_tasks_still_reports_the_failure_and
     assert compute.calls[-3:] == ["stop", "delete_job", "delete_pool"]
     assert runner.state.status == "failed"
     assert runner.state.cleanup_failures == ["stopping the tasks: interrupted"]
+
+
+def test_ctrl_c_during_the_last_save_saves_again(tmp_path: Path) -> None:
+    clock = Clock()
+    compute = ScriptedCompute(clock, [TaskCounts(running=2), TaskCounts(succeeded=2)])
+    runner, _ = run(tmp_path, make_plan(tmp_path, 2), compute, clock)
+    save = runner.state.save
+    calls: list[float | None] = []
+
+    def impatient() -> None:
+        calls.append(runner.state.ended_at)
+        if runner.state.ended_at is not None and len([c for c in calls if c is not None]) == 1:
+            raise KeyboardInterrupt  # the first save after the end
+        save()
+
+    runner.state.save = impatient  # type: ignore[method-assign]
+    outcome = _run_through(runner)
+    assert outcome.exit_code == 0
+    saved = RunState.load(runner.state.folder)
+    assert saved.ended_at is not None and saved.status == "succeeded"
