@@ -131,7 +131,7 @@ def _stored(state: RunState, workspace: Path, out: Survey) -> list[Item]:
     items = []
     for container, prefix in where:
         try:
-            found = storage.stat_blobs(container, prefix)
+            found = storage.stat_blobs(container, prefix, md5=False)  # sizes: nothing to read
         except BatchflowError:
             continue  # no such container (any more)
         if not found:

@@ -124,13 +124,23 @@ class TaskKey:
 
 @dataclass(frozen=True, slots=True)
 class StoredOutput:
-    """One output of a ledger entry: where it is stored, and its size and MD5 when the task ended
-    (None: not found)."""
+    """One output of a ledger entry: where it is stored, and its size, MD5 and version (BlobStat)
+    when the task ended (None: not found, or not known). In folder storage the MD5 is known only
+    if the file was hashed before (a reused output, linked); the version tells a later run that
+    the file is the one recorded, without reading it."""
 
     container: str
     blob: str
     size: int | None = None
     md5: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def of(cls, container: str, blob: str, stat: BlobStat | None) -> StoredOutput:
+        """The output `blob` as `stat` describes it (None: not found)."""
+        if stat is None:
+            return cls(container, blob)
+        return cls(container, blob, stat.size, stat.md5, stat.version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +163,7 @@ class Entry:
             "run": self.run,
             "succeeded": self.succeeded,
             "parts": dict(self.parts),
-            "outputs": [[o.container, o.blob, o.size, o.md5] for o in self.outputs],
+            "outputs": [_output_json(o) for o in self.outputs],
             "at": self.at,
             "reused_from": self.reused_from,
         }
@@ -166,10 +176,9 @@ class Entry:
         one = (same if same is not None else {}).setdefault  # one(text, text): its first copy
         listed = data["outputs"]
         if type(listed) is list and len(listed) == 1:  # (most tasks: one output; no generator)
-            c, b, s, m = listed[0]
-            outputs: tuple[StoredOutput, ...] = (_stored(c, b, s, m, one),)
+            outputs: tuple[StoredOutput, ...] = (_stored(*listed[0], one=one),)
         else:
-            outputs = tuple(_stored(c, b, s, m, one) for c, b, s, m in listed)
+            outputs = tuple(_stored(*o, one=one) for o in listed)
         parts = data["parts"]
         if not isinstance(parts, dict) or parts.keys() != _PART_NAMES:
             raise ValueError("parts")
@@ -202,10 +211,22 @@ class Entry:
         )
 
 
-def _stored(c: Any, b: Any, s: Any, m: Any, one: Callable[[str, str], str]) -> StoredOutput:
+def _output_json(o: StoredOutput) -> list[Any]:
+    """[container, blob, size, md5], and the version where there is one. (A batchflow from before
+    versions skips an entry of five: it redoes the task rather than trust a size alone.)"""
+    if o.version is None:
+        return [o.container, o.blob, o.size, o.md5]
+    return [o.container, o.blob, o.size, o.md5, o.version]
+
+
+def _stored(c: Any, b: Any, s: Any, m: Any, v: Any = None, *, one: Callable[[str, str], str]) -> StoredOutput:
     container = str(c)
     return StoredOutput(
-        one(container, container), str(b), None if s is None else int(s), None if m is None else str(m)
+        one(container, container),
+        str(b),
+        None if s is None else int(s),
+        None if m is None else str(m),
+        None if v is None else str(v),
     )
 
 
@@ -450,8 +471,7 @@ class StoredListing:
             if literal is not None:
                 dest = o.destination
                 blob = dest + literal.rsplit("/", 1)[-1] if not dest or dest.endswith("/") else dest
-                st = stats.get(blob)
-                out.append(StoredOutput(o.container, blob, *((st.size, st.md5) if st else (None, None))))
+                out.append(StoredOutput.of(o.container, blob, stats.get(blob)))
                 continue
             segments = o.pattern.split("/")
             split = next(i for i, s in enumerate(segments) if has_magic(s))
@@ -461,7 +481,7 @@ class StoredListing:
             )
             for blob in self._under(o.container, prefix):
                 if tail.fullmatch(blob[len(prefix) :]) is not None:
-                    out.append(StoredOutput(o.container, blob, stats[blob].size, stats[blob].md5))
+                    out.append(StoredOutput.of(o.container, blob, stats[blob]))
         return tuple(out)
 
     def _under(self, container: str, prefix: str) -> list[str]:

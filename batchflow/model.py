@@ -398,7 +398,11 @@ class TransferResult:
 class BlobStat:
     """What a storage tells of one blob's content: its size, and its MD5 (32 lowercase hex digits),
     or None where the storage holds none (a blob someone else stored in Azure without a
-    Content-MD5)."""
+    Content-MD5, or a file folder storage was asked not to read: Storage.stat_blobs). `version`:
+    folder storage's name for this very file as it is now (its mtime_ns and inode, "<ns>:<ino>"),
+    which any write or replacement changes; None on Azure. Equal stats tell of the same content:
+    the version is not compared."""
 
     size: int
     md5: str | None
+    version: str | None = field(default=None, compare=False)

@@ -1,11 +1,11 @@
 """Which tasks a run executes and which it takes from earlier runs (content-keyed resume).
 
 A task is skipped when a succeeded task with the same key (ledger.py) left outputs that are still in
-storage, with the size and MD5 recorded; its outputs are then copied under the new run's prefix, so
-every run's `runs/<run id>/` holds all its outputs and its downloads include them. Everything else
-runs, with the reason `batchflow plan` shows: new, input changed, command changed, outputs changed,
-pool or image changed, failed before, outputs missing (or forced with --force, or left out by
-`batchflow retry`).
+storage as recorded (the same file in folder storage, else the size and MD5); its outputs are then
+copied under the new run's prefix, so every run's `runs/<run id>/` holds all its outputs and its
+downloads include them. Everything else runs, with the reason `batchflow plan` shows: new, input
+changed, command changed, outputs changed, pool or image changed, failed before, outputs missing
+(or forced with --force, or left out by `batchflow retry`).
 """
 
 from __future__ import annotations
@@ -155,30 +155,43 @@ def _remote_entries(storage: Storage, container: str, workflow_name: str, known:
 
 
 class _Stored:
-    """What storage holds now, listed once per (container, prefix)."""
+    """What storage holds now, listed once per (container, prefix), MD5s read only where needed."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self._listed: dict[tuple[str, str], dict[str, BlobStat]] = {}
+        self._listed: dict[tuple[str, str, bool], dict[str, BlobStat]] = {}
 
-    def _listing(self, container: str, prefix: str) -> dict[str, BlobStat]:
-        where = (container, prefix)
+    def _listing(self, container: str, prefix: str, md5: bool) -> dict[str, BlobStat]:
+        where = (container, prefix, md5)
         if where not in self._listed:
             try:
-                self._listed[where] = self.storage.stat_blobs(container, prefix)
+                self._listed[where] = self.storage.stat_blobs(container, prefix, md5=md5)
             except BatchflowError:
                 self._listed[where] = {}
         return self._listed[where]
 
     def holds(self, entry: Entry) -> bool:
+        """Every output of `entry` is stored as it was recorded: the same file (its version, in
+        folder storage), else the same size and MD5."""
         prefix = f"runs/{entry.run}/"
         for o in entry.outputs:
-            found = self._listing(o.container, prefix if o.blob.startswith(prefix) else "").get(o.blob)
+            where = (o.container, prefix if o.blob.startswith(prefix) else "")
+            found = self._listing(*where, md5=False).get(o.blob)
             if found is None:
                 return False
             if o.size is not None and found.size != o.size:
                 return False
-            if o.md5 is not None and found.md5 is not None and found.md5 != o.md5:
+            if o.version is not None and found.version == o.version:
+                continue  # the very file the run recorded: nothing to read
+            if o.md5 is None:
+                if o.version is not None:
+                    return False  # another file now (written, replaced), and no MD5 to compare
+                continue  # (a blob stored without a Content-MD5: its size, as recorded)
+            if found.md5 is None and found.version is not None:  # folder storage: read it now
+                found = self._listing(*where, md5=True).get(o.blob)
+                if found is None:
+                    return False
+            if found.md5 is not None and found.md5 != o.md5:
                 return False
         return True
 

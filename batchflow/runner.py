@@ -287,7 +287,9 @@ class Runner:
         stats: dict[str, dict[str, BlobStat]] = {}
         for container in sorted({o.container for o in wf.tasks.outputs}):
             try:
-                stats[container] = self.storage.stat_blobs(container, prefix)
+                # Each output's version, not its MD5: reading every output again at the end of the
+                # run (seconds for gigabytes) is left to a later run that finds a file changed.
+                stats[container] = self.storage.stat_blobs(container, prefix, md5=False)
             except BatchflowError as e:
                 log.warning("cannot list the outputs in %s: %s", container, e)
                 stats[container] = {}
@@ -312,10 +314,7 @@ class Runner:
             outputs = []
             for o in record.outputs:
                 container, _, blob = o.partition("/")
-                found = stats.get(container, {}).get(blob)
-                outputs.append(
-                    StoredOutput(container, blob, *((found.size, found.md5) if found else (None, None)))
-                )
+                outputs.append(StoredOutput.of(container, blob, stats.get(container, {}).get(blob)))
             succeeded = record.state is RecordState.SUCCEEDED
             if tid in listed:
                 told = listed[tid]

@@ -114,7 +114,7 @@ class Redirected:
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         return self.inner.list_blobs(container, prefix)
 
-    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+    def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
         return self.inner.stat_blobs(container, prefix)
 
     def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:

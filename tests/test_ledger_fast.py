@@ -372,3 +372,18 @@ def test_an_input_refused_on_a_hashing_thread_is_named(tmp_path: Path) -> None:
         BatchflowError, match=r"cannot read input .*1\.mp4: it changed after this run listed it"
     ):
         task_keys(_plan(tmp_path, tasks, items), "local", cache.md5, known=cache.known)
+
+
+def test_an_output_version_is_written_only_where_there_is_one_and_read_back() -> None:
+    parts = Parts("i" * 64, "c" * 64, "o" * 64, "p" * 64)
+    with_version = StoredOutput("out", "runs/r1/a", 3, None, "1796424407429688126:2737766")
+    azure = StoredOutput("out", "runs/r1/b", 3, "m" * 32)
+    entries = [Entry("k1", "t1", "r1", True, parts, (with_version, azure), 1.5)]
+    text = entries_text(entries)
+    assert json.loads(text)["outputs"] == [
+        ["out", "runs/r1/a", 3, None, "1796424407429688126:2737766"],
+        ["out", "runs/r1/b", 3, "m" * 32],  # as every batchflow before versions wrote it
+    ]
+    assert list(parse_entries(text, "x")) == entries
+    six = text.replace('2737766"]', '2737766", 1]')
+    assert list(parse_entries(six, "x")) == []  # damaged: skipped, never half-read

@@ -221,3 +221,45 @@ def test_retry_names_the_failed_tasks_no_longer_in_the_plan(
     assert retry.returncode == 0, retry.stderr
     assert runs.ran() == ["item-02"]
     assert "1 of the 2 failed task(s) are no longer in the plan (task-item-03;" in retry.stderr, retry.stderr
+
+
+@pytest.mark.e2e
+def test_a_run_reads_no_output_back_and_a_stored_output_changed_since_is_redone(
+    tmp_path: Path, write_workflow: WriteWorkflow
+) -> None:
+    """The ledger records each output's version (folder storage), not an MD5 read back at the end of
+    the run (seconds for gigabytes of video): a re-run that finds the very file recorded reuses it
+    unread; one written, replaced or deleted since is redone."""
+    runs = Runs(tmp_path, write_workflow)
+    runs.run()
+    assert runs.ran() == ALL
+    run_id = runs.latest_state()["run_id"]
+    stored = {p.stem: p for p in (tmp_path / ".batchflow").rglob(f"runs/{run_id}/*.out")}
+    assert sorted(stored) == ALL
+    cache = tmp_path / ".batchflow" / "storage" / ".batchflow-digests.json"
+    known = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+    assert not [name for name in json.dumps(known).split('"') if name.endswith(".out")]  # none read
+    ledger = tmp_path / ".batchflow" / "runs" / run_id / "ledger.jsonl"
+    outputs = [
+        o for line in ledger.read_text(encoding="utf-8").splitlines() for o in json.loads(line)["outputs"]
+    ]
+    assert len(outputs) == len(ALL) and all(len(o) == 5 and o[3] is None for o in outputs)
+
+    with stored["item-02"].open("r+", encoding="utf-8") as f:  # edited in place, same size
+        f.write("EDITED!")
+    same_size = tmp_path / "other"
+    same_size.write_text(stored["item-04"].read_text(encoding="utf-8").lower(), encoding="utf-8")
+    same_size.replace(stored["item-04"])  # another file, the same size
+    stored["item-05"].unlink()
+    plan = batchflow(tmp_path, "plan", str(runs.wf), "--output", "json")
+    assert plan.returncode == 0, plan.stderr
+    why = {t["id"]: (t["run"], t["reason"]) for t in json.loads(plan.stdout)["tasks"]}
+    changed = ["item-02", "item-04", "item-05"]
+    assert {why[f"task-{n}"] for n in changed} == {(True, "outputs missing")}
+    assert {why[f"task-{n}"] for n in ALL if n not in changed} == {(False, "unchanged")}
+
+    runs.run()
+    assert runs.ran() == changed
+    assert runs.downloaded() == {f"{n}.out": f"ITEM {int(n[-2:])}\n" for n in ALL}
+    runs.run()  # the reused outputs (linked, the same files) are recorded by version too
+    assert runs.ran() == []

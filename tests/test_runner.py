@@ -75,7 +75,7 @@ class ScriptedStorage:
     def list_blobs(self, container: str, prefix: str = "") -> list[str]:
         return []
 
-    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+    def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
         return {}
 
     def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:

@@ -148,10 +148,12 @@ class Storage(Protocol):
 
     def list_blobs(self, container: str, prefix: str = "") -> list[str]: ...
 
-    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+    def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
         """Every blob under `prefix` (the names list_blobs gives, in its order) with its size and
         MD5: from the listing on Azure (one request per 5,000 blobs; None for a blob stored without
-        a Content-MD5), computed from the file in folder storage, once per version of the file."""
+        a Content-MD5), computed from the file in folder storage, once per version of the file.
+        `md5=False`: the caller can do with a version (BlobStat.version) instead; a storage that
+        would read the files for an MD5 gives only those it knows, and the versions."""
         ...
 
     def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:

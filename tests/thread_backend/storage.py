@@ -118,7 +118,7 @@ class MemoryStorage:
         with self._store.lock:
             return sorted(b for b in self._store.container(container) if b.startswith(prefix))
 
-    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
+    def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
         with self._store.lock:
             blobs = {b: d for b, d in self._store.container(container).items() if b.startswith(prefix)}
         return {

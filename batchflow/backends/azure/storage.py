@@ -269,8 +269,9 @@ class AzureBlobStorage:
         check_container_name(container)
         return self._lister.list(container, prefix)
 
-    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
-        """Size and Content-MD5 (None if the blob has none) of every blob under `prefix`, by name."""
+    def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
+        """Size and Content-MD5 (None if the blob has none) of every blob under `prefix`, by name:
+        the listing has them, so `md5` changes nothing (and there is no version)."""
         return {
             b.name: BlobStat(b.size, b.md5.hex() if b.md5 is not None and len(b.md5) == 16 else None)
             for b in sorted(self.remote_blobs(container, prefix), key=lambda b: b.name)

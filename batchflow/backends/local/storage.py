@@ -8,7 +8,8 @@ Blob names come from outside (other tools may fill a container), so every name i
 before it becomes a path: `check_blob_name` refuses anything that could leave the container
 or a download folder.
 
-Blob MD5s (stat_blobs) are computed from the files, once per version of a file: a DigestCache
+Blob MD5s (stat_blobs) are computed from the files, once per version of a file, and only when asked
+(a run's ledger records each output's version instead, so a run never reads its outputs): a DigestCache
 keeps them in `<root>/.batchflow-digests.json`, beside the containers (a name starting with '.' is
 never a container). Copies (copy_blobs) are hard links, which cost no space.
 """
@@ -147,10 +148,10 @@ class LocalStorage:
         names.sort()
         return names
 
-    def stat_blobs(self, container: str, prefix: str = "") -> dict[str, BlobStat]:
-        """Size and MD5 of every blob under `prefix`; an MD5 is read from the file only the first time
-        this version of the file is seen (and again once if it was written just before: see
-        batchflow.digests on racy entries)."""
+    def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
+        """Size, MD5 and version of every blob under `prefix`; an MD5 is read from the file only the
+        first time this version of the file is seen (and again once if it was written just before:
+        see batchflow.digests on racy entries). `md5=False`: no file is read, an MD5 not known is None."""
         base = self._existing(container)
         found: dict[str, BlobStat | None] = {}
         unknown: list[tuple[str, Path, os.stat_result]] = []
@@ -164,12 +165,12 @@ class LocalStorage:
                 stat = os.stat(path)  # noqa: PTH116 (a str: see above)
             except FileNotFoundError:
                 continue  # deleted since the listing
-            md5 = known(path, stat)
-            if md5 is None:
+            digest = known(path, stat)
+            if digest is None and md5:
                 found[name] = None
                 unknown.append((name, base.joinpath(*name.split("/")), stat))
             else:
-                found[name] = BlobStat(stat.st_size, md5)
+                found[name] = BlobStat(stat.st_size, digest, _version(stat))
         if unknown:
             try:
                 if len(unknown) == 1:
@@ -187,7 +188,7 @@ class LocalStorage:
         read is stat'ed and read again."""
         for _ in range(_READ_ATTEMPTS):
             try:
-                return name, BlobStat(stat.st_size, self.digests.md5(path, stat))
+                return name, BlobStat(stat.st_size, self.digests.md5(path, stat), _version(stat))
             except FileChanged:
                 try:
                     stat = path.stat()
@@ -333,3 +334,10 @@ def _unchanged(src_stat: os.stat_result, dst: Path) -> bool:
         return same_file_stat(src_stat, dst.stat())
     except FileNotFoundError:
         return False
+
+
+def _version(stat: os.stat_result) -> str:
+    """BlobStat.version: what a later run compares to know a stored file is the one recorded, as
+    the digest cache does (with the size, compared on its own); a copy of the folder elsewhere has
+    other inodes, so its files are hashed again."""
+    return f"{stat.st_mtime_ns}:{stat.st_ino}"
