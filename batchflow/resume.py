@@ -187,8 +187,8 @@ class _Stored:
                 if o.version is not None:
                     return False  # another file now (written, replaced), and no MD5 to compare
                 continue  # (a blob stored without a Content-MD5: its size, as recorded)
-            if found.md5 is None and found.version is not None:  # folder storage: read it now
-                found = self._listing(*where, md5=True).get(o.blob)
+            if found.md5 is None and found.version is not None:  # folder storage: read this one now
+                found = self._listing(o.container, o.blob, md5=True).get(o.blob)
                 if found is None:
                     return False
             if found.md5 is not None and found.md5 != o.md5:

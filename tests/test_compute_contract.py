@@ -115,7 +115,7 @@ class Redirected:
         return self.inner.list_blobs(container, prefix)
 
     def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
-        return self.inner.stat_blobs(container, prefix)
+        return self.inner.stat_blobs(container, prefix, md5=md5)
 
     def copy_blobs(self, container: str, pairs: Sequence[tuple[str, str]]) -> TransferResult:
         return self.inner.copy_blobs(container, pairs)

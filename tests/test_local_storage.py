@@ -281,3 +281,30 @@ def test_copies_are_hard_links_that_inherit_the_known_digest(storage: LocalStora
     assert (dst.stat().st_ino, dst.stat().st_nlink) == (src.stat().st_ino, 2)  # no space taken
     assert storage.digests.known(dst, dst.stat()) == _md5("mp3 data")  # known without reading it
     assert sorted(p.name for p in dst.parent.iterdir()) == ["a.mp3"]  # no temporary file left
+
+
+def test_without_md5s_a_file_is_read_only_if_written_in_the_current_timestamp_tick(
+    storage: LocalStorage,
+) -> None:
+    """stat_blobs(md5=False), what a run's ledger records: an older file has its version and is not
+    read; one as new as a file made now could still be rewritten at the same size unseen (the same
+    mtime), so it is read, and has an MD5 and no version."""
+    storage.ensure_container("out")
+    old = _aged(_write(storage.path_of("out", "runs/r1/old.txt"), "old"))
+    new = _write(storage.path_of("out", "runs/r1/new.txt"), "new")
+    ahead = new.stat().st_mtime_ns + 10**10
+    os.utime(new, ns=(ahead, ahead))  # (as new as now on any clock: this tick, whatever its length)
+    found = storage.stat_blobs("out", "runs/r1/", md5=False)
+    st = old.stat()
+    assert found == {"runs/r1/new.txt": BlobStat(3, _md5("new")), "runs/r1/old.txt": BlobStat(3, None)}
+    assert (found["runs/r1/old.txt"].version, found["runs/r1/new.txt"].version) == (
+        f"{st.st_mtime_ns}:{st.st_ino}",
+        None,
+    )
+    assert storage.digests.known(old, st) is None  # never read
+    assert storage.list_blobs("out") == ["runs/r1/new.txt", "runs/r1/old.txt"]  # no marker left
+    assert sorted(p.name for p in storage.path_of("out", "runs/r1").iterdir()) == ["new.txt", "old.txt"]
+    # With MD5s asked, every file is read, as before; the versions are the same.
+    both = storage.stat_blobs("out", "runs/r1/", md5=True)
+    assert both == {"runs/r1/new.txt": BlobStat(3, _md5("new")), "runs/r1/old.txt": BlobStat(3, _md5("old"))}
+    assert [b.version for b in both.values()] == [None, f"{st.st_mtime_ns}:{st.st_ino}"]

@@ -7,6 +7,7 @@ backend imports the other.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -36,6 +37,24 @@ def same_file_stat(a: os.stat_result, b: os.stat_result) -> bool:
 class SourceChanged(OSError):
     """The file being copied was not the version expected, or changed while it was copied: the copy
     would be of no one version of it (nothing was put in place)."""
+
+
+def fs_now(folder: Path) -> int | None:
+    """The time now as the file system of `folder` stamps files (its clock, its timestamp tick): the
+    mtime_ns of a file made there, and removed. None where none can be made (a read-only folder).
+    A file stat'ed after this call whose mtime is older was last written in an earlier tick, so any
+    later write changes its mtime; one as new may still be rewritten unseen (git's "racily clean")."""
+    marker = folder / f"{TMP_PREFIX}now-{os.getpid()}-{next(_tmp_counter)}"
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            marker.unlink()
 
 
 def replace_with_copy(src: Path, dst: Path, *, expect: tuple[int, int, int] | None = None) -> None:

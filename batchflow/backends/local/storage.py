@@ -16,6 +16,7 @@ never a container). Copies (copy_blobs) are hard links, which cost no space.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from stat import S_ISREG
 from batchflow.backends.files import (
     TMP_PREFIX,
     SourceChanged,
+    fs_now,
     replace_with_copy,
     replace_with_link,
     same_file_stat,
@@ -151,8 +153,11 @@ class LocalStorage:
     def stat_blobs(self, container: str, prefix: str = "", *, md5: bool = True) -> dict[str, BlobStat]:
         """Size, MD5 and version of every blob under `prefix`; an MD5 is read from the file only the
         first time this version of the file is seen (and again once if it was written just before:
-        see batchflow.digests on racy entries). `md5=False`: no file is read, an MD5 not known is None."""
+        see batchflow.digests on racy entries). `md5=False`: an MD5 not known is None, and only the
+        files written in the file system's current timestamp tick are read (a version alone cannot
+        tell them from a rewrite of the same size in that tick: they have an MD5 and no version)."""
         base = self._existing(container)
+        now = fs_now(base)  # (before the stats: see fs_now)
         found: dict[str, BlobStat | None] = {}
         unknown: list[tuple[str, Path, os.stat_result]] = []
         # Each file by its name as a str, what base.joinpath(*name.split("/")) would name (a listed
@@ -166,29 +171,35 @@ class LocalStorage:
             except FileNotFoundError:
                 continue  # deleted since the listing
             digest = known(path, stat)
-            if digest is None and md5:
+            racy = now is None or stat.st_mtime_ns >= now
+            if digest is None and (md5 or racy):
                 found[name] = None
                 unknown.append((name, base.joinpath(*name.split("/")), stat))
             else:
-                found[name] = BlobStat(stat.st_size, digest, _version(stat))
+                found[name] = BlobStat(stat.st_size, digest, None if racy else _version(stat))
         if unknown:
+            job = functools.partial(self._hash, now=now)
             try:
                 if len(unknown) == 1:
-                    hashed = [self._hash(*unknown[0])]
+                    hashed = [job(*unknown[0])]
                 else:
                     with ThreadPoolExecutor(_HASHERS, thread_name_prefix="batchflow-md5") as pool:
-                        hashed = list(pool.map(lambda job: self._hash(*job), unknown))
+                        hashed = list(pool.map(lambda u: job(*u), unknown))
             finally:
                 self.digests.save()  # what was hashed stays hashed, even if a file failed
             found.update(hashed)
         return {name: stat for name, stat in found.items() if stat is not None}
 
-    def _hash(self, name: str, path: Path, stat: os.stat_result) -> tuple[str, BlobStat | None]:
+    def _hash(
+        self, name: str, path: Path, stat: os.stat_result, *, now: int | None
+    ) -> tuple[str, BlobStat | None]:
         """(name, its BlobStat), None for a file deleted meanwhile. A file that changes while it is
-        read is stat'ed and read again."""
+        read is stat'ed and read again. `now`: fs_now before the first stat (None: no version)."""
         for _ in range(_READ_ATTEMPTS):
             try:
-                return name, BlobStat(stat.st_size, self.digests.md5(path, stat), _version(stat))
+                digest = self.digests.md5(path, stat)
+                racy = now is None or stat.st_mtime_ns >= now
+                return name, BlobStat(stat.st_size, digest, None if racy else _version(stat))
             except FileChanged:
                 try:
                     stat = path.stat()
