@@ -459,7 +459,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
     state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
     if state.still_running():
-        raise BatchflowError(f"run {state.run_id} is still running (process {state.pid}): nothing to attach")
+        raise _still_running(state, "nothing to attach")
     args.backend, args.storage, args.force = state.backend, state.storage, False
     return _attach(args, state)
 
@@ -492,7 +492,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     state = RunState.load(find_run(_workspace_of(args), args.run, args.workflow))
     if state.still_running():
-        raise BatchflowError(f"run {state.run_id} is still running (process {state.pid}): let it end first")
+        raise _still_running(state, "let it end first")
     failed = sorted(tid for tid, t in state.tasks.items() if t.state is RecordState.FAILED)
     if not failed:
         print(f"Run {state.run_id} has no failed task: nothing to retry.", file=sys.stderr)
@@ -637,6 +637,13 @@ def _run(
         return outcome.exit_code
 
 
+def _still_running(state: RunState, what: str) -> BatchflowError:
+    """The refusal of a command that needs the run to have ended: exit 2, as for a second `run`."""
+    from batchflow.runlock import RunInProgress
+
+    return RunInProgress(f"run {state.run_id} is still running (process {state.pid}): {what}")
+
+
 def _dead_run(workspace: Path, run_id: str | None, wf: Workflow) -> RunState | None:
     """Run `run_id` of this workspace and workflow, if its batchflow process died without ending it."""
     from batchflow.state import RunState, RunStatus
@@ -729,9 +736,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     workspace = _workspace_of(args)
     state = RunState.load(find_run(workspace, args.run, args.workflow), journal=False)
     if state.still_running():
-        raise BatchflowError(
-            f"run {state.run_id} is still running (process {state.pid}): stop it first (Ctrl-C cleans up)"
-        )
+        raise _still_running(state, "stop it first (Ctrl-C cleans up)")
     workflow = None
     try:
         workflow = load_workflow(Path(state.workflow))
@@ -752,6 +757,7 @@ def _cleanup(
     args: argparse.Namespace, state: RunState, workflow: Workflow | None, workspace: Path, what: str
 ) -> int:
     from batchflow.cleanup import cleanup_run
+    from batchflow.ledger import read_keys
     from batchflow.state import RunStatus
 
     if sys.stdin.isatty() and not args.yes:
@@ -768,6 +774,10 @@ def _cleanup(
         )
         # Its task processes are stopped now: none of its tasks runs, whatever the journal said.
         state.end_dead_tasks("its batchflow process died; stopped by batchflow cleanup", time.time())
+        if not _outlives_its_process(state.backend):
+            # Its queued tasks died with it (the journal names each task as it starts): of those it
+            # meant to run (keys.json), the ones with no record never started.
+            state.mark_not_started(read_keys(state.folder))
     state.save()
     if args.output == "json":
         result = {"run_id": state.run_id, "deleted": report.deleted, "kept": report.kept}
@@ -779,6 +789,17 @@ def _cleanup(
     done = ", ".join(report.deleted) if report.deleted else "nothing left to remove"
     print(redact(f"Cleanup of run {state.run_id}: {done}."), file=sys.stderr)
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _outlives_its_process(backend: str) -> bool:
+    """Whether a run's tasks may go on after its batchflow process died (an attachable backend: a
+    Batch job runs on), so that a task it has no record of may have run."""
+    from batchflow.backends import registry
+
+    try:
+        return registry.get(backend).attachable
+    except BatchflowError:  # a backend no longer installed: assume the worst
+        return True
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -852,9 +873,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     workspace = _workspace_of(args)
     state = RunState.load(find_run(workspace, args.run, args.workflow), journal=False)
     if state.still_running():
-        raise BatchflowError(
-            f"run {state.run_id} is still running (process {state.pid}): it downloads itself"
-        )
+        raise _still_running(state, "it downloads itself")
     wf = load_workflow(Path(state.workflow), state.overrides)
     check_destinations(wf)
     ctx = Context(workflow=wf, workspace=workspace, run_dir=state.folder)

@@ -29,9 +29,9 @@ def _wait_for_start(pool: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def _killed_run(write_workflow: WriteWorkflow, **extra: Any) -> tuple[Path, Path, int]:
-    """A real `batchflow run` SIGKILLed while its one task runs: (workflow, pool folder, task pid)."""
-    wf = write_workflow("echo $$ > ../pid; touch ../started; sleep 60", inputs=1, extra=extra)
+def _killed_run(write_workflow: WriteWorkflow, inputs: int = 1, **extra: Any) -> tuple[Path, Path, int]:
+    """A real `batchflow run` SIGKILLed while its first task runs: (workflow, pool folder, task pid)."""
+    wf = write_workflow("echo $$ > ../pid; touch ../started; sleep 60", inputs=inputs, extra=extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "batchflow", "run", str(wf), "--quiet"],
         stdout=subprocess.DEVNULL,
@@ -94,6 +94,26 @@ def test_cleanup_stops_the_tasks_and_removes_the_node_folders_of_a_killed_local_
     assert main(["status", "--workflow", str(wf), "--output", "json"]) == 1
     counts = json.loads(capsys.readouterr().out)["counts"]
     assert (counts["running"], counts["failed"]) == (0, 1)
+
+
+@pytest.mark.e2e
+def test_cleanup_of_a_killed_local_run_counts_the_tasks_that_never_started(
+    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One task at a time: two of the three were queued when batchflow was killed, and died with it.
+    They were counted nowhere after the cleanup ("0 succeeded, 1 failed" of 3 tasks)."""
+    wf, _pool, task_pid = _killed_run(write_workflow, inputs=3, local={"concurrency": 1})
+    assert main(["cleanup", "--workflow", str(wf), "--yes"]) == 0
+    capsys.readouterr()
+    assert not _alive(task_pid)
+    assert main(["status", "--workflow", str(wf), "--output", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in report["counts"].items() if v} == {"failed": 1, "not_started": 2}
+    assert {tid: t["state"] for tid, t in report["tasks"].items()} == {
+        "task-item-01": "failed",
+        "task-item-02": "not_started",
+        "task-item-03": "not_started",
+    }
 
 
 @pytest.mark.e2e
@@ -182,19 +202,30 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"  # a zombie is not alive
 
 
-def test_cleanup_refuses_a_run_that_is_still_running(
-    write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("cleanup", "stop it first (Ctrl-C cleans up)"),
+        ("download", "it downloads itself"),
+        ("retry", "let it end first"),
+        ("attach", "nothing to attach"),
+    ],
+)
+def test_a_command_that_needs_the_run_ended_refuses_a_run_still_running_with_exit_2(
+    command: str, why: str, write_workflow: WriteWorkflow, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """As a second `batchflow run` of the workflow does (README, exit codes): nothing is touched."""
     wf = write_workflow("true", inputs=1)
     state = RunState.create(wf.parent / ".batchflow", wf, "local", "20261201-000000-000-abcdef")
     assert state.pid == os.getpid()  # this process: alive, and the run has not ended
+    before = sorted(p.relative_to(wf.parent) for p in wf.parent.rglob("*"))
 
-    assert main(["cleanup", "--workflow", str(wf)]) == 1
+    assert main([command, "--workflow", str(wf)]) == 2
 
     assert capsys.readouterr().err.splitlines() == [
-        f"error: run 20261201-000000-000-abcdef is still running (process {os.getpid()}): "
-        "stop it first (Ctrl-C cleans up)"
+        f"error: run 20261201-000000-000-abcdef is still running (process {os.getpid()}): {why}"
     ]
+    assert sorted(p.relative_to(wf.parent) for p in wf.parent.rglob("*")) == before
 
 
 def test_cleanup_without_runs_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
